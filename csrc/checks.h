@@ -1,0 +1,75 @@
+// Argument validation shared by every backend. Each check names the op, the
+// argument and the sizes involved, and raises TypeError (TORCH_CHECK_TYPE) for
+// a wrong dtype and ValueError (TORCH_CHECK_VALUE) for a wrong shape or device,
+// so that bad input never reaches a kernel.
+#pragma once
+
+#include <ATen/core/Tensor.h>
+#include <c10/util/Optional.h>
+
+#include "activation.h"
+
+namespace fastffnn {
+
+// The sizes of one linear layer applied to an input of shape (..., in).
+struct LinearShape {
+  int64_t rows;  // product of the leading dims of the input (1 for a 1-D input)
+  int64_t in;
+  int64_t out;
+};
+
+// A floating input fastffnn computes in: float32 or float64.
+void check_floating(const char* op, const char* name, const at::Tensor& t);
+
+// `t` has the same dtype and device as `ref` (named `ref_name`).
+void check_like(const char* op, const char* name, const at::Tensor& t, const char* ref_name,
+                const at::Tensor& ref);
+
+// Validates a layer's weight (out, in) and optional bias (out,) against the
+// `in` features of `in_name`, and against the dtype and device of `ref`, the
+// op's input; returns `out`.
+int64_t check_layer(const char* op, const char* in_name, const at::Tensor& ref, int64_t in,
+                    const char* weight_name, const at::Tensor& weight, const char* bias_name,
+                    const c10::optional<at::Tensor>& bias);
+
+// Validates input (..., in), weight (out, in) and an optional bias (out,).
+LinearShape check_linear(const char* op, const char* input_name, const at::Tensor& input,
+                         const char* weight_name, const at::Tensor& weight, const char* bias_name,
+                         const c10::optional<at::Tensor>& bias);
+
+// `t` (named `name`) is shaped and typed like a layer's result for `input`:
+// the input's leading dims, then `out`.
+void check_layer_output(const char* op, const at::Tensor& input, int64_t out, const char* name,
+                        const at::Tensor& t);
+
+// The sizes of the network softmax(W(act(V(input)))).
+struct NetworkShape {
+  int64_t rows, in, hidden, out;
+};
+
+// Validates input (..., in), V_weight (hidden, in), W_weight (out, hidden)
+// and their optional biases.
+NetworkShape check_network(const char* op, const at::Tensor& input, const at::Tensor& V_weight,
+                           const c10::optional<at::Tensor>& V_bias, const at::Tensor& W_weight,
+                           const c10::optional<at::Tensor>& W_bias);
+
+// Validates a loss target against logits of shape `logits_shape` (...,
+// classes) whose dtype and device are those of `logits`. Returns true for
+// class indices (an integer tensor of shape (...)) and false for probabilities
+// (a floating tensor of the logits' shape and dtype). Index values are
+// range-checked where the kernels read them.
+bool check_target(const char* op, at::IntArrayRef logits_shape, const at::Tensor& logits,
+                  const at::Tensor& target);
+
+// The loss's gradient `grad_loss` has the per-row shape `lead` for reduction
+// 'none' and is a scalar otherwise.
+void check_grad_loss(const char* op, const at::Tensor& grad_loss, const at::Tensor& ref,
+                     at::IntArrayRef lead, Reduction reduction);
+
+// Shape of the result of a linear layer: the input's leading dims, then `out`.
+std::vector<int64_t> linear_output_sizes(const at::Tensor& input, int64_t out);
+
+// Raises IndexError naming the offending target value and the class count.
+void check_class_index(const char* op, int64_t value, int64_t classes);
+
+}  // namespace fastffnn

@@ -1,0 +1,317 @@
+// The fused single-pass work that sits between fastffnn's CPU matrix products:
+// bias + activation, bias + (log-)softmax, and their backward passes, each of
+// which reads and writes a row exactly once while it is hot in L1.
+//
+// Everything is vectorised with at::vec::Vectorized, and parallelised over
+// rows. Column sums (the bias gradients) are formed per fixed chunk of rows and
+// then added chunk by chunk in order; the chunking depends on the matrix shape
+// only, never on the thread count, so results are bitwise reproducible
+// whatever at::get_num_threads() says.
+#pragma once
+
+#include <ATen/Parallel.h>
+#include <ATen/cpu/vec/vec.h>
+
+#include <algorithm>
+#include <cmath>
+#include <limits>
+#include <type_traits>
+#include <vector>
+
+#include "../activation.h"
+
+namespace fastffnn::cpu {
+
+using at::vec::Vectorized;
+
+// ---------------------------------------------------------------- activations
+// Each activation's derivative is written in terms of its output y = g(x), so
+// the backward needs only the saved output, never the pre-activation.
+template <Activation A>
+struct Act;
+
+template <>
+struct Act<Activation::Tanh> {
+  template <typename V>
+  static V forward(const V& x) {
+    return x.tanh();
+  }
+  template <typename V>
+  static V backward(const V& y, const V& dy) {
+    return dy * (V(1) - y * y);
+  }
+};
+
+template <>
+struct Act<Activation::ReLU> {
+  template <typename V>
+  static V forward(const V& x) {
+    return at::vec::maximum(x, V(0));  // NaN-propagating, as torch.relu
+  }
+  template <typename V>
+  static V backward(const V& y, const V& dy) {
+    // torch's threshold_backward: zero where y <= 0, dy elsewhere (NaN y too)
+    return V::blendv(dy, V(0), y <= V(0));
+  }
+};
+
+template <>
+struct Act<Activation::Sigmoid> {
+  template <typename V>
+  static V forward(const V& x) {
+    return V(1) / (V(1) + x.neg().exp());
+  }
+  template <typename V>
+  static V backward(const V& y, const V& dy) {
+    return dy * y * (V(1) - y);
+  }
+};
+
+// Calls f(tag) where decltype(tag)::value is the runtime activation `act` as a
+// compile-time constant, so the inner loops are compiled once per activation
+// with no branch inside them.
+template <Activation A>
+using ActTag = std::integral_constant<Activation, A>;
+
+template <typename F>
+decltype(auto) dispatch_activation(Activation act, F&& f) {
+  switch (act) {
+    case Activation::ReLU:
+      return f(ActTag<Activation::ReLU>{});
+    case Activation::Sigmoid:
+      return f(ActTag<Activation::Sigmoid>{});
+    case Activation::Tanh:
+      break;
+  }
+  return f(ActTag<Activation::Tanh>{});
+}
+
+// Applies `op` to a row of n elements, a full vector at a time and then the
+// remainder as one partial vector.
+template <typename T, typename Op>
+inline void for_each_vector(int64_t n, const Op& op) {
+  constexpr int64_t W = Vectorized<T>::size();
+  int64_t j = 0;
+  for (; j + W <= n; j += W) op(j, W);
+  if (j < n) op(j, n - j);
+}
+
+// z[j] = g(z[j] + b[j]); b may be null.
+template <Activation A, typename T>
+inline void bias_act_row(T* z, const T* b, int64_t n) {
+  using V = Vectorized<T>;
+  for_each_vector<T>(n, [&](int64_t j, int64_t c) {
+    V x = V::loadu(z + j, c);
+    if (b) x = x + V::loadu(b + j, c);
+    Act<A>::forward(x).store(z + j, c);
+  });
+}
+
+// dz[j] = dy[j] * g'(y[j]); dz may alias dy.
+template <Activation A, typename T>
+inline void act_backward_row(T* dz, const T* dy, const T* y, int64_t n) {
+  using V = Vectorized<T>;
+  for_each_vector<T>(n, [&](int64_t j, int64_t c) {
+    Act<A>::backward(V::loadu(y + j, c), V::loadu(dy + j, c)).store(dz + j, c);
+  });
+}
+
+// ---------------------------------------------------------------- reductions
+template <typename T>
+inline T nan_max(T a, T b) {
+  return (std::isnan(a) || a > b) ? a : b;
+}
+
+template <typename T>
+inline T row_max(const T* z, int64_t n) {
+  using V = Vectorized<T>;
+  constexpr int64_t W = V::size();
+  T m = -std::numeric_limits<T>::infinity();
+  int64_t j = 0;
+  if (n >= W) {
+    V vm = V::loadu(z);
+    for (j = W; j + W <= n; j += W) vm = at::vec::maximum(vm, V::loadu(z + j));
+    T lanes[W];
+    vm.store(lanes);
+    for (int64_t k = 0; k < W; ++k) m = nan_max(m, lanes[k]);
+  }
+  for (; j < n; ++j) m = nan_max(m, z[j]);
+  return m;
+}
+
+template <typename T>
+inline T horizontal_sum(const Vectorized<T>& v) {
+  constexpr int64_t W = Vectorized<T>::size();
+  T lanes[W];
+  v.store(lanes);
+  T s = 0;
+  for (int64_t k = 0; k < W; ++k) s += lanes[k];
+  return s;
+}
+
+// ------------------------------------------------------------------- softmax
+// z = softmax(z + b) (or log_softmax) in place; b may be null. The row max is
+// subtracted before exponentiating so that logits of any magnitude stay
+// finite, and log_softmax is formed as z - max - log(sum), never as log(p), so
+// it never takes the log of an underflowed probability.
+template <typename T>
+inline void bias_softmax_row(T* z, const T* b, int64_t n, bool log) {
+  using V = Vectorized<T>;
+  if (b) {
+    for_each_vector<T>(n, [&](int64_t j, int64_t c) {
+      (V::loadu(z + j, c) + V::loadu(b + j, c)).store(z + j, c);
+    });
+  }
+  const T m = row_max(z, n);
+  const V vm(m);
+  V vsum(0);
+  if (log) {
+    for_each_vector<T>(n, [&](int64_t j, int64_t c) {
+      V e = (V::loadu(z + j, c) - vm).exp();
+      vsum = vsum + (c == V::size() ? e : V::set(V(0), e, c));
+    });
+    const V shift(m + std::log(horizontal_sum(vsum)));
+    for_each_vector<T>(n, [&](int64_t j, int64_t c) { (V::loadu(z + j, c) - shift).store(z + j, c); });
+  } else {
+    for_each_vector<T>(n, [&](int64_t j, int64_t c) {
+      V e = (V::loadu(z + j, c) - vm).exp();
+      e.store(z + j, c);
+      vsum = vsum + (c == V::size() ? e : V::set(V(0), e, c));
+    });
+    const V inv(T(1) / horizontal_sum(vsum));
+    for_each_vector<T>(n, [&](int64_t j, int64_t c) { (V::loadu(z + j, c) * inv).store(z + j, c); });
+  }
+}
+
+// The gradient of the logits given the gradient of softmax's output:
+//   softmax:      dz = p * (dp - <dp, p>)
+//   log_softmax:  dz = dlp - exp(lp) * sum(dlp)
+// dz may alias dout.
+template <typename T>
+inline void softmax_backward_row(T* dz, const T* dout, const T* out, int64_t n, bool log) {
+  using V = Vectorized<T>;
+  V vacc(0);
+  for_each_vector<T>(n, [&](int64_t j, int64_t c) {
+    V d = V::loadu(dout + j, c);
+    vacc = vacc + (log ? d : d * V::loadu(out + j, c));  // padded lanes load as 0
+  });
+  const V s(horizontal_sum(vacc));
+  for_each_vector<T>(n, [&](int64_t j, int64_t c) {
+    V d = V::loadu(dout + j, c), y = V::loadu(out + j, c);
+    (log ? d - y.exp() * s : y * (d - s)).store(dz + j, c);
+  });
+}
+
+// -------------------------------------------------------------- the NLL loss
+// log(sum(exp(z))), max-subtracted.
+template <typename T>
+inline T row_logsumexp(const T* z, int64_t n) {
+  using V = Vectorized<T>;
+  const T m = row_max(z, n);
+  if (std::isinf(m)) return m;  // all -inf, or a +inf logit: as torch.logsumexp
+  const V vm(m);
+  V vsum(0);
+  for_each_vector<T>(n, [&](int64_t j, int64_t c) {
+    V e = (V::loadu(z + j, c) - vm).exp();
+    vsum = vsum + (c == V::size() ? e : V::set(V(0), e, c));
+  });
+  return m + std::log(horizontal_sum(vsum));
+}
+
+// -sum(y * log p) with log p = z - shift, for probabilities y. Written as
+// sum(y * (shift - z)) so it never forms log of an underflowed p.
+template <typename T>
+inline T soft_nll_row(const T* z, T shift, const T* y, int64_t n) {
+  using V = Vectorized<T>;
+  const V vs(shift);
+  V acc(0);
+  for_each_vector<T>(n, [&](int64_t j, int64_t c) {
+    acc = acc + V::loadu(y + j, c) * (vs - V::loadu(z + j, c));  // padded lanes: y = 0
+  });
+  return horizontal_sum(acc);
+}
+
+// The logits' gradient of weight * soft_nll_row: weight * (sum(y) * p - y)
+// with p = exp(z - shift); y == nullptr means the one-hot row of class t.
+template <typename T>
+inline void nll_backward_row(T* dz, const T* z, T shift, const T* y, int64_t t, T weight,
+                             int64_t n) {
+  using V = Vectorized<T>;
+  T ysum = 1;
+  if (y) {
+    V acc(0);
+    for_each_vector<T>(n, [&](int64_t j, int64_t c) { acc = acc + V::loadu(y + j, c); });
+    ysum = horizontal_sum(acc);
+  }
+  const V vs(shift), vscale(weight * ysum), vw(weight);
+  for_each_vector<T>(n, [&](int64_t j, int64_t c) {
+    V g = (V::loadu(z + j, c) - vs).exp() * vscale;
+    if (y) g = g - V::loadu(y + j, c) * vw;
+    g.store(dz + j, c);
+  });
+  if (!y) dz[t] -= weight;
+}
+
+// ------------------------------------------------------ parallel row drivers
+// How many elements a chunk of rows should hold at least before it is worth
+// handing to another thread.
+constexpr int64_t kMinChunkElems = 16384;
+// The most chunks a column sum is split into; bounds its scratch memory.
+constexpr int64_t kMaxChunks = 64;
+
+inline int64_t rows_per_chunk(int64_t rows, int64_t cols) {
+  const int64_t min_rows = std::max<int64_t>(1, kMinChunkElems / std::max<int64_t>(cols, 1));
+  const int64_t chunks = std::clamp<int64_t>((rows + min_rows - 1) / min_rows, 1, kMaxChunks);
+  return std::max<int64_t>(1, (rows + chunks - 1) / chunks);
+}
+
+// Runs row_fn(r) for every row r in parallel.
+template <typename F>
+inline void for_each_row(int64_t rows, int64_t cols, const F& row_fn) {
+  at::parallel_for(0, rows, rows_per_chunk(rows, cols), [&](int64_t r0, int64_t r1) {
+    for (int64_t r = r0; r < r1; ++r) row_fn(r);
+  });
+}
+
+// Runs row_fn(r) for every row r, which must fill row r of `m` (rows x cols,
+// contiguous); then, if colsum is not null, writes the column sums of `m` to
+// it, adding each row while it is still in cache. Deterministic: see the top
+// of this file.
+template <typename T, typename F>
+inline void for_each_row_with_colsum(int64_t rows, int64_t cols, const T* m, T* colsum,
+                                     const F& row_fn) {
+  if (colsum == nullptr) {
+    for_each_row(rows, cols, row_fn);
+    return;
+  }
+  using V = Vectorized<T>;
+  const int64_t chunk = rows_per_chunk(rows, cols);
+  const int64_t chunks = rows == 0 ? 0 : (rows + chunk - 1) / chunk;
+  auto add_rows = [&](int64_t r0, int64_t r1, T* acc) {
+    for (int64_t r = r0; r < r1; ++r) {
+      row_fn(r);
+      const T* row = m + r * cols;
+      for_each_vector<T>(cols, [&](int64_t j, int64_t c) {
+        (V::loadu(acc + j, c) + V::loadu(row + j, c)).store(acc + j, c);
+      });
+    }
+  };
+  std::fill(colsum, colsum + cols, T(0));
+  if (chunks <= 1) {
+    add_rows(0, rows, colsum);
+    return;
+  }
+  std::vector<T> partial(chunks * cols, T(0));
+  at::parallel_for(0, chunks, 1, [&](int64_t c0, int64_t c1) {
+    for (int64_t k = c0; k < c1; ++k)
+      add_rows(k * chunk, std::min(rows, (k + 1) * chunk), partial.data() + k * cols);
+  });
+  for (int64_t k = 0; k < chunks; ++k) {
+    const T* p = partial.data() + k * cols;
+    for_each_vector<T>(cols, [&](int64_t j, int64_t c) {
+      (V::loadu(colsum + j, c) + V::loadu(p + j, c)).store(colsum + j, c);
+    });
+  }
+}
+
+}  // namespace fastffnn::cpu

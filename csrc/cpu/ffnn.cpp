@@ -1,0 +1,60 @@
+// fastffnn::ffnn and its backward on the CPU: the lecture's whole network
+// softmax(W(act(V(x)))) in one call each way.
+// Forward: two matrix products, each followed by one fused epilogue pass; the
+// hidden activations are returned for the backward.
+// Backward: the softmax backward fused with W's bias gradient, then W's weight
+// gradient, the hidden gradient with act' and V's bias gradient in one pass,
+// and V's weight and the input gradients.
+#include <ATen/ops/empty.h>
+#include <ATen/ops/empty_like.h>
+#include <torch/library.h>
+
+#include "../checks.h"
+#include "layers.h"
+
+namespace fastffnn::cpu {
+namespace {
+
+std::tuple<at::Tensor, at::Tensor> ffnn(const at::Tensor& input, const at::Tensor& V_weight,
+                                        const c10::optional<at::Tensor>& V_bias,
+                                        const at::Tensor& W_weight,
+                                        const c10::optional<at::Tensor>& W_bias,
+                                        c10::string_view activation, bool log) {
+  const Activation act = parse_activation(activation);
+  const auto s = check_network("ffnn", input, V_weight, V_bias, W_weight, W_bias);
+  auto h = linear_act_2d(input.reshape({s.rows, s.in}), V_weight, V_bias, act);
+  auto p = linear_softmax_2d(h, W_weight, W_bias, log);
+  return {p.view(linear_output_sizes(input, s.out)), h.view(linear_output_sizes(input, s.hidden))};
+}
+
+std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor> ffnn_backward(
+    const at::Tensor& grad_output, const at::Tensor& input, const at::Tensor& V_weight,
+    const at::Tensor& W_weight, const at::Tensor& hidden, const at::Tensor& output,
+    c10::string_view activation, bool log, std::array<bool, 5> output_mask) {
+  constexpr const char* op = "ffnn_backward";
+  const Activation act = parse_activation(activation);
+  const auto s = check_network(op, input, V_weight, c10::nullopt, W_weight, c10::nullopt);
+  check_layer_output(op, input, s.hidden, "hidden", hidden);
+  check_layer_output(op, input, s.out, "output", output);
+  check_layer_output(op, input, s.out, "grad_output", grad_output);
+
+  const auto h = hidden.reshape({s.rows, s.hidden}).contiguous();
+  const auto y = output.reshape({s.rows, s.out}).contiguous();
+  const auto dy = grad_output.reshape({s.rows, s.out}).contiguous();
+  auto dz2 = at::empty_like(y);
+  at::Tensor gWb = output_mask[4] ? at::empty({s.out}, y.options()) : no_grad_placeholder(y);
+  softmax_backward_2d(dy, y, log, dz2, output_mask[4] ? &gWb : nullptr);
+  auto grads = backprop_network_2d(dz2, input.reshape({s.rows, s.in}), V_weight, W_weight, h, act,
+                                   output_mask, gWb);
+  if (output_mask[0]) std::get<0>(grads) = std::get<0>(grads).view(input.sizes());
+  return grads;
+}
+
+}  // namespace
+
+TORCH_LIBRARY_IMPL(fastffnn, CPU, m) {
+  m.impl("ffnn", &ffnn);
+  m.impl("ffnn_backward", &ffnn_backward);
+}
+
+}  // namespace fastffnn::cpu

@@ -1,0 +1,55 @@
+// The operator schemas of the `fastffnn` namespace. Backends attach their
+// kernels with TORCH_LIBRARY_IMPL in their own files (csrc/cpu/*.cpp); the fake
+// (meta) kernels and autograd formulas are registered from Python
+// (fastffnn/_fake.py, fastffnn/autograd.py) once this library is loaded.
+//
+// Conventions shared by every op:
+// * `input` has shape (..., in_features); a 1-D input is one example.
+// * weights follow nn.Linear: (out_features, in_features); biases are optional.
+// * *_backward ops take `output_mask`, one flag per differentiable input, and
+//   return an empty tensor of shape [0] for every gradient that was not asked
+//   for, so that no work is spent on it.
+#include <torch/library.h>
+
+TORCH_LIBRARY(fastffnn, m) {
+  // h = activation(input @ weight^T + bias)
+  m.def("linear_act(Tensor input, Tensor weight, Tensor? bias, str activation='tanh') -> Tensor");
+  m.def(
+      "linear_act_backward(Tensor grad_output, Tensor input, Tensor weight, Tensor output, "
+      "str activation, bool[3] output_mask) -> (Tensor, Tensor, Tensor)");
+
+  // p = softmax(input @ weight^T + bias) over the last dim (log_softmax if log)
+  m.def("linear_softmax(Tensor input, Tensor weight, Tensor? bias, bool log=False) -> Tensor");
+  m.def(
+      "linear_softmax_backward(Tensor grad_output, Tensor input, Tensor weight, Tensor output, "
+      "bool log, bool[3] output_mask) -> (Tensor, Tensor, Tensor)");
+
+  // Cross-entropy of softmax(logits) against class indices (integer target,
+  // shape (...)) or probabilities (floating target, shape (..., classes)).
+  // Also returns the per-row log-sum-exp, which is all the backward needs.
+  m.def("softmax_nll(Tensor logits, Tensor target, str reduction='mean') -> (Tensor, Tensor)");
+  m.def(
+      "softmax_nll_backward(Tensor grad_loss, Tensor logits, Tensor target, Tensor lse, "
+      "str reduction, bool[2] output_mask) -> (Tensor, Tensor)");
+
+  // The whole network: softmax(W(g(V(input)))) (log_softmax if log). Also
+  // returns the hidden activations, saved for the backward.
+  m.def(
+      "ffnn(Tensor input, Tensor V_weight, Tensor? V_bias, Tensor W_weight, Tensor? W_bias, "
+      "str activation='tanh', bool log=False) -> (Tensor, Tensor)");
+  m.def(
+      "ffnn_backward(Tensor grad_output, Tensor input, Tensor V_weight, Tensor W_weight, "
+      "Tensor hidden, Tensor output, str activation, bool log, bool[5] output_mask) "
+      "-> (Tensor, Tensor, Tensor, Tensor, Tensor)");
+
+  // The whole network and its loss: the cross-entropy of softmax(W(g(V(input))))
+  // against `target` (as softmax_nll). Returns (loss, hidden, log_probs); the
+  // backward's sixth gradient is the target's (probability targets only).
+  m.def(
+      "ffnn_nll(Tensor input, Tensor V_weight, Tensor? V_bias, Tensor W_weight, Tensor? W_bias, "
+      "Tensor target, str activation='tanh', str reduction='mean') -> (Tensor, Tensor, Tensor)");
+  m.def(
+      "ffnn_nll_backward(Tensor grad_loss, Tensor input, Tensor V_weight, Tensor W_weight, "
+      "Tensor hidden, Tensor log_probs, Tensor target, str activation, str reduction, "
+      "bool[6] output_mask) -> (Tensor, Tensor, Tensor, Tensor, Tensor, Tensor)");
+}

@@ -1,0 +1,23 @@
+"""fastffnn: fused CPU kernels for the lecture's feed-forward classifier.
+
+``import fastffnn`` is cheap: the native extension is built (once, then
+cached) and loaded on the first op call. See README.md.
+"""
+
+from ._build import BuildError, ensure_loaded
+from .module import FastFFNN
+from .ops import ffnn, ffnn_nll, linear_act, linear_softmax, softmax_nll
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "BuildError",
+    "FastFFNN",
+    "ensure_loaded",
+    "ffnn",
+    "ffnn_nll",
+    "linear_act",
+    "linear_softmax",
+    "softmax_nll",
+    "__version__",
+]

@@ -1,0 +1,85 @@
+"""``python -m fastffnn``: the environment, then a self-check of every op against stock PyTorch.
+
+    python -m fastffnn          environment + build (if needed) + self-check
+    python -m fastffnn info     environment only; builds nothing
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import platform
+import shutil
+import subprocess
+import sys
+
+import torch
+
+from . import __version__, _build, selfcheck
+
+
+def _cpu_name() -> str:
+    try:
+        with open("/proc/cpuinfo") as f:
+            for line in f:
+                if line.startswith("model name"):
+                    return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
+
+
+def _first_line(cmd: list[str]) -> str:
+    try:
+        out = subprocess.run(cmd, capture_output=True, text=True, timeout=10).stdout
+        return out.splitlines()[0] if out else "?"
+    except (OSError, subprocess.SubprocessError):
+        return "not found"
+
+
+def print_environment() -> None:
+    cxx = _build._compiler()
+    rows = [
+        ("fastffnn", __version__),
+        ("python", platform.python_version()),
+        ("torch", f"{torch.__version__} (CUDA {torch.version.cuda or 'none'})"),
+        ("device", f"CPU: {_cpu_name()}, {torch.get_num_threads()} threads"),
+        ("GPU", torch.cuda.get_device_name() if torch.cuda.is_available() else "none visible"),
+        ("compiler", f"{shutil.which(cxx) or cxx}: {_first_line([cxx, '--version'])}"),
+        ("ninja", _first_line(["ninja", "--version"]) if shutil.which("ninja") else "not found"),
+        ("build directory", str(_build.build_dir())),
+        ("cached build", "up to date" if _build._is_current(_build.stamp()) else "none yet (built on first use)"),
+        ("kernels", _build.backend()),
+        ("TORCH_EXTENSIONS_DIR", os.environ.get("TORCH_EXTENSIONS_DIR", "(unset)")),
+        ("MAX_JOBS", os.environ.get("MAX_JOBS", "(unset)")),
+    ]
+    width = max(len(k) for k, _ in rows)
+    for key, value in rows:
+        print(f"{key:<{width}}  {value}")
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m fastffnn", description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("command", nargs="?", default="check", choices=["check", "info"])
+    args = parser.parse_args(argv)
+    print_environment()
+    if args.command == "info":
+        return 0
+    try:
+        _build.ensure_loaded()
+    except _build.BuildError as e:
+        print(f"\n{e}", file=sys.stderr)
+        return 1
+    print(f"\nloaded {_build.loaded_library()}\n\nself-check against stock PyTorch (float64, forward and gradients):")
+    results = selfcheck.run()
+    width = max(len(r.op) for r in results)
+    for r in results:
+        print(f"  {r.op:<{width}}  max |error| {r.max_abs_error:.1e}  {'ok' if r.ok else 'FAILED'}")
+    failed = [r.op for r in results if not r.ok]
+    print(f"\n{len(results) - len(failed)} passed, {len(failed)} failed")
+    return 1 if failed else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

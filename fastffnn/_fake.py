@@ -1,0 +1,146 @@
+"""Fake (meta) kernels of the fastffnn ops, for torch.compile and FakeTensor.
+
+Each one produces outputs with the real kernel's shapes, dtypes and devices
+without computing anything. They repeat the real kernels' argument checks that
+depend only on metadata (shapes, dtypes, devices), so that a traced program
+fails the same way an eager one does.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import Tensor
+
+_FLOATING = (torch.float32, torch.float64)
+
+
+def _check_like(op: str, name: str, t: Tensor, ref_name: str, ref: Tensor) -> None:
+    if t.device != ref.device:
+        raise ValueError(f"fastffnn.{op}: {name} is on {t.device} but {ref_name} is on {ref.device}; move them to one device")
+    if t.dtype != ref.dtype:
+        raise TypeError(f"fastffnn.{op}: {name} is {t.dtype} but {ref_name} is {ref.dtype}; use one dtype for all of them")
+
+
+def _check_layer(op: str, in_name: str, ref: Tensor, in_features: int, weight_name: str, weight: Tensor,
+                 bias_name: str, bias: Tensor | None) -> int:
+    _check_like(op, weight_name, weight, "input", ref)
+    if weight.dim() != 2:
+        raise ValueError(f"fastffnn.{op}: {weight_name} must be 2-D (out_features, in_features), got shape {list(weight.shape)}")
+    if weight.shape[1] != in_features:
+        raise ValueError(
+            f"fastffnn.{op}: {in_name} has {in_features} features but {weight_name} of shape "
+            f"{list(weight.shape)} expects {weight.shape[1]}"
+        )
+    out = weight.shape[0]
+    if bias is not None:
+        _check_like(op, bias_name, bias, "input", ref)
+        if bias.dim() != 1 or bias.shape[0] != out:
+            raise ValueError(f"fastffnn.{op}: {bias_name} must have shape [{out}] to match {weight_name}, got {list(bias.shape)}")
+    return out
+
+
+def _check_input(op: str, name: str, input: Tensor) -> None:
+    if input.dtype not in _FLOATING:
+        raise TypeError(f"fastffnn.{op}: {name} must be float32 or float64, got {input.dtype}")
+    if input.dim() < 1:
+        raise ValueError(f"fastffnn.{op}: {name} must have at least 1 dimension (..., in_features), got a 0-d tensor")
+
+
+def _network(op: str, input: Tensor, V_weight: Tensor, V_bias: Tensor | None, W_weight: Tensor,
+             W_bias: Tensor | None) -> tuple[int, int]:
+    _check_input(op, "input", input)
+    hidden = _check_layer(op, "input", input, input.shape[-1], "V_weight", V_weight, "V_bias", V_bias)
+    out = _check_layer(op, "the hidden layer", input, hidden, "W_weight", W_weight, "W_bias", W_bias)
+    return hidden, out
+
+
+def _check_target(op: str, logits_shape: tuple, ref: Tensor, target: Tensor) -> bool:
+    if target.device != ref.device:
+        raise ValueError(f"fastffnn.{op}: target is on {target.device} but the logits are on {ref.device}")
+    if not target.is_floating_point() and not target.is_complex() and target.dtype != torch.bool:
+        if tuple(target.shape) != tuple(logits_shape[:-1]):
+            raise ValueError(f"fastffnn.{op}: a class-index target must have shape {list(logits_shape[:-1])}, got {list(target.shape)}")
+        return True
+    if not target.is_floating_point():
+        raise TypeError(f"fastffnn.{op}: target must hold class indices or probabilities, got {target.dtype}")
+    if target.dtype != ref.dtype:
+        raise TypeError(f"fastffnn.{op}: a probability target must have the logits' dtype {ref.dtype}, got {target.dtype}")
+    if tuple(target.shape) != tuple(logits_shape):
+        raise ValueError(f"fastffnn.{op}: a probability target must have the logits' shape {list(logits_shape)}, got {list(target.shape)}")
+    return False
+
+
+def _loss_shape(lead: tuple, reduction: str) -> tuple:
+    if reduction not in ("mean", "sum", "none"):
+        raise ValueError(f"fastffnn: reduction must be one of 'mean', 'sum', 'none', got '{reduction}'")
+    return lead if reduction == "none" else ()
+
+
+def _grad_placeholders(like: Tensor, mask, shapes) -> list[Tensor]:
+    return [like.new_empty(shape) if wanted else like.new_empty(0) for wanted, shape in zip(mask, shapes)]
+
+
+def register() -> None:
+    """Registers every fake kernel; called once the native library is loaded."""
+    lib = "fastffnn::"
+
+    @torch.library.register_fake(lib + "linear_act")
+    def _(input, weight, bias=None, activation="tanh"):
+        _check_input("linear_act", "input", input)
+        out = _check_layer("linear_act", "input", input, input.shape[-1], "weight", weight, "bias", bias)
+        return input.new_empty((*input.shape[:-1], out))
+
+    @torch.library.register_fake(lib + "linear_softmax")
+    def _(input, weight, bias=None, log=False):
+        _check_input("linear_softmax", "input", input)
+        out = _check_layer("linear_softmax", "input", input, input.shape[-1], "weight", weight, "bias", bias)
+        return input.new_empty((*input.shape[:-1], out))
+
+    def _layer_backward(grad_output, input, weight, output, output_mask):
+        return _grad_placeholders(input, output_mask, (input.shape, weight.shape, (weight.shape[0],)))
+
+    torch.library.register_fake(lib + "linear_act_backward")(
+        lambda grad_output, input, weight, output, activation, output_mask: _layer_backward(
+            grad_output, input, weight, output, output_mask))
+    torch.library.register_fake(lib + "linear_softmax_backward")(
+        lambda grad_output, input, weight, output, log, output_mask: _layer_backward(
+            grad_output, input, weight, output, output_mask))
+
+    @torch.library.register_fake(lib + "softmax_nll")
+    def _(logits, target, reduction="mean"):
+        _check_input("softmax_nll", "logits", logits)
+        _check_target("softmax_nll", tuple(logits.shape), logits, target)
+        lead = tuple(logits.shape[:-1])
+        return logits.new_empty(_loss_shape(lead, reduction)), logits.new_empty(lead)
+
+    @torch.library.register_fake(lib + "softmax_nll_backward")
+    def _(grad_loss, logits, target, lse, reduction, output_mask):
+        mask = (output_mask[0], output_mask[1] and target.is_floating_point())
+        return _grad_placeholders(logits, mask, (logits.shape, logits.shape))
+
+    @torch.library.register_fake(lib + "ffnn")
+    def _(input, V_weight, V_bias, W_weight, W_bias, activation="tanh", log=False):
+        hidden, out = _network("ffnn", input, V_weight, V_bias, W_weight, W_bias)
+        lead = tuple(input.shape[:-1])
+        return input.new_empty((*lead, out)), input.new_empty((*lead, hidden))
+
+    @torch.library.register_fake(lib + "ffnn_backward")
+    def _(grad_output, input, V_weight, W_weight, hidden, output, activation, log, output_mask):
+        shapes = (input.shape, V_weight.shape, (V_weight.shape[0],), W_weight.shape, (W_weight.shape[0],))
+        return _grad_placeholders(input, output_mask, shapes)
+
+    @torch.library.register_fake(lib + "ffnn_nll")
+    def _(input, V_weight, V_bias, W_weight, W_bias, target, activation="tanh", reduction="mean"):
+        hidden, out = _network("ffnn_nll", input, V_weight, V_bias, W_weight, W_bias)
+        lead = tuple(input.shape[:-1])
+        _check_target("ffnn_nll", (*lead, out), input, target)
+        return (input.new_empty(_loss_shape(lead, reduction)), input.new_empty((*lead, hidden)),
+                input.new_empty((*lead, out)))
+
+    @torch.library.register_fake(lib + "ffnn_nll_backward")
+    def _(grad_loss, input, V_weight, W_weight, hidden, log_probs, target, activation, reduction, output_mask):
+        shapes = (input.shape, V_weight.shape, (V_weight.shape[0],), W_weight.shape, (W_weight.shape[0],),
+                  log_probs.shape)
+        mask = list(output_mask)
+        mask[5] = mask[5] and target.is_floating_point()
+        return _grad_placeholders(input, mask, shapes)

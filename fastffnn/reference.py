@@ -1,0 +1,60 @@
+"""Stock-PyTorch definitions of every fastffnn op.
+
+These are the references the test suite and ``python -m fastffnn`` check the
+native kernels against (in float64), and the exact semantics each op promises.
+They take the same arguments as the functions in :mod:`fastffnn.ops`.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+
+ACTIVATIONS = {"tanh": torch.tanh, "relu": torch.relu, "sigmoid": torch.sigmoid}
+
+
+def linear_act(input: Tensor, weight: Tensor, bias: Tensor | None = None, activation: str = "tanh") -> Tensor:
+    return ACTIVATIONS[activation](F.linear(input, weight, bias))
+
+
+def linear_softmax(input: Tensor, weight: Tensor, bias: Tensor | None = None, log: bool = False) -> Tensor:
+    z = F.linear(input, weight, bias)
+    return F.log_softmax(z, dim=-1) if log else F.softmax(z, dim=-1)
+
+
+def softmax_nll(logits: Tensor, target: Tensor, reduction: str = "mean") -> Tensor:
+    classes = logits.shape[-1]
+    lead = logits.shape[:-1]
+    if target.is_floating_point():
+        flat_target = target.reshape(-1, classes)
+    else:
+        flat_target = target.reshape(-1)
+    loss = F.cross_entropy(logits.reshape(-1, classes), flat_target, reduction=reduction)
+    return loss.reshape(lead) if reduction == "none" else loss
+
+
+def ffnn(
+    input: Tensor,
+    V_weight: Tensor,
+    V_bias: Tensor | None,
+    W_weight: Tensor,
+    W_bias: Tensor | None,
+    activation: str = "tanh",
+    log: bool = False,
+) -> Tensor:
+    return linear_softmax(linear_act(input, V_weight, V_bias, activation), W_weight, W_bias, log)
+
+
+def ffnn_nll(
+    input: Tensor,
+    V_weight: Tensor,
+    V_bias: Tensor | None,
+    W_weight: Tensor,
+    W_bias: Tensor | None,
+    target: Tensor,
+    activation: str = "tanh",
+    reduction: str = "mean",
+) -> Tensor:
+    logits = F.linear(linear_act(input, V_weight, V_bias, activation), W_weight, W_bias)
+    return softmax_nll(logits, target, reduction)

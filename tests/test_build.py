@@ -1,0 +1,142 @@
+"""The JIT loader: import never compiles, the cache is reused, concurrent first builds agree,
+stale locks are cleared, and every failure is one clear error."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+
+import pytest
+import torch
+
+import fastffnn
+from fastffnn import _build
+
+REPO = Path(__file__).resolve().parent.parent
+
+
+def run_python(code: str, env_extra: dict | None = None, **kwargs) -> subprocess.CompletedProcess:
+    env = {**os.environ, **(env_extra or {})}
+    return subprocess.run([sys.executable, "-c", textwrap.dedent(code)], capture_output=True, text=True,
+                          env=env, cwd=REPO, **kwargs)
+
+
+def test_import_never_compiles(tmp_path):
+    proc = run_python(
+        """
+        import fastffnn, fastffnn.ops, fastffnn.module
+        m = fastffnn.FastFFNN(3, 4, 2)   # constructing a module builds nothing either
+        from fastffnn import _build
+        assert _build.loaded_library() is None
+        """,
+        {"TORCH_EXTENSIONS_DIR": str(tmp_path)},
+    )
+    assert proc.returncode == 0, proc.stderr
+    assert "building" not in proc.stderr
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_info_command_builds_nothing(tmp_path):
+    proc = subprocess.run([sys.executable, "-m", "fastffnn", "info"], capture_output=True, text=True, cwd=REPO,
+                          env={**os.environ, "TORCH_EXTENSIONS_DIR": str(tmp_path)})
+    assert proc.returncode == 0, proc.stderr
+    assert "none yet (built on first use)" in proc.stdout
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_cached_library_loads_in_well_under_a_second():
+    assert _build._is_current(_build.stamp())  # the session fixture built it
+    proc = run_python(
+        """
+        import time, torch, fastffnn
+        start = time.perf_counter()
+        fastffnn.ensure_loaded()
+        print(time.perf_counter() - start)
+        """
+    )
+    assert proc.returncode == 0, proc.stderr
+    assert "building" not in proc.stderr
+    assert float(proc.stdout) < 0.5
+
+
+def test_build_dir_is_keyed_by_python_torch_backend_and_simd_level(monkeypatch, tmp_path):
+    monkeypatch.setenv("TORCH_EXTENSIONS_DIR", str(tmp_path))
+    d = _build.build_dir()
+    assert d.parent == tmp_path
+    assert torch.__version__.split("+")[0] in d.name
+    assert f"py{sys.version_info.major}{sys.version_info.minor}" in d.name
+    assert d.name.endswith(f"{_build.backend()}-{_build.cpu_capability().lower()}")
+
+
+def test_two_processes_building_at_once_both_work_and_a_stale_lock_is_cleared(tmp_path):
+    # A build killed halfway leaves torch's `lock` file behind; without the
+    # cleanup, cpp_extension would wait on it forever.
+    code = """
+        import torch, fastffnn
+        x = torch.randn(4, 3, dtype=torch.float64)
+        w = torch.randn(5, 3, dtype=torch.float64)
+        torch.testing.assert_close(fastffnn.linear_act(x, w), torch.tanh(x @ w.T))
+        print("ok")
+        """
+    env = {**os.environ, "TORCH_EXTENSIONS_DIR": str(tmp_path)}
+    build_dir = tmp_path / _build.build_dir().name
+    build_dir.mkdir(parents=True)
+    (build_dir / "lock").write_text("")
+    procs = [subprocess.Popen([sys.executable, "-c", textwrap.dedent(code)], stdout=subprocess.PIPE,
+                              stderr=subprocess.PIPE, text=True, env=env, cwd=REPO) for _ in range(2)]
+    outputs = [p.communicate(timeout=900) for p in procs]
+    for p, (out, err) in zip(procs, outputs):
+        assert p.returncode == 0, err
+        assert out.strip() == "ok"
+    stderr = "".join(err for _, err in outputs)
+    assert stderr.count("building the C++ extension") == 1, stderr
+    assert stderr.count("built in") == 1
+    assert f"removing the stale build lock {build_dir / 'lock'}" in stderr
+    assert not (build_dir / "lock").exists()
+
+
+def test_compile_error_is_one_clear_error_with_the_log(monkeypatch, tmp_path):
+    src = tmp_path / "src"
+    src.mkdir()
+    broken = src / "broken.cpp"
+    broken.write_text("int ok = 1;\nint broken = ;\n")
+    monkeypatch.setattr(_build, "sources", lambda: [broken])
+    monkeypatch.setattr(_build, "build_dir", lambda: tmp_path / "build")
+    (tmp_path / "build").mkdir()
+    with pytest.raises(fastffnn.BuildError) as info:
+        _build._build("stamp")
+    message = str(info.value)
+    assert "broken.cpp:2" in message and "error" in message
+    log = tmp_path / "build" / "build.log"
+    assert str(log) in message and log.is_file()
+    assert not (tmp_path / "build" / f"{_build.LIBRARY_NAME}.stamp").exists()
+
+
+def test_missing_ninja(monkeypatch):
+    from torch.utils import cpp_extension
+
+    monkeypatch.setattr(cpp_extension, "is_ninja_available", lambda: False)
+    with pytest.raises(fastffnn.BuildError, match="pip install ninja"):
+        _build._check_toolchain()
+
+
+def test_missing_compiler(monkeypatch):
+    monkeypatch.setenv("CXX", "/nonexistent/g++")
+    with pytest.raises(fastffnn.BuildError, match=r"no C\+\+ compiler found .*/nonexistent/g\+\+.*CXX"):
+        _build._check_toolchain()
+
+
+def test_unwritable_cache_names_the_path_and_the_fix(tmp_path):
+    blocker = tmp_path / "a-file"
+    blocker.write_text("")
+    with pytest.raises(fastffnn.BuildError, match=r"cannot write the build cache .*a-file.*TORCH_EXTENSIONS_DIR"):
+        _build._make_dir(blocker / "cache")
+
+
+def test_first_error_line():
+    log = "[1/3] c++ -c a.cpp\nFAILED: a.o\na.cpp:3:5: error: expected ';'\nb.cpp:9: error: other\n"
+    assert _build.first_error_line(log) == "a.cpp:3:5: error: expected ';'"
+    assert _build.first_error_line("ld: cannot find -lfoo\n") == "ld: cannot find -lfoo"

@@ -1,0 +1,13 @@
+"""The README tells the truth about the commands CI runs."""
+
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def test_ci_runs_the_readme_test_command():
+    readme = (ROOT / "README.md").read_text()
+    ci = (ROOT / ".ci" / "run").read_text()
+    command = "pip install -e '.[test]' && python -m pytest tests -q"
+    assert f"```bash\n{command}\n```" in readme
+    assert ci.rstrip().endswith(command)
