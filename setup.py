@@ -13,5 +13,5 @@ setup(
     packages=find_packages(include=["fastffnn", "fastffnn.*"]),
     python_requires=">=3.9",
     install_requires=["torch>=2.4", "numpy", "ninja", "pybind11"],
-    extras_require={"test": ["pytest", "expecttest"]},
+    extras_require={"test": ["pytest"]},
 )

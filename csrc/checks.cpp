@@ -5,9 +5,11 @@
 namespace fastffnn {
 
 void check_floating(const char* op, const char* name, const at::Tensor& t) {
-  TORCH_CHECK_TYPE(t.scalar_type() == at::kFloat || t.scalar_type() == at::kDouble, "fastffnn.",
-                   op, ": ", name, " must be float32 or float64, got ", t.scalar_type(),
-                   " (convert it with .float())");
+  const auto dt = t.scalar_type();
+  const bool reduced = dt == at::kHalf || dt == at::kBFloat16;
+  TORCH_CHECK_TYPE(dt == at::kFloat || dt == at::kDouble || (reduced && t.is_cuda()), "fastffnn.", op,
+                   ": ", name, " must be float32 or float64 (or float16/bfloat16 on CUDA), got ", dt,
+                   " on ", t.device(), reduced ? " (convert it with .float())" : "");
 }
 
 void check_like(const char* op, const char* name, const at::Tensor& t, const char* ref_name,

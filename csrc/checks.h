@@ -18,7 +18,8 @@ struct LinearShape {
   int64_t out;
 };
 
-// A floating input fastffnn computes in: float32 or float64.
+// A floating input fastffnn computes in: float32 or float64, and on CUDA
+// also float16 or bfloat16 (computed in float32 between the matrix products).
 void check_floating(const char* op, const char* name, const at::Tensor& t);
 
 // `t` has the same dtype and device as `ref` (named `ref_name`).

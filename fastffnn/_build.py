@@ -26,6 +26,7 @@ import hashlib
 import os
 import re
 import shutil
+import subprocess
 import sys
 import threading
 import time
@@ -56,14 +57,17 @@ def source_dir() -> Path:
 
 
 def sources() -> list[Path]:
-    """The translation units of the CPU extension."""
+    """The translation units of this machine's build: the CPU kernels, plus the CUDA ones in a CUDA build."""
     root = source_dir()
-    return sorted(root.glob("*.cpp")) + sorted((root / "cpu").glob("*.cpp"))
+    files = sorted(root.glob("*.cpp")) + sorted((root / "ops").glob("*.cpp")) + sorted((root / "cpu").glob("*.cpp"))
+    if backend() == "cuda":
+        files += sorted((root / "cuda").glob("*.cu"))
+    return files
 
 
 def _headers() -> list[Path]:
     root = source_dir()
-    return sorted(root.rglob("*.h"))
+    return sorted(root.rglob("*.h")) + sorted(root.rglob("*.cuh"))
 
 
 def cache_root() -> Path:
@@ -73,9 +77,83 @@ def cache_root() -> Path:
     return Path.home() / ".cache" / "torch_extensions"
 
 
+_notices: set[str] = set()
+
+
+def _notice_once(msg: str) -> None:
+    if msg not in _notices:
+        _notices.add(msg)
+        _log(msg)
+
+
+def cuda_home() -> Path | None:
+    """The CUDA toolkit: $CUDA_HOME or $CUDA_PATH, else the one nvcc belongs to, else /usr/local/cuda."""
+    for var in ("CUDA_HOME", "CUDA_PATH"):
+        if os.environ.get(var):
+            return Path(os.environ[var])
+    candidates = []
+    nvcc = shutil.which("nvcc")
+    if nvcc:
+        # torch guesses the parent of nvcc's directory, which is wrong for a
+        # /usr/local/bin/nvcc wrapper; insist on a directory with the headers.
+        candidates.append(Path(os.path.realpath(nvcc)).parent.parent)
+    candidates.append(Path("/usr/local/cuda"))
+    for c in candidates:
+        if (c / "bin" / "nvcc").is_file() and (c / "include" / "cuda_runtime.h").is_file():
+            return c
+    return None
+
+
+def nvcc_version(home: Path) -> str | None:
+    """The toolkit's CUDA version, like '13.0', from `nvcc --version`."""
+    try:
+        out = subprocess.run([str(home / "bin" / "nvcc"), "--version"], capture_output=True, text=True,
+                             timeout=60).stdout
+    except (OSError, subprocess.SubprocessError):
+        return None
+    m = re.search(r"release (\d+\.\d+)", out)
+    return m.group(1) if m else None
+
+
 def backend() -> str:
-    """The kind of build this machine gets; only the CPU build exists so far."""
-    return "cpu"
+    """'cuda' or 'cpu': the kernels this machine's build contains.
+
+    FASTFFNN_BACKEND=cpu or =cuda forces one (a forced CUDA build needs no GPU,
+    which is how CI compiles the CUDA kernels); the default, auto, builds CUDA
+    kernels when torch has CUDA, a GPU is visible and a CUDA toolkit is found,
+    and otherwise the CPU kernels, saying why once.
+    """
+    choice = os.environ.get("FASTFFNN_BACKEND", "auto").lower()
+    if choice not in ("auto", "cpu", "cuda"):
+        raise BuildError(f"fastffnn: FASTFFNN_BACKEND must be auto, cpu or cuda, got {choice!r}")
+    if choice != "auto":
+        return choice
+    if torch.version.cuda is None:
+        return "cpu"
+    if not torch.cuda.is_available():
+        _notice_once("no CUDA GPU is visible: using the CPU kernels only")
+        return "cpu"
+    if cuda_home() is None:
+        _notice_once(
+            f"a CUDA GPU is visible but no CUDA toolkit (nvcc) was found: using the CPU kernels only. "
+            f"Install the CUDA {torch.version.cuda} toolkit and set CUDA_HOME to use the GPU"
+        )
+        return "cpu"
+    return "cuda"
+
+
+def cuda_arch_list() -> str:
+    """The GPU architectures to compile for: TORCH_CUDA_ARCH_LIST, else the visible GPUs'."""
+    env = os.environ.get("TORCH_CUDA_ARCH_LIST")
+    if env:
+        return env
+    if torch.cuda.is_available():
+        caps = sorted({torch.cuda.get_device_capability(i) for i in range(torch.cuda.device_count())})
+        return ";".join(f"{major}.{minor}" for major, minor in caps)
+    raise BuildError(
+        "fastffnn: no GPU is visible to pick the CUDA architecture from; set TORCH_CUDA_ARCH_LIST "
+        "(for example TORCH_CUDA_ARCH_LIST=9.0 for H100/H200)"
+    )
 
 
 def cpu_capability() -> str:
@@ -95,11 +173,18 @@ _CAPABILITY_FLAGS = {
 }
 
 
+def _backend_key() -> str:
+    if backend() == "cpu":
+        return "cpu"
+    archs = re.sub(r"[^0-9A-Za-z.]+", "_", cuda_arch_list())
+    return f"cuda{torch.version.cuda}-sm{archs}"
+
+
 def build_dir() -> Path:
-    """The cache directory for this Python, torch, backend and SIMD level."""
+    """The cache directory for this Python, torch, backend (with CUDA version and GPU archs) and SIMD level."""
     torch_version = re.sub(r"[^0-9A-Za-z.]+", "_", torch.__version__)
     py = f"py{sys.version_info.major}{sys.version_info.minor}"
-    return cache_root() / f"fastffnn-{py}-torch{torch_version}-{backend()}-{cpu_capability().lower()}"
+    return cache_root() / f"fastffnn-{py}-torch{torch_version}-{_backend_key()}-{cpu_capability().lower()}"
 
 
 def library_path() -> Path:
@@ -122,13 +207,38 @@ def ldflags() -> list[str]:
     return ["-fopenmp"]
 
 
+def cuda_cflags() -> list[str]:
+    return ["-O3", "-DFASTFFNN_WITH_CUDA", "-lineinfo"]
+
+
+def _ptxas_report_requested() -> bool:
+    # -Xptxas=-v prints registers, shared memory and spills of every kernel;
+    # it does not change the library, so it is not part of the stamp.
+    return os.environ.get("FASTFFNN_PTXAS_REPORT", "0") not in ("", "0")
+
+
+def _cuda_include_paths() -> list[str]:
+    # ATen's CUDA headers want cuBLAS/cuSPARSE headers that some toolkits
+    # lack; CUDA builds of torch carry them in the nvidia-* wheels.
+    import site
+
+    found = []
+    for base in site.getsitepackages() + [site.getusersitepackages()]:
+        for sub in ("nvidia/cu13/include", "nvidia/cublas/include", "nvidia/cusparse/include"):
+            path = Path(base) / sub
+            if path.is_dir():
+                found.append(str(path))
+    return found
+
+
 def stamp() -> str:
     """Hash of everything the built library depends on."""
     h = hashlib.sha256()
     for path in sources() + _headers():
         h.update(str(path.relative_to(source_dir())).encode())
         h.update(path.read_bytes())
-    for part in (*cflags(), *ldflags(), _compiler(), torch.__version__, sys.version):
+    extra = (*cuda_cflags(), cuda_arch_list(), str(cuda_home())) if backend() == "cuda" else ()
+    for part in (*cflags(), *ldflags(), *extra, _compiler(), torch.__version__, sys.version):
         h.update(part.encode())
     return h.hexdigest()
 
@@ -148,9 +258,34 @@ def _log(msg: str) -> None:
     print(f"fastffnn: {msg}", file=sys.stderr, flush=True)
 
 
+def _check_cuda_toolchain() -> Path:
+    if torch.version.cuda is None:
+        raise BuildError(
+            f"fastffnn: FASTFFNN_BACKEND=cuda but this torch ({torch.__version__}) has no CUDA support; "
+            "install a CUDA build of torch"
+        )
+    home = cuda_home()
+    if home is None:
+        raise BuildError(
+            f"fastffnn: no CUDA toolkit found (looked at $CUDA_HOME, nvcc on PATH and /usr/local/cuda); install "
+            f"the CUDA {torch.version.cuda} toolkit and set CUDA_HOME to its directory, or set FASTFFNN_BACKEND=cpu"
+        )
+    found = nvcc_version(home)
+    if found is None or found.split(".")[0] != torch.version.cuda.split(".")[0]:
+        raise BuildError(
+            f"fastffnn: torch was built with CUDA {torch.version.cuda} but the toolkit in {home} is CUDA "
+            f"{found or 'of unknown version'}; install the CUDA {torch.version.cuda.split('.')[0]}.x toolkit and "
+            "set CUDA_HOME to it, or install a torch built for this toolkit"
+        )
+    return home
+
+
 def _check_toolchain() -> None:
     from torch.utils import cpp_extension
 
+    if backend() == "cuda":
+        # cpp_extension reads its own CUDA_HOME guess, which can be wrong.
+        cpp_extension.CUDA_HOME = str(_check_cuda_toolchain())
     if not cpp_extension.is_ninja_available():
         raise BuildError(
             "fastffnn: building the extension needs ninja, which is not installed; "
@@ -190,33 +325,52 @@ def _build(expected_stamp: str) -> None:
     from torch.utils import cpp_extension
 
     directory = build_dir()
-    # torch's own build lock: cpp_extension waits forever while this file
-    # exists. We hold the flock, so no fastffnn build is running: a file left
-    # behind belongs to a build that was killed halfway.
+    # Older torch (< 2.14) guards its builds with a `lock` file whose mere
+    # existence makes cpp_extension wait forever; newer torch holds an OS lock
+    # on it instead, which dies with its process. We hold our flock, so no
+    # fastffnn build is running: under the old scheme, a file left behind
+    # belongs to a build that was killed halfway.
     stale = directory / "lock"
-    if stale.exists():
+    if not hasattr(cpp_extension, "FileLock") and stale.exists():
         _log(f"removing the stale build lock {stale} left by an interrupted build")
         stale.unlink(missing_ok=True)
-    _log(f"building the C++ extension in {directory} (first use; this takes a minute or two)")
+    cuda = backend() == "cuda"
+    kind = f"CPU + CUDA (sm {cuda_arch_list()})" if cuda else "CPU"
+    _log(f"building the {kind} extension in {directory} (first use; this takes a few minutes)")
     start = time.perf_counter()
+    env_arch = os.environ.get("TORCH_CUDA_ARCH_LIST")
+    verbose = os.environ.get("FASTFFNN_VERBOSE", "0") not in ("", "0") or _ptxas_report_requested()
     try:
+        if cuda:
+            os.environ["TORCH_CUDA_ARCH_LIST"] = cuda_arch_list()
         cpp_extension.load(
             name=LIBRARY_NAME,
             sources=[str(p) for p in sources()],
-            extra_cflags=cflags(),
+            extra_cflags=cflags() + (["-DFASTFFNN_WITH_CUDA"] if cuda else []),
+            extra_cuda_cflags=cuda_cflags() + (["-Xptxas=-v"] if _ptxas_report_requested() else []) if cuda else None,
+            extra_include_paths=_cuda_include_paths() if cuda else None,
             extra_ldflags=ldflags(),
             build_directory=str(directory),
             is_python_module=False,
-            verbose=os.environ.get("FASTFFNN_VERBOSE", "0") not in ("", "0"),
+            with_cuda=cuda,
+            verbose=verbose,
         )
     except Exception as e:  # cpp_extension raises RuntimeError / CalledProcessError
         log = str(e)
+        if verbose:  # cpp_extension printed the compiler's output instead of keeping it
+            raise BuildError("fastffnn: building the C++ extension failed; the compiler's output is above") from None
         log_path = directory / "build.log"
         log_path.write_text(log)
         raise BuildError(
             f"fastffnn: building the C++ extension failed: {first_error_line(log)}\n"
             f"The full log is in {log_path}. Set FASTFFNN_VERBOSE=1 to see the compiler's output."
         ) from None
+    finally:
+        if cuda:
+            if env_arch is None:
+                os.environ.pop("TORCH_CUDA_ARCH_LIST", None)
+            else:
+                os.environ["TORCH_CUDA_ARCH_LIST"] = env_arch
     _stamp_path().write_text(expected_stamp)
     _log(f"built in {time.perf_counter() - start:.1f} s")
 

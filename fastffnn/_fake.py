@@ -40,8 +40,11 @@ def _check_layer(op: str, in_name: str, ref: Tensor, in_features: int, weight_na
 
 
 def _check_input(op: str, name: str, input: Tensor) -> None:
-    if input.dtype not in _FLOATING:
-        raise TypeError(f"fastffnn.{op}: {name} must be float32 or float64, got {input.dtype}")
+    reduced = input.dtype in (torch.float16, torch.bfloat16) and input.device.type == "cuda"
+    if input.dtype not in _FLOATING and not reduced:
+        raise TypeError(
+            f"fastffnn.{op}: {name} must be float32 or float64 (or float16/bfloat16 on CUDA), got {input.dtype}"
+        )
     if input.dim() < 1:
         raise ValueError(f"fastffnn.{op}: {name} must have at least 1 dimension (..., in_features), got a 0-d tensor")
 
@@ -111,7 +114,9 @@ def register() -> None:
         _check_input("softmax_nll", "logits", logits)
         _check_target("softmax_nll", tuple(logits.shape), logits, target)
         lead = tuple(logits.shape[:-1])
-        return logits.new_empty(_loss_shape(lead, reduction)), logits.new_empty(lead)
+        # the log-sum-exp is kept in the compute type: float32 for float16/bfloat16
+        lse_dtype = torch.float32 if logits.dtype in (torch.float16, torch.bfloat16) else logits.dtype
+        return logits.new_empty(_loss_shape(lead, reduction)), logits.new_empty(lead, dtype=lse_dtype)
 
     @torch.library.register_fake(lib + "softmax_nll_backward")
     def _(grad_loss, logits, target, lse, reduction, output_mask):

@@ -1,9 +1,10 @@
-// The CPU building blocks every fastffnn op is made of. They work on 2-D
-// (rows, features) matrices; the op entry points (csrc/cpu/<op>.cpp) validate
-// the arguments, flatten the leading dims and compose these.
+// The building blocks every fastffnn op is made of, on any backend. They work
+// on 2-D (rows, features) matrices; the op entry points (csrc/ops/<op>.cpp)
+// validate the arguments, flatten the leading dims and compose these.
 //
-// Matrix products go to at::mm (MKL / oneDNN); each fused epilogue is one
-// pass over its matrix (csrc/cpu/epilogues.h).
+// Matrix products go to at::mm (MKL / oneDNN on the CPU, cuBLAS on CUDA);
+// each fused epilogue is one pass over its matrix, implemented per backend
+// (csrc/epilogues.h).
 #pragma once
 
 #include <ATen/core/Tensor.h>
@@ -15,10 +16,10 @@
 #include <tuple>
 #include <utility>
 
-#include "../activation.h"
-#include "../checks.h"
+#include "activation.h"
+#include "checks.h"
 
-namespace fastffnn::cpu {
+namespace fastffnn {
 
 // act(x @ w^T + b) as a new contiguous (rows, out) matrix.
 at::Tensor linear_act_2d(const at::Tensor& x, const at::Tensor& w,
@@ -61,7 +62,9 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> layer_backward(
 // logits and computes shift = logsumexp into `lse`; ffnn_nll passes
 // log-probabilities that are already normalised, and no lse (shift = 0).
 // `target` is int64 class indices (rows,) if is_index, else probabilities
-// (rows, classes); both contiguous. Returns the per-row losses (rows,).
+// (rows, classes); both contiguous. Returns the per-row losses (rows,), and
+// writes lse, in the compute type (at::toOpMathType: float for float16 and
+// bfloat16 inputs), so that the backward rebuilds softmax exactly.
 at::Tensor nll_rows_2d(const char* op, const at::Tensor& z, const at::Tensor& target,
                        bool is_index, at::Tensor* lse);
 
@@ -69,9 +72,11 @@ at::Tensor nll_rows_2d(const char* op, const at::Tensor& z, const at::Tensor& ta
 // or contiguous (rows, classes) probabilities.
 at::Tensor target_2d(const at::Tensor& target, int64_t rows, int64_t classes, bool is_index);
 
-// Reduces per-row losses: 'none' keeps them, shaped `lead`; 'sum' and 'mean'
-// add them in a fixed order in double precision.
-at::Tensor reduce_loss(const at::Tensor& row_loss, Reduction reduction, at::IntArrayRef lead);
+// Reduces per-row losses (in the inputs' compute type, see nll_rows_2d) to
+// the loss in `dtype`: 'none' keeps them, shaped `lead`; 'sum' and 'mean' add
+// them in a fixed order in double precision.
+at::Tensor reduce_loss(const at::Tensor& row_loss, Reduction reduction, at::IntArrayRef lead,
+                       at::ScalarType dtype);
 
 // dL/dz for the loss above given grad_loss (shaped `lead` for 'none', a
 // scalar otherwise): weight_r * (sum(y_r) * p_r - y_r) with p_r = exp(z_r -
@@ -82,6 +87,15 @@ at::Tensor nll_backward_2d(const at::Tensor& grad_loss, const at::Tensor& z,
                            const c10::optional<at::Tensor>& shift, const at::Tensor& target,
                            bool is_index, Reduction reduction, at::Tensor* grad_bias,
                            at::Tensor* grad_target);
+
+// (output, hidden) of the network softmax(W(act(V(x)))) (log_softmax if
+// log): on CUDA, the fused tier when it applies (csrc/fused_tier.h); else
+// linear_act_2d then linear_softmax_2d.
+std::pair<at::Tensor, at::Tensor> ffnn_forward_2d(const at::Tensor& x, const at::Tensor& V_weight,
+                                                  const c10::optional<at::Tensor>& V_bias,
+                                                  const at::Tensor& W_weight,
+                                                  const c10::optional<at::Tensor>& W_bias, Activation act,
+                                                  bool log);
 
 // The five gradients of the network softmax(W(act(V(x)))) given dz2, the
 // gradient of the output layer's pre-activation: (input, V.weight, V.bias,
@@ -116,4 +130,4 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> layer_backward(
   return {gx, gw, gb};
 }
 
-}  // namespace fastffnn::cpu
+}  // namespace fastffnn

@@ -1,4 +1,4 @@
-// fastffnn::ffnn and its backward on the CPU: the lecture's whole network
+// fastffnn::ffnn and its backward: the lecture's whole network
 // softmax(W(act(V(x)))) in one call each way.
 // Forward: two matrix products, each followed by one fused epilogue pass; the
 // hidden activations are returned for the backward.
@@ -10,9 +10,10 @@
 #include <torch/library.h>
 
 #include "../checks.h"
-#include "layers.h"
+#include "../layers.h"
+#include "device_guard.h"
 
-namespace fastffnn::cpu {
+namespace fastffnn {
 namespace {
 
 std::tuple<at::Tensor, at::Tensor> ffnn(const at::Tensor& input, const at::Tensor& V_weight,
@@ -20,10 +21,10 @@ std::tuple<at::Tensor, at::Tensor> ffnn(const at::Tensor& input, const at::Tenso
                                         const at::Tensor& W_weight,
                                         const c10::optional<at::Tensor>& W_bias,
                                         c10::string_view activation, bool log) {
+  const auto guard = device_guard_for(input);
   const Activation act = parse_activation(activation);
   const auto s = check_network("ffnn", input, V_weight, V_bias, W_weight, W_bias);
-  auto h = linear_act_2d(input.reshape({s.rows, s.in}), V_weight, V_bias, act);
-  auto p = linear_softmax_2d(h, W_weight, W_bias, log);
+  auto [p, h] = ffnn_forward_2d(input.reshape({s.rows, s.in}), V_weight, V_bias, W_weight, W_bias, act, log);
   return {p.view(linear_output_sizes(input, s.out)), h.view(linear_output_sizes(input, s.hidden))};
 }
 
@@ -31,6 +32,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor> ffnn_back
     const at::Tensor& grad_output, const at::Tensor& input, const at::Tensor& V_weight,
     const at::Tensor& W_weight, const at::Tensor& hidden, const at::Tensor& output,
     c10::string_view activation, bool log, std::array<bool, 5> output_mask) {
+  const auto guard = device_guard_for(input);
   constexpr const char* op = "ffnn_backward";
   const Activation act = parse_activation(activation);
   const auto s = check_network(op, input, V_weight, c10::nullopt, W_weight, c10::nullopt);
@@ -50,11 +52,14 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor> ffnn_back
   return grads;
 }
 
-}  // namespace
-
-TORCH_LIBRARY_IMPL(fastffnn, CPU, m) {
+void register_kernels(torch::Library& m) {
   m.impl("ffnn", &ffnn);
   m.impl("ffnn_backward", &ffnn_backward);
 }
 
-}  // namespace fastffnn::cpu
+}  // namespace
+
+FASTFFNN_IMPL(register_kernels)
+
+
+}  // namespace fastffnn

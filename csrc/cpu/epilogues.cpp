@@ -1,11 +1,12 @@
-#include "layers.h"
+// The CPU epilogues (csrc/epilogues.h): row-parallel loops over the
+// vectorised row operations of csrc/cpu/row_ops.h.
+#include "../epilogues.h"
 
 #include <ATen/Dispatch.h>
 #include <ATen/ops/empty.h>
-#include <ATen/ops/mm.h>
 
 #include "../checks.h"
-#include "epilogues.h"
+#include "row_ops.h"
 
 namespace fastffnn::cpu {
 
@@ -21,23 +22,12 @@ c10::optional<at::Tensor> contiguous(const c10::optional<at::Tensor>& t) {
   return t->contiguous();
 }
 
-// x @ w^T into a new contiguous (rows, out) matrix, ready for an epilogue.
-at::Tensor linear_2d(const at::Tensor& x, const at::Tensor& w) {
-  auto z = at::empty({x.size(0), w.size(0)}, x.options());
-  if (z.numel() != 0) at::mm_out(z, x, w.t());
-  return z;
-}
-
 }  // namespace
 
-at::Tensor no_grad_placeholder(const at::Tensor& like) { return at::empty({0}, like.options()); }
-
-at::Tensor linear_act_2d(const at::Tensor& x, const at::Tensor& w,
-                         const c10::optional<at::Tensor>& b, Activation act) {
-  auto z = linear_2d(x, w);
+void bias_act_(at::Tensor& z, const c10::optional<at::Tensor>& b, Activation act) {
   const auto bc = contiguous(b);
   const int64_t rows = z.size(0), n = z.size(1);
-  AT_DISPATCH_FLOATING_TYPES(z.scalar_type(), "fastffnn.linear_act", [&] {
+  AT_DISPATCH_FLOATING_TYPES(z.scalar_type(), "fastffnn.bias_act", [&] {
     scalar_t* zp = z.data_ptr<scalar_t>();
     const scalar_t* bp = data_or_null<scalar_t>(bc);
     dispatch_activation(act, [&](auto tag) {
@@ -45,24 +35,20 @@ at::Tensor linear_act_2d(const at::Tensor& x, const at::Tensor& w,
       for_each_row(rows, n, [&](int64_t r) { bias_act_row<A>(zp + r * n, bp, n); });
     });
   });
-  return z;
 }
 
-at::Tensor linear_softmax_2d(const at::Tensor& x, const at::Tensor& w,
-                             const c10::optional<at::Tensor>& b, bool log) {
-  auto z = linear_2d(x, w);
+void bias_softmax_(at::Tensor& z, const c10::optional<at::Tensor>& b, bool log) {
   const auto bc = contiguous(b);
   const int64_t rows = z.size(0), n = z.size(1);
-  AT_DISPATCH_FLOATING_TYPES(z.scalar_type(), "fastffnn.linear_softmax", [&] {
+  AT_DISPATCH_FLOATING_TYPES(z.scalar_type(), "fastffnn.bias_softmax", [&] {
     scalar_t* zp = z.data_ptr<scalar_t>();
     const scalar_t* bp = data_or_null<scalar_t>(bc);
     for_each_row(rows, n, [&](int64_t r) { bias_softmax_row(zp + r * n, bp, n, log); });
   });
-  return z;
 }
 
-void act_backward_2d(const at::Tensor& dy, const at::Tensor& y, Activation act, at::Tensor& dz,
-                     at::Tensor* grad_bias) {
+void act_backward(const at::Tensor& dy, const at::Tensor& y, Activation act, at::Tensor& dz,
+                  at::Tensor* grad_bias) {
   const int64_t rows = y.size(0), n = y.size(1);
   AT_DISPATCH_FLOATING_TYPES(y.scalar_type(), "fastffnn.act_backward", [&] {
     const scalar_t* dyp = dy.const_data_ptr<scalar_t>();
@@ -78,8 +64,8 @@ void act_backward_2d(const at::Tensor& dy, const at::Tensor& y, Activation act, 
   });
 }
 
-void softmax_backward_2d(const at::Tensor& dout, const at::Tensor& y, bool log, at::Tensor& dz,
-                         at::Tensor* grad_bias) {
+void softmax_backward(const at::Tensor& dout, const at::Tensor& y, bool log, at::Tensor& dz,
+                      at::Tensor* grad_bias) {
   const int64_t rows = y.size(0), n = y.size(1);
   AT_DISPATCH_FLOATING_TYPES(y.scalar_type(), "fastffnn.softmax_backward", [&] {
     const scalar_t* dp = dout.const_data_ptr<scalar_t>();
@@ -92,21 +78,11 @@ void softmax_backward_2d(const at::Tensor& dout, const at::Tensor& y, bool log, 
   });
 }
 
-std::pair<at::Tensor, at::Tensor> linear_backward_2d(const at::Tensor& dz, const at::Tensor& x,
-                                                     const at::Tensor& w, bool need_input,
-                                                     bool need_weight) {
-  // at::mm with an empty inner dimension returns zeros, which is the right
-  // weight gradient for an empty batch.
-  at::Tensor gx = need_input ? at::mm(dz, w) : no_grad_placeholder(dz);
-  at::Tensor gw = need_weight ? at::mm(dz.t(), x) : no_grad_placeholder(dz);
-  return {gx, gw};
-}
-
-at::Tensor nll_rows_2d(const char* op, const at::Tensor& z, const at::Tensor& target,
-                       bool is_index, at::Tensor* lse) {
+at::Tensor nll_rows(const char* op, const at::Tensor& z, const at::Tensor& target, bool is_index,
+                    at::Tensor* lse) {
   const int64_t rows = z.size(0), n = z.size(1);
   if (is_index) {
-    // Range-check every class index before any kernel reads memory with it.
+    // Range-check every class index before any loop reads memory with it.
     const int64_t* t = target.const_data_ptr<int64_t>();
     for (int64_t r = 0; r < rows; ++r) check_class_index(op, t[r], n);
   }
@@ -126,13 +102,7 @@ at::Tensor nll_rows_2d(const char* op, const at::Tensor& z, const at::Tensor& ta
   return loss;
 }
 
-at::Tensor target_2d(const at::Tensor& target, int64_t rows, int64_t classes, bool is_index) {
-  if (is_index) return target.reshape({rows}).to(at::kLong).contiguous();
-  return target.reshape({rows, classes}).contiguous();
-}
-
-at::Tensor reduce_loss(const at::Tensor& row_loss, Reduction reduction, at::IntArrayRef lead) {
-  if (reduction == Reduction::None) return row_loss.view(lead);
+at::Tensor reduce_loss(const at::Tensor& row_loss, Reduction reduction) {
   auto out = at::empty({}, row_loss.options());
   AT_DISPATCH_FLOATING_TYPES(row_loss.scalar_type(), "fastffnn.reduce_loss", [&] {
     const scalar_t* p = row_loss.const_data_ptr<scalar_t>();
@@ -146,10 +116,10 @@ at::Tensor reduce_loss(const at::Tensor& row_loss, Reduction reduction, at::IntA
   return out;
 }
 
-at::Tensor nll_backward_2d(const at::Tensor& grad_loss, const at::Tensor& z,
-                           const c10::optional<at::Tensor>& shift, const at::Tensor& target,
-                           bool is_index, Reduction reduction, at::Tensor* grad_bias,
-                           at::Tensor* grad_target) {
+at::Tensor nll_backward(const at::Tensor& grad_loss, const at::Tensor& z,
+                        const c10::optional<at::Tensor>& shift, const at::Tensor& target,
+                        bool is_index, Reduction reduction, at::Tensor* grad_bias,
+                        at::Tensor* grad_target) {
   const int64_t rows = z.size(0), n = z.size(1);
   auto dz = at::empty({rows, n}, z.options());
   const auto g = grad_loss.contiguous();
@@ -174,22 +144,6 @@ at::Tensor nll_backward_2d(const at::Tensor& grad_loss, const at::Tensor& z,
     });
   });
   return dz;
-}
-
-std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor> backprop_network_2d(
-    const at::Tensor& dz2, const at::Tensor& x, const at::Tensor& V_weight,
-    const at::Tensor& W_weight, const at::Tensor& hidden, Activation act,
-    c10::ArrayRef<bool> mask, at::Tensor grad_W_bias) {
-  at::Tensor gWw = mask[3] ? at::mm(dz2.t(), hidden) : no_grad_placeholder(dz2);
-  at::Tensor gx = no_grad_placeholder(dz2), gVw = gx, gVb = gx;
-  if (mask[0] || mask[1] || mask[2]) {
-    // dL/dhidden, turned in place into dL/d(pre-activation) by the epilogue.
-    at::Tensor dz1 = at::mm(dz2, W_weight);
-    if (mask[2]) gVb = at::empty({hidden.size(1)}, hidden.options());
-    act_backward_2d(dz1, hidden, act, dz1, mask[2] ? &gVb : nullptr);
-    std::tie(gx, gVw) = linear_backward_2d(dz1, x, V_weight, mask[0], mask[1]);
-  }
-  return {gx, gVw, gVb, gWw, std::move(grad_W_bias)};
 }
 
 }  // namespace fastffnn::cpu

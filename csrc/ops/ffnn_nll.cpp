@@ -1,22 +1,25 @@
-// fastffnn::ffnn_nll and its backward on the CPU: the whole network and its
+// fastffnn::ffnn_nll and its backward: the whole network and its
 // cross-entropy loss, so a training step is one native call forward and one
 // backward. The output layer produces log-probabilities directly (never
 // log(p)); the backward starts from exp(log_probs) - y, fused with W's bias
 // gradient, and continues as ffnn_backward.
+#include <ATen/OpMathType.h>
 #include <ATen/ops/empty.h>
 #include <ATen/ops/empty_like.h>
 #include <torch/library.h>
 
 #include "../checks.h"
-#include "layers.h"
+#include "../layers.h"
+#include "device_guard.h"
 
-namespace fastffnn::cpu {
+namespace fastffnn {
 namespace {
 
 std::tuple<at::Tensor, at::Tensor, at::Tensor> ffnn_nll(
     const at::Tensor& input, const at::Tensor& V_weight, const c10::optional<at::Tensor>& V_bias,
     const at::Tensor& W_weight, const c10::optional<at::Tensor>& W_bias, const at::Tensor& target,
     c10::string_view activation, c10::string_view reduction) {
+  const auto guard = device_guard_for(input);
   constexpr const char* op = "ffnn_nll";
   const Activation act = parse_activation(activation);
   const Reduction red = parse_reduction(reduction);
@@ -26,11 +29,11 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> ffnn_nll(
   const auto out_sizes = linear_output_sizes(input, s.out);
   const bool is_index = check_target(op, out_sizes, input, target);
 
-  auto h = linear_act_2d(input.reshape({s.rows, s.in}), V_weight, V_bias, act);
-  auto lp = linear_softmax_2d(h, W_weight, W_bias, /*log=*/true);
+  auto [lp, h] =
+      ffnn_forward_2d(input.reshape({s.rows, s.in}), V_weight, V_bias, W_weight, W_bias, act, /*log=*/true);
   auto row_loss = nll_rows_2d(op, lp, target_2d(target, s.rows, s.out, is_index), is_index, nullptr);
   const auto lead = input.sizes().slice(0, input.dim() - 1);
-  return {reduce_loss(row_loss, red, lead), h.view(linear_output_sizes(input, s.hidden)),
+  return {reduce_loss(row_loss, red, lead, lp.scalar_type()), h.view(linear_output_sizes(input, s.hidden)),
           lp.view(out_sizes)};
 }
 
@@ -39,6 +42,7 @@ ffnn_nll_backward(const at::Tensor& grad_loss, const at::Tensor& input, const at
                   const at::Tensor& W_weight, const at::Tensor& hidden, const at::Tensor& log_probs,
                   const at::Tensor& target, c10::string_view activation,
                   c10::string_view reduction, std::array<bool, 6> output_mask) {
+  const auto guard = device_guard_for(input);
   constexpr const char* op = "ffnn_nll_backward";
   const Activation act = parse_activation(activation);
   const Reduction red = parse_reduction(reduction);
@@ -65,11 +69,14 @@ ffnn_nll_backward(const at::Tensor& grad_loss, const at::Tensor& input, const at
   return {gx, gVw, gVb, gWw, gWb_out, gt};
 }
 
-}  // namespace
-
-TORCH_LIBRARY_IMPL(fastffnn, CPU, m) {
+void register_kernels(torch::Library& m) {
   m.impl("ffnn_nll", &ffnn_nll);
   m.impl("ffnn_nll_backward", &ffnn_nll_backward);
 }
 
-}  // namespace fastffnn::cpu
+}  // namespace
+
+FASTFFNN_IMPL(register_kernels)
+
+
+}  // namespace fastffnn

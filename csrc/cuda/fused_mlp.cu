@@ -1,0 +1,477 @@
+// The fully fused CUDA tier, for narrow networks (hidden <= 256, classes <=
+// 64, float32/float16/bfloat16): the whole forward in one kernel, and the
+// backward's hidden layer in one kernel, with the hidden activations of a
+// tile of rows kept in shared memory between the two layers, in the spirit of
+// tiny-cuda-nn's fully fused MLP (but with biases, softmax and any width up
+// to the bounds). The first layer's products run on the tensor cores
+// (mma.sync: TF32 for float32 when allowed, bf16/fp16 for those dtypes) or as
+// exact float32 FMAs; the second layer, at most 256 x 64 per row, in FMAs.
+//
+// Forward, per block of kRows rows:
+//   1. h = x @ V^T, streaming x and V through shared memory kK columns of the
+//      input at a time; each thread accumulates a 4 x 8 register tile of h.
+//   2. h = act(h + V_bias), kept in shared memory (and written out when the
+//      backward will need it).
+//   3. z = h @ W^T + W_bias with W^T staged in shared memory, one warp per 4
+//      rows, each lane two classes; then softmax or log_softmax per row with
+//      warp reductions, written out.
+// Backward (hidden layer), per block of kRows rows, given dz2 = dL/dz:
+//   dz1 = (dz2 @ W) * act'(h), with W and the block's dz2 rows in shared
+//   memory, written out for the weight and input gradients (cuBLAS), plus the
+//   block's column sums of dz1 for V's bias gradient, reduced in a fixed order.
+#include <ATen/Context.h>
+#include <ATen/Dispatch.h>
+#include <cuda_bf16.h>
+#include <cuda_fp16.h>
+#include <ATen/ops/empty.h>
+
+#include <algorithm>
+#include <cstdlib>
+#include <cstring>
+#include <limits>
+#include <type_traits>
+
+#include "../fused_tier.h"
+#include "common.cuh"
+
+namespace fastffnn::cuda {
+
+namespace {
+
+constexpr int kThreads = 256;
+constexpr int kRows = 32;        // rows per block
+constexpr int kK = 32;           // input columns per shared-memory stage
+constexpr int kMaxHidden = 256;  // = 32 lanes x 8 columns per thread
+constexpr int kMaxOut = 64;      // = 32 lanes x 2 classes per lane
+constexpr int kRowsPerThread = 4;
+constexpr int kColsPerThread = 8;
+
+// Shared memory, in floats: the x stage, h, and a region that holds first the
+// V stage (kK x hidden) and then W^T (hidden x out).
+struct ForwardSmem {
+  int64_t x_stage, h, shared_region;
+  __host__ __device__ ForwardSmem(int hidden, int out)
+      : x_stage(kRows * (kK + 1)),
+        h(kRows * (hidden + 1)),
+        shared_region(kK * (hidden + 1) > static_cast<int64_t>(hidden) * (out + 1)
+                          ? kK * (hidden + 1)
+                          : static_cast<int64_t>(hidden) * (out + 1)) {}
+  __host__ __device__ int64_t floats() const { return x_stage + h + shared_region; }
+};
+
+// How the first layer's products are computed: exact float32 FMAs, or the
+// tensor cores (mma.sync, sm_80+) with TF32 operands for float32 (when
+// torch.backends.cuda.matmul.allow_tf32 allows) and bfloat16/float16 operands
+// for those dtypes, always accumulating in float32.
+enum class Mma { None, TF32, BF16, FP16 };
+
+// Each thread accumulates 32 values of the block's (kRows x hidden) tile of
+// h; Tile<M> says which (row, column) value i is and computes one stage of kK
+// input columns. xs is [kRows][kK + 1], vs is V's stage as [kK][hidden + 1].
+template <Mma M>
+struct Tile;
+
+template <>
+struct Tile<Mma::None> {
+  // warp w owns rows 4w..4w+3; lane owns columns lane + 32j
+  __device__ static int row(int i, int warp, int) { return warp * kRowsPerThread + i / kColsPerThread; }
+  __device__ static int col(int i, int, int lane) { return lane + 32 * (i % kColsPerThread); }
+  __device__ static void stage(float (&acc)[32], const float* xs, const float* vs, int hidden, int warp, int lane) {
+#pragma unroll 4
+    for (int k = 0; k < kK; ++k) {
+      float v[kColsPerThread];
+#pragma unroll
+      for (int j = 0; j < kColsPerThread; ++j) {
+        const int c = lane + 32 * j;
+        v[j] = c < hidden ? vs[k * (hidden + 1) + c] : 0.f;
+      }
+#pragma unroll
+      for (int i = 0; i < kRowsPerThread; ++i) {
+        const float xv = xs[(warp * kRowsPerThread + i) * (kK + 1) + k];
+#pragma unroll
+        for (int j = 0; j < kColsPerThread; ++j) acc[i * kColsPerThread + j] = fmaf(xv, v[j], acc[i * kColsPerThread + j]);
+      }
+    }
+  }
+};
+
+__device__ __forceinline__ uint32_t tf32_bits(float x) {
+  uint32_t r;
+  asm("cvt.rna.tf32.f32 %0, %1;" : "=r"(r) : "f"(x));
+  return r;
+}
+
+// Two values as the 16-bit pair an mma operand register holds, the first in
+// the low half. The staged values came from bfloat16/float16 inputs, so the
+// conversion back is exact.
+template <Mma M>
+__device__ __forceinline__ uint32_t pack16(float lo, float hi) {
+  uint32_t r;
+  if constexpr (M == Mma::BF16) {
+    __nv_bfloat162 v = __floats2bfloat162_rn(lo, hi);
+    memcpy(&r, &v, sizeof(r));
+  } else {
+    __half2 v = __floats2half2_rn(lo, hi);
+    memcpy(&r, &v, sizeof(r));
+  }
+  return r;
+}
+
+// One m16n8 tile product c += a * b on the tensor cores: k = 8 (TF32) or 16.
+template <Mma M>
+__device__ __forceinline__ void mma(float (&c)[4], const uint32_t (&a)[4], const uint32_t (&b)[2]) {
+#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 800
+  if constexpr (M == Mma::TF32) {
+    asm volatile(
+        "mma.sync.aligned.m16n8k8.row.col.f32.tf32.tf32.f32 {%0,%1,%2,%3}, {%4,%5,%6,%7}, {%8,%9}, "
+        "{%0,%1,%2,%3};\n"
+        : "+f"(c[0]), "+f"(c[1]), "+f"(c[2]), "+f"(c[3])
+        : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"(b[0]), "r"(b[1]));
+  } else if constexpr (M == Mma::BF16) {
+    asm volatile(
+        "mma.sync.aligned.m16n8k16.row.col.f32.bf16.bf16.f32 {%0,%1,%2,%3}, {%4,%5,%6,%7}, {%8,%9}, "
+        "{%0,%1,%2,%3};\n"
+        : "+f"(c[0]), "+f"(c[1]), "+f"(c[2]), "+f"(c[3])
+        : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"(b[0]), "r"(b[1]));
+  } else {
+    asm volatile(
+        "mma.sync.aligned.m16n8k16.row.col.f32.f16.f16.f32 {%0,%1,%2,%3}, {%4,%5,%6,%7}, {%8,%9}, "
+        "{%0,%1,%2,%3};\n"
+        : "+f"(c[0]), "+f"(c[1]), "+f"(c[2]), "+f"(c[3])
+        : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"(b[0]), "r"(b[1]));
+  }
+#else
+  __trap();  // the host never picks a tensor-core path below sm_80
+#endif
+}
+
+// The tensor-core tile: warp w owns the n8 column tiles w, w+8, w+16, w+24 of
+// both m16 row tiles. With g = lane / 4 and t = lane % 4, the PTX fragment
+// layouts are: accumulator q of a tile at (row g + 8 [q >= 2], column
+// 2t + (q & 1)); A registers at rows g, g+8, g, g+8 and columns t, t, t+4,
+// t+4 (TF32) or column pairs 2t, 2t, 2t+8, 2t+8 (16-bit); B registers at
+// column g and rows t, t+4 (TF32) or row pairs 2t, 2t+8 (16-bit).
+template <Mma M>
+struct Tile {
+  static constexpr int kStep = M == Mma::TF32 ? 8 : 16;
+  __device__ static int row(int i, int, int lane) { return (i / 16) * 16 + lane / 4 + ((i % 4) >= 2 ? 8 : 0); }
+  __device__ static int col(int i, int warp, int lane) {
+    return (warp + 8 * ((i / 4) % 4)) * 8 + 2 * (lane % 4) + (i % 2);
+  }
+  __device__ static void stage(float (&acc)[32], const float* xs, const float* vs, int hidden, int warp, int lane) {
+    const int g = lane / 4, t = lane % 4;
+    auto x_at = [&](int r, int k) { return xs[r * (kK + 1) + k]; };
+    auto v_at = [&](int k, int n) { return n < hidden ? vs[k * (hidden + 1) + n] : 0.f; };
+#pragma unroll
+    for (int kk = 0; kk < kK; kk += kStep) {
+      uint32_t a[2][4];
+#pragma unroll
+      for (int mt = 0; mt < 2; ++mt) {
+        const int r = mt * 16 + g;
+        if constexpr (M == Mma::TF32) {
+          a[mt][0] = tf32_bits(x_at(r, kk + t));
+          a[mt][1] = tf32_bits(x_at(r + 8, kk + t));
+          a[mt][2] = tf32_bits(x_at(r, kk + t + 4));
+          a[mt][3] = tf32_bits(x_at(r + 8, kk + t + 4));
+        } else {
+          a[mt][0] = pack16<M>(x_at(r, kk + 2 * t), x_at(r, kk + 2 * t + 1));
+          a[mt][1] = pack16<M>(x_at(r + 8, kk + 2 * t), x_at(r + 8, kk + 2 * t + 1));
+          a[mt][2] = pack16<M>(x_at(r, kk + 2 * t + 8), x_at(r, kk + 2 * t + 9));
+          a[mt][3] = pack16<M>(x_at(r + 8, kk + 2 * t + 8), x_at(r + 8, kk + 2 * t + 9));
+        }
+      }
+#pragma unroll
+      for (int j = 0; j < 4; ++j) {
+        const int n0 = (warp + 8 * j) * 8;
+        if (n0 >= hidden) continue;  // the same for the whole warp
+        const int n = n0 + g;
+        uint32_t b[2];
+        if constexpr (M == Mma::TF32) {
+          b[0] = tf32_bits(v_at(kk + t, n));
+          b[1] = tf32_bits(v_at(kk + t + 4, n));
+        } else {
+          b[0] = pack16<M>(v_at(kk + 2 * t, n), v_at(kk + 2 * t + 1, n));
+          b[1] = pack16<M>(v_at(kk + 2 * t + 8, n), v_at(kk + 2 * t + 9, n));
+        }
+#pragma unroll
+        for (int mt = 0; mt < 2; ++mt) {
+          float* c = acc + (mt * 4 + j) * 4;
+          float frag[4] = {c[0], c[1], c[2], c[3]};
+          mma<M>(frag, a[mt], b);
+#pragma unroll
+          for (int q = 0; q < 4; ++q) c[q] = frag[q];
+        }
+      }
+    }
+  }
+};
+
+template <typename T, Activation A, Mma M>
+__global__ void __launch_bounds__(kThreads, 1) fused_forward_kernel(
+    const T* __restrict__ x, const T* __restrict__ Vw, const T* __restrict__ Vb, const T* __restrict__ Ww,
+    const T* __restrict__ Wb, T* __restrict__ out, T* __restrict__ hidden_out, int64_t rows, int in, int hidden,
+    int classes, bool log) {
+  extern __shared__ float smem[];
+  const ForwardSmem layout(hidden, classes);
+  float* xs = smem;                       // [kRows][kK + 1]
+  float* hs = xs + layout.x_stage;        // [kRows][hidden + 1]
+  float* region = hs + layout.h;          // V stage [kK][hidden + 1], then W^T [hidden][classes + 1]
+  const int tid = threadIdx.x, lane = tid % 32, warp = tid / 32;
+  const int64_t row0 = static_cast<int64_t>(blockIdx.x) * kRows;
+
+  // ---- 1. h = x @ V^T, kK input columns per shared-memory stage.
+  float acc[32];
+#pragma unroll
+  for (int i = 0; i < 32; ++i) acc[i] = 0.f;
+  for (int k0 = 0; k0 < in; k0 += kK) {
+    for (int e = tid; e < kRows * kK; e += kThreads) {
+      const int r = e / kK, k = e % kK;
+      const int64_t gr = row0 + r;
+      xs[r * (kK + 1) + k] = (gr < rows && k0 + k < in) ? static_cast<float>(x[gr * in + k0 + k]) : 0.f;
+    }
+    for (int e = tid; e < hidden * kK; e += kThreads) {
+      const int c = e / kK, k = e % kK;  // consecutive threads read consecutive k of V's row c
+      region[k * (hidden + 1) + c] = (k0 + k < in) ? static_cast<float>(Vw[static_cast<int64_t>(c) * in + k0 + k]) : 0.f;
+    }
+    __syncthreads();
+    Tile<M>::stage(acc, xs, region, hidden, warp, lane);
+    __syncthreads();
+  }
+
+  // ---- 2. h = act(h + b), into shared memory and, for the backward, to global.
+#pragma unroll
+  for (int i = 0; i < 32; ++i) {
+    const int r = Tile<M>::row(i, warp, lane), c = Tile<M>::col(i, warp, lane);
+    if (c >= hidden) continue;
+    const float b = Vb ? static_cast<float>(Vb[c]) : 0.f;
+    const T hv = static_cast<T>(Act<A>::forward(acc[i] + b));
+    hs[r * (hidden + 1) + c] = static_cast<float>(hv);  // the rounded value, as the general tier sees it
+    const int64_t gr = row0 + r;
+    if (hidden_out && gr < rows) hidden_out[gr * hidden + c] = hv;
+  }
+  // W^T into the region the V stage used (the last stage's reads are behind the barrier above).
+  for (int e = tid; e < classes * hidden; e += kThreads) {
+    const int c = e / hidden, k = e % hidden;
+    region[k * (classes + 1) + c] = static_cast<float>(Ww[static_cast<int64_t>(c) * hidden + k]);
+  }
+  __syncthreads();
+
+  // ---- 3. z = h @ W^T + b, then (log-)softmax per row: lane owns classes lane and lane + 32.
+  for (int i = 0; i < kRowsPerThread; ++i) {
+    const int r = warp * kRowsPerThread + i;
+    const int64_t gr = row0 + r;
+    if (gr >= rows) break;  // the same for the whole warp
+    float z[2];
+#pragma unroll
+    for (int q = 0; q < 2; ++q) {
+      const int c = lane + 32 * q;
+      float s = (c < classes && Wb) ? static_cast<float>(Wb[c]) : 0.f;
+      if (c < classes) {
+        for (int k = 0; k < hidden; ++k) s = fmaf(hs[r * (hidden + 1) + k], region[k * (classes + 1) + c], s);
+      }
+      z[q] = c < classes ? s : -std::numeric_limits<float>::infinity();
+    }
+    const float m = warp_max(nan_max(z[0], z[1]));
+    float e[2], sum = 0.f;
+#pragma unroll
+    for (int q = 0; q < 2; ++q) {
+      e[q] = lane + 32 * q < classes ? dev_exp(z[q] - m) : 0.f;
+      sum += e[q];
+    }
+    sum = warp_sum(sum);
+    const float shift = m + dev_log(sum), inv = 1.f / sum;
+#pragma unroll
+    for (int q = 0; q < 2; ++q) {
+      const int c = lane + 32 * q;
+      if (c < classes) out[gr * classes + c] = static_cast<T>(log ? z[q] - shift : e[q] * inv);
+    }
+  }
+}
+
+// dz1 = (dz2 @ W) * act'(h) for a block of rows, and the block's column sums of dz1.
+template <typename T, Activation A>
+__global__ void __launch_bounds__(kThreads) fused_hidden_backward_kernel(
+    const T* __restrict__ dz2, const T* __restrict__ Ww, const T* __restrict__ h, T* __restrict__ dz1,
+    float* __restrict__ partial, int64_t rows, int hidden, int classes) {
+  extern __shared__ float smem[];
+  float* ws = smem;                            // [classes][hidden]
+  float* ds = ws + classes * hidden;           // [kRows][classes + 1]
+  float* colsum = ds + kRows * (classes + 1);  // [kThreads / 32][hidden]
+  const int tid = threadIdx.x, lane = tid % 32, warp = tid / 32;
+  const int64_t row0 = static_cast<int64_t>(blockIdx.x) * kRows;
+  for (int e = tid; e < classes * hidden; e += kThreads) ws[e] = static_cast<float>(Ww[e]);
+  for (int e = tid; e < kRows * classes; e += kThreads) {
+    const int r = e / classes, c = e % classes;
+    const int64_t gr = row0 + r;
+    ds[r * (classes + 1) + c] = gr < rows ? static_cast<float>(dz2[gr * classes + c]) : 0.f;
+  }
+  __syncthreads();
+  float sums[kColsPerThread];
+#pragma unroll
+  for (int j = 0; j < kColsPerThread; ++j) sums[j] = 0.f;
+  for (int i = 0; i < kRowsPerThread; ++i) {
+    const int r = warp * kRowsPerThread + i;
+    const int64_t gr = row0 + r;
+    if (gr >= rows) break;
+#pragma unroll
+    for (int j = 0; j < kColsPerThread; ++j) {
+      const int c = lane + 32 * j;
+      if (c >= hidden) continue;
+      float dh = 0.f;
+      for (int o = 0; o < classes; ++o) dh = fmaf(ds[r * (classes + 1) + o], ws[o * hidden + c], dh);
+      const float g = Act<A>::backward(static_cast<float>(h[gr * hidden + c]), dh);
+      dz1[gr * hidden + c] = static_cast<T>(g);
+      sums[j] += g;
+    }
+  }
+  // The block's column sums: per warp, then over the warps in order.
+#pragma unroll
+  for (int j = 0; j < kColsPerThread; ++j) {
+    const int c = lane + 32 * j;
+    if (c < hidden) colsum[warp * hidden + c] = sums[j];
+  }
+  __syncthreads();
+  for (int c = tid; c < hidden; c += kThreads) {
+    float s = 0.f;
+    for (int w = 0; w < kThreads / 32; ++w) s += colsum[w * hidden + c];
+    partial[static_cast<int64_t>(blockIdx.x) * hidden + c] = s;
+  }
+}
+
+template <typename T>
+__global__ void finish_partials_kernel(const float* __restrict__ partial, int64_t blocks, int hidden,
+                                       T* __restrict__ out) {
+  const int c = blockIdx.x * blockDim.x + threadIdx.x;
+  if (c >= hidden) return;
+  float s = 0.f;
+  for (int64_t b = 0; b < blocks; ++b) s += partial[b * hidden + c];
+  out[c] = static_cast<T>(s);
+}
+
+// The tensor cores need sm_80 or newer; float32 uses them (as TF32) only when
+// torch.backends.cuda.matmul.allow_tf32 is on, as cuBLAS does.
+Mma tensor_core_mode(at::ScalarType t) {
+  int device = 0, major = 0;
+  C10_CUDA_CHECK(cudaGetDevice(&device));
+  C10_CUDA_CHECK(cudaDeviceGetAttribute(&major, cudaDevAttrComputeCapabilityMajor, device));
+  if (major < 8) return Mma::None;
+  if (t == at::kBFloat16) return Mma::BF16;
+  if (t == at::kHalf) return Mma::FP16;
+  return at::globalContext().allowTF32CuBLAS() ? Mma::TF32 : Mma::None;
+}
+
+bool eligible_dtype(at::ScalarType t) {
+  return t == at::kFloat || t == at::kHalf || t == at::kBFloat16;
+}
+
+// Raises a kernel's dynamic shared-memory limit to what the largest eligible
+// shape needs, once per kernel and device (a block gets 48 KB without it).
+template <typename Kernel>
+void allow_shared_memory(Kernel kernel, size_t max_bytes) {
+  static bool done[64] = {};
+  int device = 0;
+  C10_CUDA_CHECK(cudaGetDevice(&device));
+  if (device < 64 && done[device]) return;
+  C10_CUDA_CHECK(cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize,
+                                      static_cast<int>(max_bytes)));
+  if (device < 64) done[device] = true;
+}
+
+size_t forward_smem_bytes(int hidden, int classes) { return ForwardSmem(hidden, classes).floats() * sizeof(float); }
+
+size_t backward_smem_bytes(int hidden, int classes) {
+  return (static_cast<size_t>(classes) * hidden + kRows * (classes + 1) + (kThreads / 32) * hidden) * sizeof(float);
+}
+
+// The fused tier's dtypes only (float64 always takes the general tier).
+#define FASTFFNN_DISPATCH_FUSED_TYPES(type, name, ...)                 \
+  AT_DISPATCH_SWITCH(type, name, AT_DISPATCH_CASE(at::kFloat, __VA_ARGS__) \
+                     AT_DISPATCH_CASE(at::kHalf, __VA_ARGS__) AT_DISPATCH_CASE(at::kBFloat16, __VA_ARGS__))
+
+}  // namespace
+
+bool fused_tier_applies(const at::Tensor& x, int64_t hidden, int64_t classes) {
+  const char* env = std::getenv("FASTFFNN_CUDA_TIER");
+  // The fused tier is compiled and tested but has not been run on a GPU yet,
+  // so "auto" keeps the general tier until it has (see README).
+  if (env == nullptr || std::strcmp(env, "fused") != 0) return false;
+  return x.is_cuda() && eligible_dtype(x.scalar_type()) && hidden >= 1 && hidden <= kMaxHidden &&
+         classes >= 1 && classes <= kMaxOut;
+}
+
+std::pair<at::Tensor, at::Tensor> fused_ffnn_forward(const at::Tensor& x, const at::Tensor& V_weight,
+                                                     const c10::optional<at::Tensor>& V_bias,
+                                                     const at::Tensor& W_weight,
+                                                     const c10::optional<at::Tensor>& W_bias, Activation act,
+                                                     bool log) {
+  const int64_t rows = x.size(0);
+  const int in = static_cast<int>(x.size(1)), hidden = static_cast<int>(V_weight.size(0)),
+            classes = static_cast<int>(W_weight.size(0));
+  auto out = at::empty({rows, classes}, x.options());
+  auto h = at::empty({rows, hidden}, x.options());
+  if (rows == 0) return {out, h};
+  const auto xc = x.contiguous(), Vc = V_weight.contiguous(), Wc = W_weight.contiguous();
+  const auto Vbc = V_bias ? c10::optional<at::Tensor>(V_bias->contiguous()) : c10::nullopt;
+  const auto Wbc = W_bias ? c10::optional<at::Tensor>(W_bias->contiguous()) : c10::nullopt;
+  const size_t bytes = forward_smem_bytes(hidden, classes);
+  const dim3 grid(static_cast<unsigned>(ceil_div(rows, kRows)));
+  const Mma mode = tensor_core_mode(x.scalar_type());
+  FASTFFNN_DISPATCH_FUSED_TYPES(x.scalar_type(), "fastffnn.fused_forward", [&] {
+    dispatch_activation(act, [&](auto tag) {
+      constexpr Activation A = decltype(tag)::value;
+      auto launch = [&](auto kernel) {
+        allow_shared_memory(kernel, forward_smem_bytes(kMaxHidden, kMaxOut));
+        kernel<<<grid, kThreads, bytes, current_stream()>>>(
+            xc.const_data_ptr<scalar_t>(), Vc.const_data_ptr<scalar_t>(),
+            Vbc ? Vbc->const_data_ptr<scalar_t>() : nullptr, Wc.const_data_ptr<scalar_t>(),
+            Wbc ? Wbc->const_data_ptr<scalar_t>() : nullptr, out.data_ptr<scalar_t>(), h.data_ptr<scalar_t>(),
+            rows, in, hidden, classes, log);
+        C10_CUDA_KERNEL_LAUNCH_CHECK();
+      };
+      if (mode == Mma::None) {
+        launch(fused_forward_kernel<scalar_t, A, Mma::None>);
+      } else if constexpr (std::is_same_v<scalar_t, float>) {
+        launch(fused_forward_kernel<scalar_t, A, Mma::TF32>);
+      } else if constexpr (std::is_same_v<scalar_t, at::BFloat16>) {
+        launch(fused_forward_kernel<scalar_t, A, Mma::BF16>);
+      } else {
+        launch(fused_forward_kernel<scalar_t, A, Mma::FP16>);
+      }
+    });
+  });
+  return {out, h};
+}
+
+at::Tensor fused_hidden_backward(const at::Tensor& dz2, const at::Tensor& W_weight, const at::Tensor& hidden,
+                                 Activation act, at::Tensor* grad_V_bias) {
+  const int64_t rows = dz2.size(0);
+  const int classes = static_cast<int>(dz2.size(1)), hid = static_cast<int>(hidden.size(1));
+  auto dz1 = at::empty({rows, hid}, hidden.options());
+  if (rows == 0) {
+    if (grad_V_bias) grad_V_bias->zero_();
+    return dz1;
+  }
+  const int64_t blocks = ceil_div(rows, kRows);
+  auto partial = at::empty({blocks, hid}, hidden.options().dtype(at::kFloat));
+  const auto Wc = W_weight.contiguous(), dc = dz2.contiguous();
+  const size_t bytes = backward_smem_bytes(hid, classes);
+  FASTFFNN_DISPATCH_FUSED_TYPES(hidden.scalar_type(), "fastffnn.fused_hidden_backward", [&] {
+    dispatch_activation(act, [&](auto tag) {
+      constexpr Activation A = decltype(tag)::value;
+      auto kernel = fused_hidden_backward_kernel<scalar_t, A>;
+      allow_shared_memory(kernel, backward_smem_bytes(kMaxHidden, kMaxOut));
+      kernel<<<static_cast<unsigned>(blocks), kThreads, bytes, current_stream()>>>(
+          dc.const_data_ptr<scalar_t>(), Wc.const_data_ptr<scalar_t>(), hidden.const_data_ptr<scalar_t>(),
+          dz1.data_ptr<scalar_t>(), partial.data_ptr<float>(), rows, hid, classes);
+      C10_CUDA_KERNEL_LAUNCH_CHECK();
+    });
+    if (grad_V_bias) {
+      finish_partials_kernel<scalar_t><<<static_cast<unsigned>(ceil_div(hid, 256)), 256, 0, current_stream()>>>(
+          partial.const_data_ptr<float>(), blocks, hid, grad_V_bias->data_ptr<scalar_t>());
+      C10_CUDA_KERNEL_LAUNCH_CHECK();
+    }
+  });
+  return dz1;
+}
+
+}  // namespace fastffnn::cuda

@@ -1,0 +1,37 @@
+// The fully fused CUDA tier for narrow networks (csrc/cuda/fused_mlp.cu), and
+// the heuristic that picks it over the general tier (cuBLAS + epilogues).
+#pragma once
+
+#ifdef FASTFFNN_WITH_CUDA
+
+#include <ATen/core/Tensor.h>
+#include <c10/util/Optional.h>
+
+#include <utility>
+
+#include "activation.h"
+
+namespace fastffnn::cuda {
+
+// Whether the fused tier runs a network on input x: a CUDA float32, float16
+// or bfloat16 tensor, 1 <= hidden <= 256 and 1 <= classes <= 64, and
+// FASTFFNN_CUDA_TIER=fused (the default, auto, keeps the general tier until
+// the fused kernels have been verified on a GPU).
+bool fused_tier_applies(const at::Tensor& x, int64_t hidden, int64_t classes);
+
+// (output, hidden) of softmax(W(act(V(x)))) (log_softmax if log) for a
+// contiguous-able x (rows, in), in one kernel.
+std::pair<at::Tensor, at::Tensor> fused_ffnn_forward(const at::Tensor& x, const at::Tensor& V_weight,
+                                                     const c10::optional<at::Tensor>& V_bias,
+                                                     const at::Tensor& W_weight,
+                                                     const c10::optional<at::Tensor>& W_bias, Activation act,
+                                                     bool log);
+
+// dz1 = (dz2 @ W) * act'(hidden) in one kernel, and its column sums into
+// *grad_V_bias when given.
+at::Tensor fused_hidden_backward(const at::Tensor& dz2, const at::Tensor& W_weight, const at::Tensor& hidden,
+                                 Activation act, at::Tensor* grad_V_bias);
+
+}  // namespace fastffnn::cuda
+
+#endif

@@ -1,0 +1,125 @@
+#include "layers.h"
+
+#include <ATen/ops/empty.h>
+#include <ATen/ops/mm.h>
+
+#include "epilogues.h"
+#include "fused_tier.h"
+
+namespace fastffnn {
+
+// The epilogue implementation for the tensors' device.
+#ifdef FASTFFNN_WITH_CUDA
+#define FASTFFNN_ON(t, fn, ...) ((t).is_cuda() ? cuda::fn(__VA_ARGS__) : cpu::fn(__VA_ARGS__))
+#else
+#define FASTFFNN_ON(t, fn, ...) cpu::fn(__VA_ARGS__)
+#endif
+
+namespace {
+
+// x @ w^T into a new contiguous (rows, out) matrix, ready for an epilogue.
+at::Tensor linear_2d(const at::Tensor& x, const at::Tensor& w) {
+  auto z = at::empty({x.size(0), w.size(0)}, x.options());
+  if (z.numel() != 0) at::mm_out(z, x, w.t());
+  return z;
+}
+
+}  // namespace
+
+at::Tensor no_grad_placeholder(const at::Tensor& like) { return at::empty({0}, like.options()); }
+
+at::Tensor linear_act_2d(const at::Tensor& x, const at::Tensor& w,
+                         const c10::optional<at::Tensor>& b, Activation act) {
+  auto z = linear_2d(x, w);
+  if (z.numel() != 0) FASTFFNN_ON(z, bias_act_, z, b, act);
+  return z;
+}
+
+at::Tensor linear_softmax_2d(const at::Tensor& x, const at::Tensor& w,
+                             const c10::optional<at::Tensor>& b, bool log) {
+  auto z = linear_2d(x, w);
+  if (z.numel() != 0) FASTFFNN_ON(z, bias_softmax_, z, b, log);
+  return z;
+}
+
+void act_backward_2d(const at::Tensor& dy, const at::Tensor& y, Activation act, at::Tensor& dz,
+                     at::Tensor* grad_bias) {
+  FASTFFNN_ON(y, act_backward, dy, y, act, dz, grad_bias);
+}
+
+void softmax_backward_2d(const at::Tensor& dout, const at::Tensor& y, bool log, at::Tensor& dz,
+                         at::Tensor* grad_bias) {
+  FASTFFNN_ON(y, softmax_backward, dout, y, log, dz, grad_bias);
+}
+
+std::pair<at::Tensor, at::Tensor> linear_backward_2d(const at::Tensor& dz, const at::Tensor& x,
+                                                     const at::Tensor& w, bool need_input,
+                                                     bool need_weight) {
+  // at::mm with an empty inner dimension returns zeros, which is the right
+  // weight gradient for an empty batch.
+  at::Tensor gx = need_input ? at::mm(dz, w) : no_grad_placeholder(dz);
+  at::Tensor gw = need_weight ? at::mm(dz.t(), x) : no_grad_placeholder(dz);
+  return {gx, gw};
+}
+
+at::Tensor nll_rows_2d(const char* op, const at::Tensor& z, const at::Tensor& target,
+                       bool is_index, at::Tensor* lse) {
+  return FASTFFNN_ON(z, nll_rows, op, z, target, is_index, lse);
+}
+
+at::Tensor target_2d(const at::Tensor& target, int64_t rows, int64_t classes, bool is_index) {
+  if (is_index) return target.reshape({rows}).to(at::kLong).contiguous();
+  return target.reshape({rows, classes}).contiguous();
+}
+
+at::Tensor reduce_loss(const at::Tensor& row_loss, Reduction reduction, at::IntArrayRef lead,
+                       at::ScalarType dtype) {
+  if (reduction == Reduction::None) return row_loss.to(dtype).view(lead);
+  return FASTFFNN_ON(row_loss, reduce_loss, row_loss, reduction).to(dtype);
+}
+
+at::Tensor nll_backward_2d(const at::Tensor& grad_loss, const at::Tensor& z,
+                           const c10::optional<at::Tensor>& shift, const at::Tensor& target,
+                           bool is_index, Reduction reduction, at::Tensor* grad_bias,
+                           at::Tensor* grad_target) {
+  return FASTFFNN_ON(z, nll_backward, grad_loss, z, shift, target, is_index, reduction, grad_bias,
+                     grad_target);
+}
+
+std::pair<at::Tensor, at::Tensor> ffnn_forward_2d(const at::Tensor& x, const at::Tensor& V_weight,
+                                                  const c10::optional<at::Tensor>& V_bias,
+                                                  const at::Tensor& W_weight,
+                                                  const c10::optional<at::Tensor>& W_bias, Activation act,
+                                                  bool log) {
+#ifdef FASTFFNN_WITH_CUDA
+  if (cuda::fused_tier_applies(x, V_weight.size(0), W_weight.size(0)))
+    return cuda::fused_ffnn_forward(x, V_weight, V_bias, W_weight, W_bias, act, log);
+#endif
+  auto h = linear_act_2d(x, V_weight, V_bias, act);
+  return {linear_softmax_2d(h, W_weight, W_bias, log), h};
+}
+
+std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor> backprop_network_2d(
+    const at::Tensor& dz2, const at::Tensor& x, const at::Tensor& V_weight,
+    const at::Tensor& W_weight, const at::Tensor& hidden, Activation act,
+    c10::ArrayRef<bool> mask, at::Tensor grad_W_bias) {
+  at::Tensor gWw = mask[3] ? at::mm(dz2.t(), hidden) : no_grad_placeholder(dz2);
+  at::Tensor gx = no_grad_placeholder(dz2), gVw = gx, gVb = gx;
+  if (mask[0] || mask[1] || mask[2]) {
+    if (mask[2]) gVb = at::empty({hidden.size(1)}, hidden.options());
+    at::Tensor dz1;
+#ifdef FASTFFNN_WITH_CUDA
+    if (cuda::fused_tier_applies(dz2, hidden.size(1), dz2.size(1)))
+      dz1 = cuda::fused_hidden_backward(dz2, W_weight, hidden, act, mask[2] ? &gVb : nullptr);
+#endif
+    if (!dz1.defined()) {
+      // dL/dhidden, turned in place into dL/d(pre-activation) by the epilogue.
+      dz1 = at::mm(dz2, W_weight);
+      act_backward_2d(dz1, hidden, act, dz1, mask[2] ? &gVb : nullptr);
+    }
+    std::tie(gx, gVw) = linear_backward_2d(dz1, x, V_weight, mask[0], mask[1]);
+  }
+  return {gx, gVw, gVb, gWw, std::move(grad_W_bias)};
+}
+
+}  // namespace fastffnn
