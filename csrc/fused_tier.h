@@ -13,10 +13,10 @@
 
 namespace fastffnn::cuda {
 
-// Whether the fused tier runs a network on input x: a CUDA float32, float16
-// or bfloat16 tensor, 1 <= hidden <= 256 and 1 <= classes <= 64, and
-// FASTFFNN_CUDA_TIER=fused (the default, auto, keeps the general tier until
-// the fused kernels have been verified on a GPU).
+// Whether the fused tier runs a network on x (rows, in): it must be a CUDA
+// float32, float16 or bfloat16 tensor with 1 <= hidden <= 256 and
+// 1 <= classes <= 64; then FASTFFNN_CUDA_TIER=fused always takes it,
+// =general never, and auto (the default) for rows <= 4096.
 bool fused_tier_applies(const at::Tensor& x, int64_t hidden, int64_t classes);
 
 // (output, hidden) of softmax(W(act(V(x)))) (log_softmax if log) for a

@@ -34,9 +34,12 @@ DTYPES = {"float32": torch.float32, "tf32": torch.float32, "bfloat16": torch.bfl
 ACTIVATIONS = ["tanh", "relu", "sigmoid"]
 
 
-@pytest.fixture(params=["general", "fused"])
+@pytest.fixture(params=["auto", "general", "fused"])
 def tier(request, monkeypatch):
-    monkeypatch.setenv("FASTFFNN_CUDA_TIER", request.param)
+    if request.param == "auto":
+        monkeypatch.delenv("FASTFFNN_CUDA_TIER", raising=False)
+    else:
+        monkeypatch.setenv("FASTFFNN_CUDA_TIER", request.param)
     return request.param
 
 
@@ -97,7 +100,7 @@ def check(ours_fn, ref_fn, inputs64, dtype, tol, grad=True):
 
 @pytest.mark.parametrize("mode", ["float32", "tf32", "bfloat16", "float16"])
 @pytest.mark.parametrize("in_f,hid,out,batch", [
-    (1, 1, 1, 1), (7, 100, 5, 33), (300, 100, 2, 0), (300, 255, 63, 4096), (300, 256, 64, 1025),
+    (1, 1, 1, 1), (7, 100, 5, 33), (300, 100, 2, 0), (300, 255, 63, 4096), (300, 256, 64, 4097),
     (300, 257, 65, 33), (784, 256, 10, 4097), (1025, 257, 1000, 33),
 ])
 @pytest.mark.parametrize("activation", ACTIVATIONS)

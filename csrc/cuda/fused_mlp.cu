@@ -29,6 +29,9 @@
 #include <cstdlib>
 #include <cstring>
 #include <limits>
+#include <mutex>
+#include <set>
+#include <utility>
 #include <type_traits>
 
 #include "../fused_tier.h"
@@ -45,6 +48,7 @@ constexpr int kMaxHidden = 256;  // = 32 lanes x 8 columns per thread
 constexpr int kMaxOut = 64;      // = 32 lanes x 2 classes per lane
 constexpr int kRowsPerThread = 4;
 constexpr int kColsPerThread = 8;
+constexpr int64_t kAutoMaxRows = 4096;  // the auto heuristic's batch bound
 
 // Shared memory, in floats: the x stage, h, and a region that holds first the
 // V stage (kK x hidden) and then W^T (hidden x out).
@@ -365,16 +369,19 @@ bool eligible_dtype(at::ScalarType t) {
 }
 
 // Raises a kernel's dynamic shared-memory limit to what the largest eligible
-// shape needs, once per kernel and device (a block gets 48 KB without it).
+// shape needs (a block gets 48 KB without it), once per kernel and device.
 template <typename Kernel>
 void allow_shared_memory(Kernel kernel, size_t max_bytes) {
-  static bool done[64] = {};
+  static std::mutex mutex;
+  static std::set<std::pair<const void*, int>> done;
   int device = 0;
   C10_CUDA_CHECK(cudaGetDevice(&device));
-  if (device < 64 && done[device]) return;
+  const std::lock_guard<std::mutex> lock(mutex);
+  const std::pair<const void*, int> key{reinterpret_cast<const void*>(kernel), device};
+  if (done.count(key)) return;
   C10_CUDA_CHECK(cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize,
                                       static_cast<int>(max_bytes)));
-  if (device < 64) done[device] = true;
+  done.insert(key);
 }
 
 size_t forward_smem_bytes(int hidden, int classes) { return ForwardSmem(hidden, classes).floats() * sizeof(float); }
@@ -392,11 +399,15 @@ size_t backward_smem_bytes(int hidden, int classes) {
 
 bool fused_tier_applies(const at::Tensor& x, int64_t hidden, int64_t classes) {
   const char* env = std::getenv("FASTFFNN_CUDA_TIER");
-  // The fused tier is compiled and tested but has not been run on a GPU yet,
-  // so "auto" keeps the general tier until it has (see README).
-  if (env == nullptr || std::strcmp(env, "fused") != 0) return false;
-  return x.is_cuda() && eligible_dtype(x.scalar_type()) && hidden >= 1 && hidden <= kMaxHidden &&
-         classes >= 1 && classes <= kMaxOut;
+  if (env != nullptr && std::strcmp(env, "general") == 0) return false;
+  const bool eligible = x.is_cuda() && eligible_dtype(x.scalar_type()) && hidden >= 1 && hidden <= kMaxHidden &&
+                        classes >= 1 && classes <= kMaxOut;
+  if (!eligible) return false;
+  if (env != nullptr && std::strcmp(env, "fused") == 0) return true;
+  // auto: where launches and memory passes dominate, one kernel beats five;
+  // at large batches cuBLAS's tiled products take over. A prior until the
+  // crossover is measured on a GPU (benchmarks/bench_gpu.py).
+  return x.size(0) <= kAutoMaxRows;
 }
 
 std::pair<at::Tensor, at::Tensor> fused_ffnn_forward(const at::Tensor& x, const at::Tensor& V_weight,
