@@ -7,7 +7,9 @@ Peers, each timed in the same run with torch.utils.benchmark (median):
 * eager:        the lecture's FFNN (softmax over the class dim), loss
                 neg(log(probs)) . one_hot, Adam;
 * fast drop-in: FastFFNN with the same loss and optimizer;
-* fast fused:   FastFFNN.nll_loss (the fused network + loss op), same optimizer.
+* fast fused:   FastFFNN.nll_loss (the fused network + loss op), same optimizer;
+* one-call:     FastFFNN.train_step with fastffnn.optim.Adam: forward, loss,
+                backward and the Adam update in one native call.
 Batch 1 is a 1-D input, as in the lecture's loop. Each peer is checked against
 eager before it is timed.
 """
@@ -65,6 +67,11 @@ def make_step(model, loss_fn, x, gold):
     return step
 
 
+def one_call_step(model, x, gold):
+    opt = fastffnn.optim.Adam(model.parameters(), lr=1e-3)
+    return lambda: model.train_step(x, gold, opt, reduction="sum")
+
+
 def time_it(fn, threads, min_run_time):
     fn()
     m = tb.Timer(stmt="fn()", globals={"fn": fn}, num_threads=threads).blocked_autorange(min_run_time=min_run_time)
@@ -87,7 +94,8 @@ def main(argv=None):
     rows = []
     print(f"torch {torch.__version__}, fastffnn {fastffnn.__version__}, {platform.processor() or platform.machine()}, "
           f"{args.threads} threads; median microseconds per call")
-    print(f"{'shape':>14} {'batch':>6} {'mode':>8} {'eager':>9} {'drop-in':>9} {'fused':>9} {'x drop-in':>9} {'x fused':>8}")
+    print(f"{'shape':>14} {'batch':>6} {'mode':>8} {'eager':>9} {'drop-in':>9} {'fused':>9} {'one-call':>9} "
+          f"{'x drop-in':>9} {'x fused':>8} {'x 1-call':>8}")
     for inp, hid, out in shapes:
         for batch in batches:
             torch.manual_seed(0)
@@ -114,13 +122,18 @@ def main(argv=None):
                 ("train", "eager"): time_it(make_step(eager, lecture_loss, x, gold), args.threads, args.min_run_time),
                 ("train", "drop-in"): time_it(make_step(fast, lecture_loss, x, gold), args.threads, args.min_run_time),
                 ("train", "fused"): time_it(make_step(fast, fused_loss, x, gold), args.threads, args.min_run_time),
+                ("train", "one-call"): time_it(one_call_step(fast, x, gold), args.threads, args.min_run_time),
             }
             for mode in ("forward", "train"):
-                e, d, f = t[(mode, "eager")], t[(mode, "drop-in")], t.get((mode, "fused"))
-                print(f"{f'{inp},{hid},{out}':>14} {batch:>6} {mode:>8} {e:9.1f} {d:9.1f} "
-                      f"{(f'{f:9.1f}' if f else '-'):>9} {e / d:9.2f} {(f'{e / f:8.2f}' if f else '-'):>8}")
+                e, d = t[(mode, "eager")], t[(mode, "drop-in")]
+                f, o = t.get((mode, "fused")), t.get((mode, "one-call"))
+                cell = lambda v, w=9: f"{v:{w}.1f}" if v else f"{'-':>{w}}"  # noqa: E731
+                ratio = lambda v, w=8: f"{e / v:{w}.2f}" if v else f"{'-':>{w}}"  # noqa: E731
+                print(f"{f'{inp},{hid},{out}':>14} {batch:>6} {mode:>8} {e:9.1f} {d:9.1f} {cell(f)} {cell(o)} "
+                      f"{e / d:9.2f} {ratio(f)} {ratio(o)}")
                 rows.append({"shape": f"{inp},{hid},{out}", "batch": batch, "mode": mode, "eager_us": e,
-                             "dropin_us": d, "fused_us": f or "", "device": "cpu", "threads": args.threads,
+                             "dropin_us": d, "fused_us": f or "", "one_call_us": o or "", "device": "cpu",
+                             "threads": args.threads,
                              "torch": torch.__version__, "fastffnn": fastffnn.__version__,
                              "timestamp": time.strftime("%Y-%m-%dT%H:%M:%S")})
             sys.stdout.flush()

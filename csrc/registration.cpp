@@ -52,4 +52,22 @@ TORCH_LIBRARY(fastffnn, m) {
       "ffnn_nll_backward(Tensor grad_loss, Tensor input, Tensor V_weight, Tensor W_weight, "
       "Tensor hidden, Tensor log_probs, Tensor target, str activation, str reduction, "
       "bool[6] output_mask) -> (Tensor, Tensor, Tensor, Tensor, Tensor, Tensor)");
+
+  // One Adam step over every parameter in one call, the update of
+  // torch.optim.Adam (single-tensor form). `steps` are the per-parameter step
+  // counters (0-d float32 tensors, as torch.optim.Adam keeps them), advanced
+  // here; max_exp_avg_sqs is empty unless amsgrad.
+  m.def(
+      "adam_step_(Tensor(a!)[] params, Tensor[] grads, Tensor(b!)[] exp_avgs, Tensor(c!)[] exp_avg_sqs, "
+      "Tensor(d!)[] max_exp_avg_sqs, Tensor(e!)[] steps, float lr, float beta1, float beta2, float eps, "
+      "float weight_decay, bool amsgrad, bool maximize, bool decoupled_weight_decay) -> ()");
+
+  // A whole training step in one call: ffnn_nll forward and backward, then
+  // adam_step_ on params = [V.weight, V.bias, W.weight, W.bias] (the biases
+  // left out when has_bias is false). Returns the loss.
+  m.def(
+      "ffnn_nll_adam_step_(Tensor input, Tensor target, Tensor(a!)[] params, bool has_bias, "
+      "Tensor(b!)[] exp_avgs, Tensor(c!)[] exp_avg_sqs, Tensor(d!)[] max_exp_avg_sqs, Tensor(e!)[] steps, "
+      "str activation, str reduction, float lr, float beta1, float beta2, float eps, float weight_decay, "
+      "bool amsgrad, bool maximize, bool decoupled_weight_decay) -> Tensor");
 }

@@ -4,6 +4,7 @@
 cached) and loaded on the first op call. See README.md.
 """
 
+from . import optim
 from ._build import BuildError, ensure_loaded
 from .module import FastFFNN
 from .ops import ffnn, ffnn_nll, linear_act, linear_softmax, softmax_nll
@@ -18,6 +19,7 @@ __all__ = [
     "ffnn_nll",
     "linear_act",
     "linear_softmax",
+    "optim",
     "softmax_nll",
     "__version__",
 ]

@@ -149,3 +149,15 @@ def register() -> None:
         mask = list(output_mask)
         mask[5] = mask[5] and target.is_floating_point()
         return _grad_placeholders(input, mask, shapes)
+
+    @torch.library.register_fake(lib + "adam_step_")
+    def _(params, grads, exp_avgs, exp_avg_sqs, max_exp_avg_sqs, steps, lr, beta1, beta2, eps, weight_decay,
+          amsgrad, maximize, decoupled_weight_decay):
+        return None
+
+    @torch.library.register_fake(lib + "ffnn_nll_adam_step_")
+    def _(input, target, params, has_bias, exp_avgs, exp_avg_sqs, max_exp_avg_sqs, steps, activation, reduction,
+          lr, beta1, beta2, eps, weight_decay, amsgrad, maximize, decoupled_weight_decay):
+        if reduction == "none":
+            raise ValueError("fastffnn.ffnn_nll_adam_step_: reduction must be 'mean' or 'sum'")
+        return input.new_empty(())

@@ -90,6 +90,25 @@ class FastFFNN(nn.Module):
         """
         return ops.ffnn_nll(x, *self._params(), target, activation=self.activation, reduction=reduction)
 
+    def train_step(self, x: Tensor, target: Tensor, optimizer, reduction: str = "mean") -> Tensor:
+        """A whole training step in one native call: forward, loss, backward and the Adam update.
+
+        ``optimizer`` must be a :class:`fastffnn.optim.Adam` over
+        ``model.parameters()``. Equivalent to ``model.zero_grad();
+        model.nll_loss(x, target, reduction).backward(); optimizer.step()``,
+        except that ``.grad`` is left untouched; returns the loss (detached).
+        In the lecture's loop, the five lines of a step become
+        ``loss = ffnn.train_step(input, gold_label, optimizer)``.
+        """
+        from .optim import Adam
+
+        if not isinstance(optimizer, Adam):
+            raise TypeError(
+                f"fastffnn: train_step needs a fastffnn.optim.Adam, got {type(optimizer).__name__}; "
+                "use model.nll_loss(...).backward() and optimizer.step() with other optimizers"
+            )
+        return optimizer.train_step(self, x, target, reduction)
+
     def extra_repr(self) -> str:
         return f"activation={self.activation!r}"
 

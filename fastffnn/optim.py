@@ -1,0 +1,120 @@
+"""A fused Adam: ``torch.optim.Adam``'s update, for every parameter in one native call.
+
+``fastffnn.optim.Adam`` takes ``torch.optim.Adam``'s arguments, keeps the same
+per-parameter state (``step``, ``exp_avg``, ``exp_avg_sq`` and, with amsgrad,
+``max_exp_avg_sq``) and the same param-group keys, so its ``state_dict`` loads
+into ``torch.optim.Adam`` and the reverse. CPU tensors only (on CUDA use
+``torch.optim.Adam(fused=True)``).
+"""
+
+from __future__ import annotations
+
+import torch
+
+from ._build import ensure_loaded
+
+
+class Adam(torch.optim.Optimizer):
+    """Adam whose ``step()`` is one native call over all parameters (float32/float64, CPU).
+
+    Same arguments and results as ``torch.optim.Adam`` (lr, betas, eps,
+    weight_decay, amsgrad, maximize, decoupled_weight_decay), within float
+    rounding. ``foreach``, ``capturable``, ``differentiable`` and ``fused`` are
+    accepted for state-dict compatibility and must keep their defaults.
+    """
+
+    def __init__(self, params, lr=1e-3, betas=(0.9, 0.999), eps=1e-8, weight_decay=0, amsgrad=False, *,
+                 foreach=None, maximize=False, capturable=False, differentiable=False, fused=None,
+                 decoupled_weight_decay=False):
+        if not 0.0 <= lr:
+            raise ValueError(f"fastffnn.optim.Adam: invalid learning rate: {lr}")
+        if not 0.0 <= eps:
+            raise ValueError(f"fastffnn.optim.Adam: invalid epsilon value: {eps}")
+        if not (0.0 <= betas[0] < 1.0 and 0.0 <= betas[1] < 1.0):
+            raise ValueError(f"fastffnn.optim.Adam: invalid betas: {betas}")
+        if not 0.0 <= weight_decay:
+            raise ValueError(f"fastffnn.optim.Adam: invalid weight_decay value: {weight_decay}")
+        for name, value in (("foreach", foreach), ("capturable", capturable), ("differentiable", differentiable),
+                            ("fused", fused)):
+            if value:
+                raise ValueError(f"fastffnn.optim.Adam: {name}={value!r} is not supported; it is always one fused "
+                                 "native call on the CPU")
+        defaults = dict(lr=lr, betas=betas, eps=eps, weight_decay=weight_decay, amsgrad=amsgrad, maximize=maximize,
+                        foreach=None, capturable=False, differentiable=False, fused=None,
+                        decoupled_weight_decay=decoupled_weight_decay)
+        super().__init__(params, defaults)
+
+    def __setstate__(self, state):
+        super().__setstate__(state)
+        for group in self.param_groups:
+            group.setdefault("amsgrad", False)
+            group.setdefault("maximize", False)
+            group.setdefault("decoupled_weight_decay", False)
+
+    def _state_lists(self, group, params):
+        """Per-parameter state, created on first use as torch.optim.Adam creates it."""
+        exp_avgs, exp_avg_sqs, max_exp_avg_sqs, steps = [], [], [], []
+        for p in params:
+            state = self.state[p]
+            if len(state) == 0:
+                # as torch.optim.Adam: float64 only when that is the default dtype
+                step_dtype = torch.float64 if torch.get_default_dtype() == torch.float64 else torch.float32
+                state["step"] = torch.tensor(0.0, dtype=step_dtype)
+                state["exp_avg"] = torch.zeros_like(p, memory_format=torch.preserve_format)
+                state["exp_avg_sq"] = torch.zeros_like(p, memory_format=torch.preserve_format)
+                if group["amsgrad"]:
+                    state["max_exp_avg_sq"] = torch.zeros_like(p, memory_format=torch.preserve_format)
+            if group["amsgrad"] and "max_exp_avg_sq" not in state:
+                state["max_exp_avg_sq"] = torch.zeros_like(p, memory_format=torch.preserve_format)
+            exp_avgs.append(state["exp_avg"])
+            exp_avg_sqs.append(state["exp_avg_sq"])
+            if group["amsgrad"]:
+                max_exp_avg_sqs.append(state["max_exp_avg_sq"])
+            steps.append(state["step"])
+        return exp_avgs, exp_avg_sqs, max_exp_avg_sqs, steps
+
+    def _hyper(self, group):
+        beta1, beta2 = group["betas"]
+        return (float(group["lr"]), float(beta1), float(beta2), float(group["eps"]), float(group["weight_decay"]),
+                bool(group["amsgrad"]), bool(group["maximize"]), bool(group["decoupled_weight_decay"]))
+
+    @torch.no_grad()
+    def step(self, closure=None):
+        """One Adam update of every parameter that has a gradient."""
+        loss = None
+        if closure is not None:
+            with torch.enable_grad():
+                loss = closure()
+        ensure_loaded()
+        for group in self.param_groups:
+            params = [p for p in group["params"] if p.grad is not None]
+            if not params:
+                continue
+            for p in params:
+                if p.grad.is_sparse:
+                    raise RuntimeError("fastffnn.optim.Adam does not support sparse gradients")
+            grads = [p.grad for p in params]
+            torch.ops.fastffnn.adam_step_(params, grads, *self._state_lists(group, params), *self._hyper(group))
+        return loss
+
+    @torch.no_grad()
+    def train_step(self, model, input, target, reduction="mean"):
+        """A whole training step of a FastFFNN in one native call; returns the loss.
+
+        Forward, the cross-entropy against ``target`` (class indices, or
+        one-hot/probability rows), backward and this optimizer's update, as
+        ``model.zero_grad(); model.nll_loss(input, target, reduction).backward();
+        self.step()`` would do, except that ``.grad`` is left untouched. This
+        optimizer must hold exactly the model's parameters, in one group.
+        """
+        ensure_loaded()
+        params = [model.V.weight, model.V.bias, model.W.weight, model.W.bias]
+        has_bias = params[1] is not None
+        params = [p for p in params if p is not None]
+        if len(self.param_groups) != 1 or [id(p) for p in self.param_groups[0]["params"]] != [id(p) for p in params]:
+            raise ValueError("fastffnn.optim.Adam.train_step: the optimizer must hold exactly the model's parameters "
+                             "(model.parameters()), in one param group")
+        group = self.param_groups[0]
+        return torch.ops.fastffnn.ffnn_nll_adam_step_(
+            input, target, params, has_bias, *self._state_lists(group, params), model.activation, reduction,
+            *self._hyper(group))
