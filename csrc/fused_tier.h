@@ -10,6 +10,7 @@
 #include <utility>
 
 #include "activation.h"
+#include "layers.h"
 
 namespace fastffnn::cuda {
 
@@ -27,10 +28,15 @@ std::pair<at::Tensor, at::Tensor> fused_ffnn_forward(const at::Tensor& x, const 
                                                      const c10::optional<at::Tensor>& W_bias, Activation act,
                                                      bool log);
 
-// dz1 = (dz2 @ W) * act'(hidden) in one kernel, and its column sums into
-// *grad_V_bias when given.
-at::Tensor fused_hidden_backward(const at::Tensor& dz2, const at::Tensor& W_weight, const at::Tensor& hidden,
-                                 Activation act, at::Tensor* grad_V_bias);
+// The backward's row-local work in one kernel, a tile of rows per block:
+// dz2 = dL/dz from `grad` (softmax or NLL), then dz1 = (dz2 @ W) *
+// act'(hidden) (when need_dz1), with dz2 kept in shared memory in between,
+// and the column sums of both into *grad_W_bias / *grad_V_bias when given.
+// Returns (dz2, dz1) for the weight and input gradients (cuBLAS).
+std::pair<at::Tensor, at::Tensor> fused_network_backward(const OutputGradient& grad, const at::Tensor& W_weight,
+                                                         const at::Tensor& hidden, Activation act,
+                                                         at::Tensor* grad_W_bias, at::Tensor* grad_V_bias,
+                                                         bool need_dz1);
 
 }  // namespace fastffnn::cuda
 

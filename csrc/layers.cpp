@@ -107,19 +107,40 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor> backprop_
   at::Tensor gx = no_grad_placeholder(dz2), gVw = gx, gVb = gx;
   if (mask[0] || mask[1] || mask[2]) {
     if (mask[2]) gVb = at::empty({hidden.size(1)}, hidden.options());
-    at::Tensor dz1;
-#ifdef FASTFFNN_WITH_CUDA
-    if (cuda::fused_tier_applies(dz2, hidden.size(1), dz2.size(1)))
-      dz1 = cuda::fused_hidden_backward(dz2, W_weight, hidden, act, mask[2] ? &gVb : nullptr);
-#endif
-    if (!dz1.defined()) {
-      // dL/dhidden, turned in place into dL/d(pre-activation) by the epilogue.
-      dz1 = at::mm(dz2, W_weight);
-      act_backward_2d(dz1, hidden, act, dz1, mask[2] ? &gVb : nullptr);
-    }
+    // dL/dhidden, turned in place into dL/d(pre-activation) by the epilogue.
+    at::Tensor dz1 = at::mm(dz2, W_weight);
+    act_backward_2d(dz1, hidden, act, dz1, mask[2] ? &gVb : nullptr);
     std::tie(gx, gVw) = linear_backward_2d(dz1, x, V_weight, mask[0], mask[1]);
   }
   return {gx, gVw, gVb, gWw, std::move(grad_W_bias)};
+}
+
+std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor> network_backward_2d(
+    const OutputGradient& grad, const at::Tensor& x, const at::Tensor& V_weight, const at::Tensor& W_weight,
+    const at::Tensor& hidden, Activation act, c10::ArrayRef<bool> mask) {
+  const at::Tensor& y = grad.output;
+  at::Tensor gWb = mask[4] ? at::empty({y.size(1)}, y.options()) : no_grad_placeholder(y);
+#ifdef FASTFFNN_WITH_CUDA
+  if (grad.grad_target == nullptr && cuda::fused_tier_applies(y, hidden.size(1), y.size(1))) {
+    const bool lower = mask[0] || mask[1] || mask[2];
+    at::Tensor gVb = mask[2] ? at::empty({hidden.size(1)}, hidden.options()) : no_grad_placeholder(y);
+    auto [dz2, dz1] = cuda::fused_network_backward(grad, W_weight, hidden, act, mask[4] ? &gWb : nullptr,
+                                                   mask[2] ? &gVb : nullptr, lower);
+    at::Tensor gWw = mask[3] ? at::mm(dz2.t(), hidden) : no_grad_placeholder(y);
+    auto [gx, gVw] = lower ? linear_backward_2d(dz1, x, V_weight, mask[0], mask[1])
+                           : std::pair<at::Tensor, at::Tensor>{no_grad_placeholder(y), no_grad_placeholder(y)};
+    return {gx, gVw, gVb, gWw, gWb};
+  }
+#endif
+  at::Tensor dz2;
+  if (grad.nll) {
+    dz2 = nll_backward_2d(grad.grad_loss, y, c10::nullopt, grad.target, grad.is_index, grad.reduction,
+                          mask[4] ? &gWb : nullptr, grad.grad_target);
+  } else {
+    dz2 = at::empty_like(y);
+    softmax_backward_2d(grad.grad_output, y, grad.log, dz2, mask[4] ? &gWb : nullptr);
+  }
+  return backprop_network_2d(dz2, x, V_weight, W_weight, hidden, act, mask, gWb);
 }
 
 }  // namespace fastffnn

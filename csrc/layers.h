@@ -88,6 +88,21 @@ at::Tensor nll_backward_2d(const at::Tensor& grad_loss, const at::Tensor& z,
                            bool is_index, Reduction reduction, at::Tensor* grad_bias,
                            at::Tensor* grad_target);
 
+// Where the output layer's gradient dz2 = dL/dz (z the logits) comes from:
+// softmax's output and its gradient (ffnn), or the NLL loss of log-softmax
+// output against a target (ffnn_nll). All matrices 2-D and contiguous.
+struct OutputGradient {
+  bool nll = false;
+  at::Tensor output;       // (rows, classes): probabilities, or log-probabilities if log or nll
+  at::Tensor grad_output;  // softmax: dL/d(output)
+  bool log = false;        // softmax: the output is log_softmax
+  at::Tensor grad_loss;    // nll: dL/d(loss), per row for reduction 'none'
+  at::Tensor target;       // nll: int64 (rows,) class indices or (rows, classes) probabilities
+  bool is_index = false;
+  Reduction reduction = Reduction::Mean;
+  at::Tensor* grad_target = nullptr;  // nll with probability targets: where the target's gradient goes
+};
+
 // (output, hidden) of the network softmax(W(act(V(x)))) (log_softmax if
 // log): on CUDA, the fused tier when it applies (csrc/fused_tier.h); else
 // linear_act_2d then linear_softmax_2d.
@@ -105,6 +120,14 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor> backprop_
     const at::Tensor& dz2, const at::Tensor& x, const at::Tensor& V_weight,
     const at::Tensor& W_weight, const at::Tensor& hidden, Activation act,
     c10::ArrayRef<bool> mask, at::Tensor grad_W_bias);
+
+// The five gradients of the network (input, V.weight, V.bias, W.weight,
+// W.bias) from its output gradient: on CUDA, the fused tier when it applies
+// (one kernel forms dz2, dz1 and both bias gradients; cuBLAS the rest);
+// otherwise the output-layer epilogue, then backprop_network_2d.
+std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor> network_backward_2d(
+    const OutputGradient& grad, const at::Tensor& x, const at::Tensor& V_weight, const at::Tensor& W_weight,
+    const at::Tensor& hidden, Activation act, c10::ArrayRef<bool> mask);
 
 // An empty tensor of shape [0]: the placeholder for a gradient not asked for.
 at::Tensor no_grad_placeholder(const at::Tensor& like);

@@ -71,13 +71,17 @@ def on_cuda(tensors, requires_grad=True):
     return [t if t is None else t.detach().cuda().requires_grad_(requires_grad) for t in tensors]
 
 
-def check(ours_fn, ref_fn, inputs64, dtype, tol, grad=True):
-    """Runs ours on CUDA in `dtype` and the reference on the CPU in float64 from the same (rounded) values."""
+def check(ours_fn, ref_fn, inputs64, dtype, tol, grad=True, constant=()):
+    """Runs ours on CUDA in `dtype` and the reference on the CPU in float64 from the same (rounded) values.
+
+    Every floating input requires grad, except those whose positions are in `constant`.
+    """
     rounded = [t if t is None else (t.to(dtype) if t.is_floating_point() else t) for t in inputs64]
-    ref_in = [t if t is None else (t.double().requires_grad_(t.is_floating_point()) if t.is_floating_point() else t)
-              for t in rounded]
-    cuda_in = [t if t is None else (t.cuda().requires_grad_(t.is_floating_point()) if t.is_floating_point() else t.cuda())
-               for t in rounded]
+    wants = [t is not None and t.is_floating_point() and i not in constant for i, t in enumerate(rounded)]
+    ref_in = [t if t is None else (t.double().requires_grad_(w) if t.is_floating_point() else t)
+              for t, w in zip(rounded, wants)]
+    cuda_in = [t if t is None else (t.cuda().requires_grad_(w) if t.is_floating_point() else t.cuda())
+               for t, w in zip(rounded, wants)]
     poison_allocator()
     ours = ours_fn(*cuda_in)
     expected = ref_fn(*ref_in)
@@ -133,7 +137,7 @@ def test_ffnn_shapes(tier, log, lead, bias):
 
 
 @pytest.mark.parametrize("mode", ["float32", "bfloat16"])
-@pytest.mark.parametrize("kind", ["index", "probs"])
+@pytest.mark.parametrize("kind", ["index", "probs", "probs-with-grad"])
 @pytest.mark.parametrize("reduction", ["mean", "sum", "none"])
 @pytest.mark.parametrize("batch", [0, 1, 33, 4096])
 def test_ffnn_nll(tier, mode, kind, reduction, batch):
@@ -142,7 +146,20 @@ def test_ffnn_nll(tier, mode, kind, reduction, batch):
     y = torch.randint(0, 5, (batch,)) if kind == "index" else torch.softmax(torch.randn(batch, 5, dtype=torch.float64), -1)
     with precision(mode):
         check(lambda *a: fastffnn.ffnn_nll(*a[:5], a[5], reduction=reduction),
-              lambda *a: ref.ffnn_nll(*a[:5], a[5], reduction=reduction), [x, *params, y], DTYPES[mode], TOL[mode])
+              lambda *a: ref.ffnn_nll(*a[:5], a[5], reduction=reduction), [x, *params, y], DTYPES[mode], TOL[mode],
+              constant=(5,) if kind == "probs" else ())
+
+
+@pytest.mark.parametrize("frozen", [(0,), (0, 1, 2), (0, 1, 2, 3)], ids=["x", "x,V", "x,V,W.weight"])
+def test_gradients_only_for_what_requires_them(tier, frozen):
+    x = torch.randn(33, 300, dtype=torch.float64)
+    params = network(300, 100, 5, torch.float64)
+    y = torch.randint(0, 5, (33,))
+    with precision("float32"):
+        check(lambda *a: fastffnn.ffnn(*a), lambda *a: ref.ffnn(*a), [x, *params], torch.float32, TOL["float32"],
+              constant=frozen)
+        check(lambda *a: fastffnn.ffnn_nll(*a[:5], a[5]), lambda *a: ref.ffnn_nll(*a[:5], a[5]), [x, *params, y],
+              torch.float32, TOL["float32"], constant=frozen)
 
 
 @pytest.mark.parametrize("mode", ["float32", "float16"])

@@ -1,7 +1,8 @@
 // The fully fused CUDA tier, for narrow networks (hidden <= 256, classes <=
 // 64, float32/float16/bfloat16): the whole forward in one kernel, and the
-// backward's hidden layer in one kernel, with the hidden activations of a
-// tile of rows kept in shared memory between the two layers, in the spirit of
+// backward's row-local work (both layers' pre-activation gradients and the
+// bias gradients) in one kernel, a tile of rows per block, with the
+// activations or gradients between the two layers in shared memory, in the spirit of
 // tiny-cuda-nn's fully fused MLP (but with biases, softmax and any width up
 // to the bounds). The first layer's products run on the tensor cores
 // (mma.sync: TF32 for float32 when allowed, bf16/fp16 for those dtypes) or as
@@ -15,10 +16,11 @@
 //   3. z = h @ W^T + W_bias with W^T staged in shared memory, one warp per 4
 //      rows, each lane two classes; then softmax or log_softmax per row with
 //      warp reductions, written out.
-// Backward (hidden layer), per block of kRows rows, given dz2 = dL/dz:
-//   dz1 = (dz2 @ W) * act'(h), with W and the block's dz2 rows in shared
-//   memory, written out for the weight and input gradients (cuBLAS), plus the
-//   block's column sums of dz1 for V's bias gradient, reduced in a fixed order.
+// Backward, per block of kRows rows: dz2 = dL/dz from the softmax output and
+//   its gradient (or from the NLL loss), kept in shared memory; then
+//   dz1 = (dz2 @ W) * act'(h) with W in shared memory. Both are written out
+//   for the weight and input gradients (cuBLAS), and the block's column sums
+//   of both (the bias gradients) are reduced in a fixed order.
 #include <ATen/Context.h>
 #include <ATen/Dispatch.h>
 #include <cuda_bf16.h>
@@ -292,24 +294,105 @@ __global__ void __launch_bounds__(kThreads, 1) fused_forward_kernel(
   }
 }
 
-// dz1 = (dz2 @ W) * act'(h) for a block of rows, and the block's column sums of dz1.
+// The output layer's gradient, as the backward kernel reads it.
+template <typename T>
+struct OutputGradPtrs {
+  const T* y;          // (rows, classes): probabilities, or log-probabilities (log / NLL)
+  const T* dout;       // softmax: dL/d(output); null for the NLL
+  bool log;            // softmax: y is log_softmax
+  const int64_t* index;  // NLL: class indices, or null for
+  const T* probs;        //      probability targets
+  const T* grad_loss;    // NLL: dL/d(loss)
+  bool per_row_grad;     // NLL: reduction 'none'
+  float scale;           // NLL: 1/rows for 'mean'
+};
+
+// Per block of kRows rows: dz2 = dL/dz into shared memory (and out, for the
+// weight gradient), the block's column sums of dz2; then, if need_dz1,
+// dz1 = (dz2 @ W) * act'(h) and the block's column sums of dz1. Warp w owns
+// rows 4w..4w+3; for dz2 its lanes own classes lane and lane + 32, for dz1
+// hidden columns lane + 32j.
 template <typename T, Activation A>
-__global__ void __launch_bounds__(kThreads) fused_hidden_backward_kernel(
-    const T* __restrict__ dz2, const T* __restrict__ Ww, const T* __restrict__ h, T* __restrict__ dz1,
-    float* __restrict__ partial, int64_t rows, int hidden, int classes) {
+__global__ void __launch_bounds__(kThreads, 1) fused_backward_kernel(
+    OutputGradPtrs<T> grad, const T* __restrict__ Ww, const T* __restrict__ h, T* __restrict__ dz2,
+    T* __restrict__ dz1, float* __restrict__ partial_W, float* __restrict__ partial_V, int64_t rows, int hidden,
+    int classes, bool need_dz1) {
   extern __shared__ float smem[];
   float* ws = smem;                            // [classes][hidden]
   float* ds = ws + classes * hidden;           // [kRows][classes + 1]
   float* colsum = ds + kRows * (classes + 1);  // [kThreads / 32][hidden]
   const int tid = threadIdx.x, lane = tid % 32, warp = tid / 32;
   const int64_t row0 = static_cast<int64_t>(blockIdx.x) * kRows;
-  for (int e = tid; e < classes * hidden; e += kThreads) ws[e] = static_cast<float>(Ww[e]);
-  for (int e = tid; e < kRows * classes; e += kThreads) {
-    const int r = e / classes, c = e % classes;
+  if (need_dz1) {
+    for (int e = tid; e < classes * hidden; e += kThreads) ws[e] = static_cast<float>(Ww[e]);
+  }
+
+  // ---- dz2, one row per warp at a time.
+  for (int i = 0; i < kRowsPerThread; ++i) {
+    const int r = warp * kRowsPerThread + i;
     const int64_t gr = row0 + r;
-    ds[r * (classes + 1) + c] = gr < rows ? static_cast<float>(dz2[gr * classes + c]) : 0.f;
+    float d2[2] = {0.f, 0.f};
+    if (gr < rows) {  // the same for the whole warp, as the warp sums need
+      float yv[2], other[2];
+#pragma unroll
+      for (int q = 0; q < 2; ++q) {
+        const int c = lane + 32 * q;
+        yv[q] = c < classes ? static_cast<float>(grad.y[gr * classes + c]) : 0.f;
+      }
+      if (grad.dout) {
+        // softmax: dz = y * (d - <d, y>); log_softmax: dz = d - exp(y) * sum(d)
+#pragma unroll
+        for (int q = 0; q < 2; ++q) {
+          const int c = lane + 32 * q;
+          other[q] = c < classes ? static_cast<float>(grad.dout[gr * classes + c]) : 0.f;
+        }
+        const float s = warp_sum(grad.log ? other[0] + other[1] : other[0] * yv[0] + other[1] * yv[1]);
+#pragma unroll
+        for (int q = 0; q < 2; ++q) d2[q] = grad.log ? other[q] - dev_exp(yv[q]) * s : yv[q] * (other[q] - s);
+      } else {
+        // NLL on log-probabilities y: dz = w * (sum(t) * exp(y) - t)
+        const float w = static_cast<float>(grad.grad_loss[grad.per_row_grad ? gr : 0]) * grad.scale;
+        float tsum = 1.f;
+        if (grad.index) {
+          const int64_t t = grad.index[gr];
+#pragma unroll
+          for (int q = 0; q < 2; ++q) other[q] = (lane + 32 * q) == t ? 1.f : 0.f;
+        } else {
+#pragma unroll
+          for (int q = 0; q < 2; ++q) {
+            const int c = lane + 32 * q;
+            other[q] = c < classes ? static_cast<float>(grad.probs[gr * classes + c]) : 0.f;
+          }
+          tsum = warp_sum(other[0] + other[1]);
+        }
+#pragma unroll
+        for (int q = 0; q < 2; ++q) d2[q] = w * (tsum * dev_exp(yv[q]) - other[q]);
+      }
+#pragma unroll
+      for (int q = 0; q < 2; ++q) {
+        const int c = lane + 32 * q;
+        if (c < classes) {
+          const T rounded = static_cast<T>(d2[q]);  // what the weight-gradient product will read
+          dz2[gr * classes + c] = rounded;
+          d2[q] = static_cast<float>(rounded);
+        }
+      }
+    }
+#pragma unroll
+    for (int q = 0; q < 2; ++q) {
+      const int c = lane + 32 * q;
+      if (c < classes) ds[r * (classes + 1) + c] = d2[q];
+    }
   }
   __syncthreads();
+  for (int c = tid; c < classes; c += kThreads) {
+    float s = 0.f;
+    for (int r = 0; r < kRows; ++r) s += ds[r * (classes + 1) + c];
+    partial_W[static_cast<int64_t>(blockIdx.x) * classes + c] = s;
+  }
+  if (!need_dz1) return;  // the same for the whole block
+
+  // ---- dz1 = (dz2 @ W) * act'(h), dz2 read from shared memory.
   float sums[kColsPerThread];
 #pragma unroll
   for (int j = 0; j < kColsPerThread; ++j) sums[j] = 0.f;
@@ -324,11 +407,12 @@ __global__ void __launch_bounds__(kThreads) fused_hidden_backward_kernel(
       float dh = 0.f;
       for (int o = 0; o < classes; ++o) dh = fmaf(ds[r * (classes + 1) + o], ws[o * hidden + c], dh);
       const float g = Act<A>::backward(static_cast<float>(h[gr * hidden + c]), dh);
-      dz1[gr * hidden + c] = static_cast<T>(g);
-      sums[j] += g;
+      const T rounded = static_cast<T>(g);
+      dz1[gr * hidden + c] = rounded;
+      sums[j] += static_cast<float>(rounded);
     }
   }
-  // The block's column sums: per warp, then over the warps in order.
+  // The block's column sums of dz1: per warp, then over the warps in order.
 #pragma unroll
   for (int j = 0; j < kColsPerThread; ++j) {
     const int c = lane + 32 * j;
@@ -338,7 +422,7 @@ __global__ void __launch_bounds__(kThreads) fused_hidden_backward_kernel(
   for (int c = tid; c < hidden; c += kThreads) {
     float s = 0.f;
     for (int w = 0; w < kThreads / 32; ++w) s += colsum[w * hidden + c];
-    partial[static_cast<int64_t>(blockIdx.x) * hidden + c] = s;
+    partial_V[static_cast<int64_t>(blockIdx.x) * hidden + c] = s;
   }
 }
 
@@ -453,36 +537,57 @@ std::pair<at::Tensor, at::Tensor> fused_ffnn_forward(const at::Tensor& x, const 
   return {out, h};
 }
 
-at::Tensor fused_hidden_backward(const at::Tensor& dz2, const at::Tensor& W_weight, const at::Tensor& hidden,
-                                 Activation act, at::Tensor* grad_V_bias) {
-  const int64_t rows = dz2.size(0);
-  const int classes = static_cast<int>(dz2.size(1)), hid = static_cast<int>(hidden.size(1));
-  auto dz1 = at::empty({rows, hid}, hidden.options());
+std::pair<at::Tensor, at::Tensor> fused_network_backward(const OutputGradient& grad, const at::Tensor& W_weight,
+                                                         const at::Tensor& hidden, Activation act,
+                                                         at::Tensor* grad_W_bias, at::Tensor* grad_V_bias,
+                                                         bool need_dz1) {
+  const at::Tensor& y = grad.output;
+  const int64_t rows = y.size(0);
+  const int classes = static_cast<int>(y.size(1)), hid = static_cast<int>(hidden.size(1));
+  auto dz2 = at::empty({rows, classes}, y.options());
+  auto dz1 = need_dz1 ? at::empty({rows, hid}, hidden.options()) : at::empty({0}, hidden.options());
   if (rows == 0) {
+    if (grad_W_bias) grad_W_bias->zero_();
     if (grad_V_bias) grad_V_bias->zero_();
-    return dz1;
+    return {dz2, dz1};
   }
   const int64_t blocks = ceil_div(rows, kRows);
-  auto partial = at::empty({blocks, hid}, hidden.options().dtype(at::kFloat));
-  const auto Wc = W_weight.contiguous(), dc = dz2.contiguous();
+  auto partial_W = at::empty({blocks, classes}, y.options().dtype(at::kFloat));
+  auto partial_V = at::empty({need_dz1 ? blocks : 0, hid}, y.options().dtype(at::kFloat));
+  const auto Wc = W_weight.contiguous();
   const size_t bytes = backward_smem_bytes(hid, classes);
-  FASTFFNN_DISPATCH_FUSED_TYPES(hidden.scalar_type(), "fastffnn.fused_hidden_backward", [&] {
+  FASTFFNN_DISPATCH_FUSED_TYPES(y.scalar_type(), "fastffnn.fused_backward", [&] {
+    OutputGradPtrs<scalar_t> ptrs{};
+    ptrs.y = y.const_data_ptr<scalar_t>();
+    ptrs.log = grad.log;
+    if (grad.nll) {
+      ptrs.index = grad.is_index ? grad.target.const_data_ptr<int64_t>() : nullptr;
+      ptrs.probs = grad.is_index ? nullptr : grad.target.const_data_ptr<scalar_t>();
+      ptrs.grad_loss = grad.grad_loss.const_data_ptr<scalar_t>();
+      ptrs.per_row_grad = grad.reduction == Reduction::None;
+      ptrs.scale = grad.reduction == Reduction::Mean ? 1.f / static_cast<float>(rows) : 1.f;
+    } else {
+      ptrs.dout = grad.grad_output.const_data_ptr<scalar_t>();
+    }
     dispatch_activation(act, [&](auto tag) {
       constexpr Activation A = decltype(tag)::value;
-      auto kernel = fused_hidden_backward_kernel<scalar_t, A>;
+      auto kernel = fused_backward_kernel<scalar_t, A>;
       allow_shared_memory(kernel, backward_smem_bytes(kMaxHidden, kMaxOut));
       kernel<<<static_cast<unsigned>(blocks), kThreads, bytes, current_stream()>>>(
-          dc.const_data_ptr<scalar_t>(), Wc.const_data_ptr<scalar_t>(), hidden.const_data_ptr<scalar_t>(),
-          dz1.data_ptr<scalar_t>(), partial.data_ptr<float>(), rows, hid, classes);
+          ptrs, Wc.const_data_ptr<scalar_t>(), hidden.const_data_ptr<scalar_t>(), dz2.data_ptr<scalar_t>(),
+          need_dz1 ? dz1.data_ptr<scalar_t>() : nullptr, partial_W.data_ptr<float>(),
+          need_dz1 ? partial_V.data_ptr<float>() : nullptr, rows, hid, classes, need_dz1);
       C10_CUDA_KERNEL_LAUNCH_CHECK();
     });
-    if (grad_V_bias) {
-      finish_partials_kernel<scalar_t><<<static_cast<unsigned>(ceil_div(hid, 256)), 256, 0, current_stream()>>>(
-          partial.const_data_ptr<float>(), blocks, hid, grad_V_bias->data_ptr<scalar_t>());
+    auto finish = [&](const at::Tensor& partial, int n, at::Tensor* out) {
+      finish_partials_kernel<scalar_t><<<static_cast<unsigned>(ceil_div(n, 256)), 256, 0, current_stream()>>>(
+          partial.const_data_ptr<float>(), blocks, n, out->data_ptr<scalar_t>());
       C10_CUDA_KERNEL_LAUNCH_CHECK();
-    }
+    };
+    if (grad_W_bias) finish(partial_W, classes, grad_W_bias);
+    if (grad_V_bias && need_dz1) finish(partial_V, hid, grad_V_bias);
   });
-  return dz1;
+  return {dz2, dz1};
 }
 
 }  // namespace fastffnn::cuda

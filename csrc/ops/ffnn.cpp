@@ -40,14 +40,12 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor> ffnn_back
   check_layer_output(op, input, s.out, "output", output);
   check_layer_output(op, input, s.out, "grad_output", grad_output);
 
-  const auto h = hidden.reshape({s.rows, s.hidden}).contiguous();
-  const auto y = output.reshape({s.rows, s.out}).contiguous();
-  const auto dy = grad_output.reshape({s.rows, s.out}).contiguous();
-  auto dz2 = at::empty_like(y);
-  at::Tensor gWb = output_mask[4] ? at::empty({s.out}, y.options()) : no_grad_placeholder(y);
-  softmax_backward_2d(dy, y, log, dz2, output_mask[4] ? &gWb : nullptr);
-  auto grads = backprop_network_2d(dz2, input.reshape({s.rows, s.in}), V_weight, W_weight, h, act,
-                                   output_mask, gWb);
+  OutputGradient grad;
+  grad.output = output.reshape({s.rows, s.out}).contiguous();
+  grad.grad_output = grad_output.reshape({s.rows, s.out}).contiguous();
+  grad.log = log;
+  auto grads = network_backward_2d(grad, input.reshape({s.rows, s.in}), V_weight, W_weight,
+                                   hidden.reshape({s.rows, s.hidden}).contiguous(), act, output_mask);
   if (output_mask[0]) std::get<0>(grads) = std::get<0>(grads).view(input.sizes());
   return grads;
 }

@@ -53,17 +53,20 @@ ffnn_nll_backward(const at::Tensor& grad_loss, const at::Tensor& input, const at
   const auto lead = input.sizes().slice(0, input.dim() - 1);
   check_grad_loss(op, grad_loss, input, lead, red);
 
-  const auto lp = log_probs.reshape({s.rows, s.out}).contiguous();
   const bool want_target = output_mask[5] && !is_index;
-  at::Tensor gWb = output_mask[4] ? at::empty({s.out}, lp.options()) : no_grad_placeholder(lp);
-  at::Tensor gt = want_target ? at::empty({s.rows, s.out}, lp.options()) : no_grad_placeholder(lp);
-  auto dz2 = nll_backward_2d(grad_loss, lp, c10::nullopt, target_2d(target, s.rows, s.out, is_index),
-                             is_index, red, output_mask[4] ? &gWb : nullptr,
-                             want_target ? &gt : nullptr);
+  at::Tensor gt = want_target ? at::empty({s.rows, s.out}, log_probs.options()) : no_grad_placeholder(log_probs);
+  OutputGradient grad;
+  grad.nll = true;
+  grad.output = log_probs.reshape({s.rows, s.out}).contiguous();
+  grad.grad_loss = grad_loss.contiguous();
+  grad.target = target_2d(target, s.rows, s.out, is_index);
+  grad.is_index = is_index;
+  grad.reduction = red;
+  grad.grad_target = want_target ? &gt : nullptr;
   auto [gx, gVw, gVb, gWw, gWb_out] =
-      backprop_network_2d(dz2, input.reshape({s.rows, s.in}), V_weight, W_weight,
+      network_backward_2d(grad, input.reshape({s.rows, s.in}), V_weight, W_weight,
                           hidden.reshape({s.rows, s.hidden}).contiguous(), act,
-                          c10::ArrayRef<bool>(output_mask.data(), 5), gWb);
+                          c10::ArrayRef<bool>(output_mask.data(), 5));
   if (output_mask[0]) gx = gx.view(input.sizes());
   if (want_target) gt = gt.view(log_probs.sizes());
   return {gx, gVw, gVb, gWw, gWb_out, gt};
