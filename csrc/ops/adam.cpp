@@ -16,6 +16,7 @@
 #include <ATen/core/dispatch/Dispatcher.h>
 #include <ATen/cpu/vec/vec.h>
 #include <ATen/ops/ones.h>
+#include <ATen/ops/scalar_tensor.h>
 #include <c10/core/impl/LocalDispatchKeySet.h>
 #include <torch/library.h>
 
@@ -23,55 +24,98 @@
 
 #include "../activation.h"
 #include "../checks.h"
+#include "../cpu/row_ops.h"
 
 namespace fastffnn {
 namespace {
+
+using cpu::Act;
+using cpu::act_backward_row;
+using cpu::nll_backward_row;
+using cpu::row_logsumexp;
+using cpu::soft_nll_row;
 
 struct AdamConfig {
   double lr, beta1, beta2, eps, weight_decay;
   bool amsgrad, maximize, decoupled_weight_decay;
 };
 
+// torch.optim.Adam's update of one vector of parameters, with the step's
+// constants computed once.
 template <typename T>
-void adam_update(T* p, const T* g, T* m, T* v, T* vmax, int64_t n, double step, const AdamConfig& c) {
+struct AdamVec {
   using Vec = at::vec::Vectorized<T>;
-  const double bias_correction1 = 1 - std::pow(c.beta1, step);
-  const double bias_correction2 = 1 - std::pow(c.beta2, step);
-  const Vec neg_step_size(static_cast<T>(-c.lr / bias_correction1));
-  const Vec bc2_sqrt(static_cast<T>(std::sqrt(bias_correction2)));
-  const Vec w1(static_cast<T>(1 - c.beta1)), b2(static_cast<T>(c.beta2)), w2(static_cast<T>(1 - c.beta2));
-  const Vec eps(static_cast<T>(c.eps)), wd(static_cast<T>(c.weight_decay));
-  const Vec decay(static_cast<T>(1 - c.lr * c.weight_decay));
-  const bool weight_decay = c.weight_decay != 0;
-  auto update = [&](int64_t i, int64_t count) {
-    Vec gv = Vec::loadu(g + i, count);
-    if (c.maximize) gv = gv.neg();
-    Vec pv = Vec::loadu(p + i, count);
+  Vec neg_step_size, bc2_sqrt, w1, b2, w2, eps, wd, decay;
+  bool weight_decay, decoupled, amsgrad, maximize;
+
+  AdamVec(const AdamConfig& c, double step)
+      : neg_step_size(static_cast<T>(-c.lr / (1 - std::pow(c.beta1, step)))),
+        bc2_sqrt(static_cast<T>(std::sqrt(1 - std::pow(c.beta2, step)))),
+        w1(static_cast<T>(1 - c.beta1)),
+        b2(static_cast<T>(c.beta2)),
+        w2(static_cast<T>(1 - c.beta2)),
+        eps(static_cast<T>(c.eps)),
+        wd(static_cast<T>(c.weight_decay)),
+        decay(static_cast<T>(1 - c.lr * c.weight_decay)),
+        weight_decay(c.weight_decay != 0),
+        decoupled(c.decoupled_weight_decay),
+        amsgrad(c.amsgrad),
+        maximize(c.maximize) {}
+
+  // p, m, v, vmax: `count` elements each; gv: their gradient.
+  void update(T* p, Vec gv, T* m, T* v, T* vmax, int64_t count) const {
+    if (maximize) gv = gv.neg();
+    Vec pv = Vec::loadu(p, count);
     if (weight_decay) {
-      if (c.decoupled_weight_decay)
+      if (decoupled)
         pv = pv * decay;
       else
         gv = gv + pv * wd;
     }
-    Vec mv = Vec::loadu(m + i, count);
+    Vec mv = Vec::loadu(m, count);
     mv = mv + w1 * (gv - mv);  // torch's lerp for weights below 0.5
-    Vec vv = Vec::loadu(v + i, count) * b2 + w2 * gv * gv;
+    Vec vv = Vec::loadu(v, count) * b2 + w2 * gv * gv;
     Vec second = vv;
-    if (c.amsgrad) {
-      second = at::vec::maximum(Vec::loadu(vmax + i, count), vv);
-      second.store(vmax + i, count);
+    if (amsgrad) {
+      second = at::vec::maximum(Vec::loadu(vmax, count), vv);
+      second.store(vmax, count);
     }
     const Vec denom = second.sqrt() / bc2_sqrt + eps;
-    (pv + neg_step_size * (mv / denom)).store(p + i, count);
-    mv.store(m + i, count);
-    vv.store(v + i, count);
-  };
+    (pv + neg_step_size * (mv / denom)).store(p, count);
+    mv.store(m, count);
+    vv.store(v, count);
+  }
+};
+
+// Calls f(i, count) over [begin, end) a vector at a time, the tail as one partial vector.
+template <typename T, typename F>
+inline void for_vectors(int64_t begin, int64_t end, const F& f) {
+  constexpr int64_t W = at::vec::Vectorized<T>::size();
+  int64_t i = begin;
+  for (; i + W <= end; i += W) f(i, W);
+  if (i < end) f(i, end - i);
+}
+
+template <typename T>
+void adam_update(T* p, const T* g, T* m, T* v, T* vmax, int64_t n, double step, const AdamConfig& c) {
+  using Vec = at::vec::Vectorized<T>;
+  const AdamVec<T> adam(c, step);
   at::parallel_for(0, n, 32768, [&](int64_t begin, int64_t end) {
-    constexpr int64_t W = Vec::size();
-    int64_t i = begin;
-    for (; i + W <= end; i += W) update(i, W);
-    if (i < end) update(i, end - i);
+    for_vectors<T>(begin, end, [&](int64_t i, int64_t count) {
+      adam.update(p + i, Vec::loadu(g + i, count), m + i, v + i, vmax ? vmax + i : nullptr, count);
+    });
   });
+}
+
+// Advances a torch.optim.Adam step counter (a one-element float tensor) and returns the new count.
+double advance_step(const at::Tensor& step) {
+  double count = 0;
+  AT_DISPATCH_FLOATING_TYPES(step.scalar_type(), "fastffnn.adam_step", [&] {
+    scalar_t* s = step.data_ptr<scalar_t>();
+    *s += 1;
+    count = static_cast<double>(*s);
+  });
+  return count;
 }
 
 void check_state(const char* name, const at::Tensor& t, const at::Tensor& param, size_t i) {
@@ -82,26 +126,28 @@ void check_state(const char* name, const at::Tensor& t, const at::Tensor& param,
                     " of shape ", t.sizes(), " on ", t.device());
 }
 
-void adam_step_(at::TensorList params, at::TensorList grads, at::TensorList exp_avgs, at::TensorList exp_avg_sqs,
-                at::TensorList max_exp_avg_sqs, at::TensorList steps, double lr, double beta1, double beta2,
-                double eps, double weight_decay, bool amsgrad, bool maximize, bool decoupled_weight_decay) {
+// Validates an Adam step's lists (grads may be empty: the fused step forms
+// the gradients itself) and hyper-parameters.
+AdamConfig check_adam(at::TensorList params, at::TensorList grads, at::TensorList exp_avgs,
+                      at::TensorList exp_avg_sqs, at::TensorList max_exp_avg_sqs, at::TensorList steps, double lr,
+                      double beta1, double beta2, double eps, double weight_decay, bool amsgrad, bool maximize,
+                      bool decoupled_weight_decay) {
   const size_t n = params.size();
-  TORCH_CHECK_VALUE(grads.size() == n && exp_avgs.size() == n && exp_avg_sqs.size() == n && steps.size() == n &&
-                        max_exp_avg_sqs.size() == (amsgrad ? n : 0),
+  TORCH_CHECK_VALUE((grads.empty() || grads.size() == n) && exp_avgs.size() == n && exp_avg_sqs.size() == n &&
+                        steps.size() == n && max_exp_avg_sqs.size() == (amsgrad ? n : 0),
                     "fastffnn.adam_step_: got ", n, " params, ", grads.size(), " grads, ", exp_avgs.size(),
                     " exp_avgs, ", exp_avg_sqs.size(), " exp_avg_sqs, ", max_exp_avg_sqs.size(),
                     " max_exp_avg_sqs (", amsgrad ? n : 0, " expected) and ", steps.size(), " steps");
   TORCH_CHECK_VALUE(lr >= 0 && eps >= 0 && beta1 >= 0 && beta1 < 1 && beta2 >= 0 && beta2 < 1 && weight_decay >= 0,
                     "fastffnn.adam_step_: invalid hyper-parameters lr=", lr, " betas=(", beta1, ", ", beta2,
                     ") eps=", eps, " weight_decay=", weight_decay);
-  const AdamConfig config{lr, beta1, beta2, eps, weight_decay, amsgrad, maximize, decoupled_weight_decay};
   for (size_t i = 0; i < n; ++i) {
     const at::Tensor& p = params[i];
     TORCH_CHECK_VALUE(p.device().is_cpu() && p.is_contiguous(), "fastffnn.adam_step_: params[", i,
                       "] must be a contiguous CPU tensor (use torch.optim.Adam(fused=True) on CUDA), got ",
                       p.device(), p.is_contiguous() ? "" : " non-contiguous");
     check_floating("adam_step_", "params", p);
-    check_state("grads", grads[i], p, i);
+    if (!grads.empty()) check_state("grads", grads[i], p, i);
     check_state("exp_avgs", exp_avgs[i], p, i);
     check_state("exp_avg_sqs", exp_avg_sqs[i], p, i);
     if (amsgrad) check_state("max_exp_avg_sqs", max_exp_avg_sqs[i], p, i);
@@ -109,19 +155,113 @@ void adam_step_(at::TensorList params, at::TensorList grads, at::TensorList exp_
     TORCH_CHECK_VALUE(step.device().is_cpu() && step.numel() == 1 && step.is_floating_point(),
                       "fastffnn.adam_step_: steps[", i, "] must be a CPU floating tensor with one element, got ",
                       step.scalar_type(), " of shape ", step.sizes(), " on ", step.device());
-    // The counter is advanced first, as torch.optim.Adam does.
-    double count = 0;
-    AT_DISPATCH_FLOATING_TYPES(step.scalar_type(), "fastffnn.adam_step", [&] {
-      scalar_t* s = step.data_ptr<scalar_t>();
-      *s += 1;
-      count = static_cast<double>(*s);
-    });
+  }
+  return AdamConfig{lr, beta1, beta2, eps, weight_decay, amsgrad, maximize, decoupled_weight_decay};
+}
+
+void adam_step_(at::TensorList params, at::TensorList grads, at::TensorList exp_avgs, at::TensorList exp_avg_sqs,
+                at::TensorList max_exp_avg_sqs, at::TensorList steps, double lr, double beta1, double beta2,
+                double eps, double weight_decay, bool amsgrad, bool maximize, bool decoupled_weight_decay) {
+  TORCH_CHECK_VALUE(grads.size() == params.size(), "fastffnn.adam_step_: got ", params.size(), " params but ",
+                    grads.size(), " grads");
+  const AdamConfig config = check_adam(params, grads, exp_avgs, exp_avg_sqs, max_exp_avg_sqs, steps, lr, beta1,
+                                       beta2, eps, weight_decay, amsgrad, maximize, decoupled_weight_decay);
+  for (size_t i = 0; i < params.size(); ++i) {
+    const at::Tensor& p = params[i];
+    const double count = advance_step(steps[i]);  // first, as torch.optim.Adam does
     AT_DISPATCH_FLOATING_TYPES(p.scalar_type(), "fastffnn.adam_step", [&] {
       adam_update(p.data_ptr<scalar_t>(), grads[i].const_data_ptr<scalar_t>(), exp_avgs[i].data_ptr<scalar_t>(),
                   exp_avg_sqs[i].data_ptr<scalar_t>(), amsgrad ? max_exp_avg_sqs[i].data_ptr<scalar_t>() : nullptr,
                   p.numel(), count, config);
     });
   }
+}
+
+// ---------------------------------------------------------------- one row
+// The lecture's step, one example: with a single row every matrix product is
+// a matrix-vector product, which the loops below do directly (MKL's
+// single-row products are slow on the AMD CPUs this runs on, and every ATen
+// call costs microseconds). The weight gradients are never stored: each is
+// formed a vector at a time, as the outer product it is, and fed straight
+// into the Adam update of the weights it belongs to.
+template <typename T>
+T dot(const T* a, const T* b, int64_t n) {
+  using Vec = at::vec::Vectorized<T>;
+  Vec acc(0);
+  for_vectors<T>(0, n, [&](int64_t i, int64_t count) { acc = acc + Vec::loadu(a + i, count) * Vec::loadu(b + i, count); });
+  constexpr int64_t W = Vec::size();
+  T lanes[W];
+  acc.store(lanes);
+  T s = 0;
+  for (int64_t k = 0; k < W; ++k) s += lanes[k];
+  return s;
+}
+
+template <typename T>
+struct AdamBuffers {
+  T *p, *m, *v, *vmax;
+};
+
+template <typename T>
+AdamBuffers<T> buffers(at::TensorList params, at::TensorList m, at::TensorList v, at::TensorList vmax, size_t i) {
+  return {params[i].data_ptr<T>(), m[i].data_ptr<T>(), v[i].data_ptr<T>(),
+          vmax.empty() ? nullptr : vmax[i].data_ptr<T>()};
+}
+
+template <typename T, Activation A>
+T one_row_step(const T* x, int64_t in, const AdamBuffers<T>& Vw, const AdamBuffers<T>* Vb, const AdamBuffers<T>& Ww,
+               const AdamBuffers<T>* Wb, int64_t hidden, int64_t classes, int64_t index, const T* probs,
+               const std::array<double, 4>& counts, const AdamConfig& config) {
+  using Vec = at::vec::Vectorized<T>;
+  std::vector<T> h(hidden), dh(hidden, T(0)), z(classes), dz2(classes);
+  // forward: h = act(V x + b), z = W h + c, log-softmax, loss
+  at::parallel_for(0, hidden, 256, [&](int64_t j0, int64_t j1) {
+    for (int64_t j = j0; j < j1; ++j) {
+      const T pre = dot(Vw.p + j * in, x, in) + (Vb ? Vb->p[j] : T(0));
+      T out;
+      Act<A>::forward(Vec(pre)).store(&out, 1);
+      h[j] = out;
+    }
+  });
+  for (int64_t c = 0; c < classes; ++c) z[c] = dot(Ww.p + c * hidden, h.data(), hidden) + (Wb ? Wb->p[c] : T(0));
+  const T lse = row_logsumexp(z.data(), classes);
+  const T loss = probs ? soft_nll_row(z.data(), lse, probs, classes) : lse - z[index];
+  // backward: dz2 = sum(y) softmax(z) - y; dh = W^T dz2 (before W moves); dz1 = dh * act'(h)
+  nll_backward_row(dz2.data(), z.data(), lse, probs, index, T(1), classes);
+  for (int64_t c = 0; c < classes; ++c) {
+    const Vec d(dz2[c]);
+    const T* w = Ww.p + c * hidden;
+    for_vectors<T>(0, hidden, [&](int64_t j, int64_t count) {
+      (Vec::loadu(dh.data() + j, count) + d * Vec::loadu(w + j, count)).store(dh.data() + j, count);
+    });
+  }
+  act_backward_row<A>(dh.data(), dh.data(), h.data(), hidden);  // dh is now dz1
+  // Adam, with each weight gradient formed as the outer product it is
+  const AdamVec<T> adam_Vw(config, counts[0]), adam_Vb(config, counts[1]), adam_Ww(config, counts[2]),
+      adam_Wb(config, counts[3]);
+  auto update_rows = [&](const AdamBuffers<T>& b, const AdamVec<T>& adam, const T* row_grad, const T* col,
+                         int64_t rows, int64_t cols) {
+    at::parallel_for(0, rows, std::max<int64_t>(1, 16384 / std::max<int64_t>(cols, 1)), [&](int64_t r0, int64_t r1) {
+      for (int64_t r = r0; r < r1; ++r) {
+        const Vec g(row_grad[r]);
+        const int64_t o = r * cols;
+        for_vectors<T>(0, cols, [&](int64_t i, int64_t count) {
+          adam.update(b.p + o + i, g * Vec::loadu(col + i, count), b.m + o + i, b.v + o + i,
+                      b.vmax ? b.vmax + o + i : nullptr, count);
+        });
+      }
+    });
+  };
+  auto update_vector = [&](const AdamBuffers<T>& b, const AdamVec<T>& adam, const T* grad, int64_t n) {
+    for_vectors<T>(0, n, [&](int64_t i, int64_t count) {
+      adam.update(b.p + i, Vec::loadu(grad + i, count), b.m + i, b.v + i, b.vmax ? b.vmax + i : nullptr, count);
+    });
+  };
+  update_rows(Ww, adam_Ww, dz2.data(), h.data(), classes, hidden);
+  if (Wb) update_vector(*Wb, adam_Wb, dz2.data(), classes);
+  update_rows(Vw, adam_Vw, dh.data(), x, hidden, in);
+  if (Vb) update_vector(*Vb, adam_Vb, dh.data(), hidden);
+  return loss;
 }
 
 at::Tensor ffnn_nll_adam_step_(const at::Tensor& input, const at::Tensor& target, at::TensorList params,
@@ -139,6 +279,41 @@ at::Tensor ffnn_nll_adam_step_(const at::Tensor& input, const at::Tensor& target
   const at::Tensor& Ww = params[has_bias ? 2 : 1];
   const c10::optional<at::Tensor> Vb = has_bias ? c10::optional<at::Tensor>(params[1]) : c10::nullopt;
   const c10::optional<at::Tensor> Wb = has_bias ? c10::optional<at::Tensor>(params[3]) : c10::nullopt;
+
+  const auto s = check_network(op, input, Vw, Vb, Ww, Wb);
+  if (s.rows == 1 && input.device().is_cpu() && s.out >= 1) {
+    // One example: the whole step as direct loops (see one_row_step).
+    const bool is_index = check_target(op, linear_output_sizes(input, s.out), input, target);
+    const AdamConfig config = check_adam(params, {}, exp_avgs, exp_avg_sqs, max_exp_avg_sqs, steps, lr, beta1,
+                                         beta2, eps, weight_decay, amsgrad, maximize, decoupled_weight_decay);
+    int64_t index = 0;
+    at::Tensor probs;
+    if (is_index) {
+      index = target.item<int64_t>();
+      check_class_index(op, index, s.out);
+    } else {
+      probs = target.reshape({s.out}).contiguous();
+    }
+    const at::Tensor x = input.reshape({s.in}).contiguous();
+    std::array<double, 4> counts{};
+    for (size_t i = 0; i < params.size(); ++i) counts[has_bias ? i : 2 * i] = advance_step(steps[i]);
+    const Activation act = parse_activation(activation);
+    double loss = 0;
+    AT_DISPATCH_FLOATING_TYPES(input.scalar_type(), "fastffnn.one_row_step", [&] {
+      using T = scalar_t;
+      const auto b = [&](size_t i) { return buffers<T>(params, exp_avgs, exp_avg_sqs, max_exp_avg_sqs, i); };
+      const AdamBuffers<T> vw = b(0), ww = b(has_bias ? 2 : 1);
+      AdamBuffers<T> vb{}, wb{};
+      if (has_bias) vb = b(1), wb = b(3);
+      cpu::dispatch_activation(act, [&](auto tag) {
+        constexpr Activation A = decltype(tag)::value;
+        loss = one_row_step<T, A>(x.const_data_ptr<T>(), s.in, vw, has_bias ? &vb : nullptr, ww,
+                                  has_bias ? &wb : nullptr, s.hidden, s.out, index,
+                                  is_index ? nullptr : probs.const_data_ptr<T>(), counts, config);
+      });
+    });
+    return at::scalar_tensor(loss, input.options());
+  }
 
   // Below autograd: this is the whole step, nothing records a graph.
   at::AutoDispatchBelowADInplaceOrView below_autograd;
