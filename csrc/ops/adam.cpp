@@ -188,13 +188,10 @@ template <typename T>
 T dot(const T* a, const T* b, int64_t n) {
   using Vec = at::vec::Vectorized<T>;
   Vec acc(0);
-  for_vectors<T>(0, n, [&](int64_t i, int64_t count) { acc = acc + Vec::loadu(a + i, count) * Vec::loadu(b + i, count); });
-  constexpr int64_t W = Vec::size();
-  T lanes[W];
-  acc.store(lanes);
-  T s = 0;
-  for (int64_t k = 0; k < W; ++k) s += lanes[k];
-  return s;
+  cpu::for_each_vector<T>(n, [&](int64_t i, int64_t count) {
+    acc = acc + Vec::loadu(a + i, count) * Vec::loadu(b + i, count);  // padded lanes load as 0
+  });
+  return cpu::horizontal_sum(acc);
 }
 
 template <typename T>
