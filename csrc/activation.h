@@ -7,6 +7,7 @@
 #include <c10/util/string_view.h>
 
 #include <string>
+#include <type_traits>
 
 namespace fastffnn {
 
@@ -18,6 +19,25 @@ inline Activation parse_activation(c10::string_view name) {
   if (name == "sigmoid") return Activation::Sigmoid;
   TORCH_CHECK_VALUE(false, "fastffnn: activation must be one of 'tanh', 'relu', 'sigmoid', got '",
                     std::string(name), "'");
+}
+
+// Calls f(tag) where decltype(tag)::value is the runtime activation `act` as
+// a compile-time constant, so that kernels are compiled once per activation
+// with no branch inside their loops.
+template <Activation A>
+using ActTag = std::integral_constant<Activation, A>;
+
+template <typename F>
+decltype(auto) dispatch_activation(Activation act, F&& f) {
+  switch (act) {
+    case Activation::ReLU:
+      return f(ActTag<Activation::ReLU>{});
+    case Activation::Sigmoid:
+      return f(ActTag<Activation::Sigmoid>{});
+    case Activation::Tanh:
+      break;
+  }
+  return f(ActTag<Activation::Tanh>{});
 }
 
 enum class Reduction { None, Mean, Sum };

@@ -67,33 +67,20 @@ struct Act<Activation::Sigmoid> {
   }
 };
 
-// Calls f(tag) where decltype(tag)::value is the runtime activation `act` as a
-// compile-time constant, so the inner loops are compiled once per activation
-// with no branch inside them.
-template <Activation A>
-using ActTag = std::integral_constant<Activation, A>;
-
-template <typename F>
-decltype(auto) dispatch_activation(Activation act, F&& f) {
-  switch (act) {
-    case Activation::ReLU:
-      return f(ActTag<Activation::ReLU>{});
-    case Activation::Sigmoid:
-      return f(ActTag<Activation::Sigmoid>{});
-    case Activation::Tanh:
-      break;
-  }
-  return f(ActTag<Activation::Tanh>{});
+// Applies op(j, count) to elements [begin, end), a full vector at a time and
+// then the remainder as one partial vector.
+template <typename T, typename Op>
+inline void for_each_vector(int64_t begin, int64_t end, const Op& op) {
+  constexpr int64_t W = Vectorized<T>::size();
+  int64_t j = begin;
+  for (; j + W <= end; j += W) op(j, W);
+  if (j < end) op(j, end - j);
 }
 
-// Applies `op` to a row of n elements, a full vector at a time and then the
-// remainder as one partial vector.
+// The same over a row of n elements.
 template <typename T, typename Op>
 inline void for_each_vector(int64_t n, const Op& op) {
-  constexpr int64_t W = Vectorized<T>::size();
-  int64_t j = 0;
-  for (; j + W <= n; j += W) op(j, W);
-  if (j < n) op(j, n - j);
+  for_each_vector<T>(0, n, op);
 }
 
 // z[j] = g(z[j] + b[j]); b may be null.

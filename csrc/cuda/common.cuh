@@ -98,25 +98,6 @@ struct Act<Activation::Sigmoid> {
   }
 };
 
-template <Activation A>
-using ActTag = std::integral_constant<Activation, A>;
-
-// Calls f(tag) with the activation as a compile-time constant.
-template <typename F>
-void dispatch_activation(Activation act, F&& f) {
-  switch (act) {
-    case Activation::ReLU:
-      f(ActTag<Activation::ReLU>{});
-      return;
-    case Activation::Sigmoid:
-      f(ActTag<Activation::Sigmoid>{});
-      return;
-    case Activation::Tanh:
-      break;
-  }
-  f(ActTag<Activation::Tanh>{});
-}
-
 inline cudaStream_t current_stream() { return c10::cuda::getCurrentCUDAStream(); }
 
 inline int64_t ceil_div(int64_t a, int64_t b) { return (a + b - 1) / b; }

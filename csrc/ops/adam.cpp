@@ -87,21 +87,12 @@ struct AdamVec {
   }
 };
 
-// Calls f(i, count) over [begin, end) a vector at a time, the tail as one partial vector.
-template <typename T, typename F>
-inline void for_vectors(int64_t begin, int64_t end, const F& f) {
-  constexpr int64_t W = at::vec::Vectorized<T>::size();
-  int64_t i = begin;
-  for (; i + W <= end; i += W) f(i, W);
-  if (i < end) f(i, end - i);
-}
-
 template <typename T>
 void adam_update(T* p, const T* g, T* m, T* v, T* vmax, int64_t n, double step, const AdamConfig& c) {
   using Vec = at::vec::Vectorized<T>;
   const AdamVec<T> adam(c, step);
   at::parallel_for(0, n, 32768, [&](int64_t begin, int64_t end) {
-    for_vectors<T>(begin, end, [&](int64_t i, int64_t count) {
+    cpu::for_each_vector<T>(begin, end, [&](int64_t i, int64_t count) {
       adam.update(p + i, Vec::loadu(g + i, count), m + i, v + i, vmax ? vmax + i : nullptr, count);
     });
   });
@@ -228,7 +219,7 @@ T one_row_step(const T* x, int64_t in, const AdamBuffers<T>& Vw, const AdamBuffe
   for (int64_t c = 0; c < classes; ++c) {
     const Vec d(dz2[c]);
     const T* w = Ww.p + c * hidden;
-    for_vectors<T>(0, hidden, [&](int64_t j, int64_t count) {
+    cpu::for_each_vector<T>(hidden, [&](int64_t j, int64_t count) {
       (Vec::loadu(dh.data() + j, count) + d * Vec::loadu(w + j, count)).store(dh.data() + j, count);
     });
   }
@@ -242,7 +233,7 @@ T one_row_step(const T* x, int64_t in, const AdamBuffers<T>& Vw, const AdamBuffe
       for (int64_t r = r0; r < r1; ++r) {
         const Vec g(row_grad[r]);
         const int64_t o = r * cols;
-        for_vectors<T>(0, cols, [&](int64_t i, int64_t count) {
+        cpu::for_each_vector<T>(cols, [&](int64_t i, int64_t count) {
           adam.update(b.p + o + i, g * Vec::loadu(col + i, count), b.m + o + i, b.v + o + i,
                       b.vmax ? b.vmax + o + i : nullptr, count);
         });
@@ -250,7 +241,7 @@ T one_row_step(const T* x, int64_t in, const AdamBuffers<T>& Vw, const AdamBuffe
     });
   };
   auto update_vector = [&](const AdamBuffers<T>& b, const AdamVec<T>& adam, const T* grad, int64_t n) {
-    for_vectors<T>(0, n, [&](int64_t i, int64_t count) {
+    cpu::for_each_vector<T>(n, [&](int64_t i, int64_t count) {
       adam.update(b.p + i, Vec::loadu(grad + i, count), b.m + i, b.v + i, b.vmax ? b.vmax + i : nullptr, count);
     });
   };
@@ -302,7 +293,7 @@ at::Tensor ffnn_nll_adam_step_(const at::Tensor& input, const at::Tensor& target
       const AdamBuffers<T> vw = b(0), ww = b(has_bias ? 2 : 1);
       AdamBuffers<T> vb{}, wb{};
       if (has_bias) vb = b(1), wb = b(3);
-      cpu::dispatch_activation(act, [&](auto tag) {
+      dispatch_activation(act, [&](auto tag) {
         constexpr Activation A = decltype(tag)::value;
         loss = one_row_step<T, A>(x.const_data_ptr<T>(), s.in, vw, has_bias ? &vb : nullptr, ww,
                                   has_bias ? &wb : nullptr, s.hidden, s.out, index,
