@@ -13,5 +13,7 @@ setup(
     packages=find_packages(include=["fastffnn", "fastffnn.*"]),
     python_requires=">=3.9",
     install_requires=["torch>=2.4", "numpy", "ninja", "pybind11"],
-    extras_require={"test": ["pytest"]},
+    # matplotlib draws the benchmark's speedup plot (python -m fastffnn bench --plot); the tests
+    # check that the plot is written, so the test extra carries it too.
+    extras_require={"test": ["pytest", "matplotlib"], "bench": ["matplotlib"]},
 )

@@ -3,6 +3,7 @@
 #include <ATen/ops/empty.h>
 #include <ATen/ops/mm.h>
 
+#include "cpu/one_row_products.h"
 #include "epilogues.h"
 #include "fused_tier.h"
 
@@ -19,9 +20,23 @@ namespace {
 
 // x @ w^T into a new contiguous (rows, out) matrix, ready for an epilogue.
 at::Tensor linear_2d(const at::Tensor& x, const at::Tensor& w) {
+  if (cpu::one_row_applies(x, w)) return cpu::linear_one_row(x, w);
   auto z = at::empty({x.size(0), w.size(0)}, x.options());
   if (z.numel() != 0) at::mm_out(z, x, w.t());
   return z;
+}
+
+// dz @ w: the gradient of a linear layer's input.
+at::Tensor input_grad_2d(const at::Tensor& dz, const at::Tensor& w) {
+  if (cpu::one_row_applies(dz, w)) return cpu::input_grad_one_row(dz, w);
+  return at::mm(dz, w);
+}
+
+// dz^T @ x: the gradient of a linear layer's weight. at::mm with an empty
+// inner dimension returns zeros, which is right for an empty batch.
+at::Tensor weight_grad_2d(const at::Tensor& dz, const at::Tensor& x) {
+  if (cpu::one_row_applies(dz)) return cpu::weight_grad_one_row(dz, x);
+  return at::mm(dz.t(), x);
 }
 
 }  // namespace
@@ -55,10 +70,8 @@ void softmax_backward_2d(const at::Tensor& dout, const at::Tensor& y, bool log, 
 std::pair<at::Tensor, at::Tensor> linear_backward_2d(const at::Tensor& dz, const at::Tensor& x,
                                                      const at::Tensor& w, bool need_input,
                                                      bool need_weight) {
-  // at::mm with an empty inner dimension returns zeros, which is the right
-  // weight gradient for an empty batch.
-  at::Tensor gx = need_input ? at::mm(dz, w) : no_grad_placeholder(dz);
-  at::Tensor gw = need_weight ? at::mm(dz.t(), x) : no_grad_placeholder(dz);
+  at::Tensor gx = need_input ? input_grad_2d(dz, w) : no_grad_placeholder(dz);
+  at::Tensor gw = need_weight ? weight_grad_2d(dz, x) : no_grad_placeholder(dz);
   return {gx, gw};
 }
 
@@ -95,6 +108,8 @@ std::pair<at::Tensor, at::Tensor> ffnn_forward_2d(const at::Tensor& x, const at:
   if (cuda::fused_tier_applies(x, V_weight.size(0), W_weight.size(0)))
     return cuda::fused_ffnn_forward(x, V_weight, V_bias, W_weight, W_bias, act, log);
 #endif
+  if (cpu::one_row_applies(x, V_weight) && W_weight.is_contiguous())
+    return cpu::ffnn_forward_one_row(x, V_weight, V_bias, W_weight, W_bias, act, log);
   auto h = linear_act_2d(x, V_weight, V_bias, act);
   return {linear_softmax_2d(h, W_weight, W_bias, log), h};
 }
@@ -103,12 +118,12 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor> backprop_
     const at::Tensor& dz2, const at::Tensor& x, const at::Tensor& V_weight,
     const at::Tensor& W_weight, const at::Tensor& hidden, Activation act,
     c10::ArrayRef<bool> mask, at::Tensor grad_W_bias) {
-  at::Tensor gWw = mask[3] ? at::mm(dz2.t(), hidden) : no_grad_placeholder(dz2);
+  at::Tensor gWw = mask[3] ? weight_grad_2d(dz2, hidden) : no_grad_placeholder(dz2);
   at::Tensor gx = no_grad_placeholder(dz2), gVw = gx, gVb = gx;
   if (mask[0] || mask[1] || mask[2]) {
     if (mask[2]) gVb = at::empty({hidden.size(1)}, hidden.options());
     // dL/dhidden, turned in place into dL/d(pre-activation) by the epilogue.
-    at::Tensor dz1 = at::mm(dz2, W_weight);
+    at::Tensor dz1 = input_grad_2d(dz2, W_weight);
     act_backward_2d(dz1, hidden, act, dz1, mask[2] ? &gVb : nullptr);
     std::tie(gx, gVw) = linear_backward_2d(dz1, x, V_weight, mask[0], mask[1]);
   }

@@ -2,6 +2,7 @@
 
     python -m fastffnn          environment + build (if needed) + self-check
     python -m fastffnn info     environment only; builds nothing
+    python -m fastffnn bench    the throughput benchmark against stock PyTorch (bench --help)
 """
 
 from __future__ import annotations
@@ -16,17 +17,7 @@ import sys
 import torch
 
 from . import __version__, _build, selfcheck
-
-
-def _cpu_name() -> str:
-    try:
-        with open("/proc/cpuinfo") as f:
-            for line in f:
-                if line.startswith("model name"):
-                    return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine()
+from ._platform import cpu_name
 
 
 def _first_line(cmd: list[str]) -> str:
@@ -43,7 +34,7 @@ def print_environment() -> None:
         ("fastffnn", __version__),
         ("python", platform.python_version()),
         ("torch", f"{torch.__version__} (CUDA {torch.version.cuda or 'none'})"),
-        ("device", f"CPU: {_cpu_name()}, {torch.get_num_threads()} threads"),
+        ("device", f"CPU: {cpu_name()}, {torch.get_num_threads()} threads"),
         ("GPU", torch.cuda.get_device_name() if torch.cuda.is_available() else "none visible"),
         ("compiler", f"{shutil.which(cxx) or cxx}: {_first_line([cxx, '--version'])}"),
         ("ninja", _first_line(["ninja", "--version"]) if shutil.which("ninja") else "not found"),
@@ -59,9 +50,14 @@ def print_environment() -> None:
 
 
 def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else argv
+    if argv[:1] == ["bench"]:
+        from .bench import main as bench_main
+
+        return bench_main(argv[1:])
     parser = argparse.ArgumentParser(prog="python -m fastffnn", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("command", nargs="?", default="check", choices=["check", "info"])
+    parser.add_argument("command", nargs="?", default="check", choices=["check", "info", "bench"])
     args = parser.parse_args(argv)
     print_environment()
     if args.command == "info":

@@ -98,7 +98,7 @@ class LinearAct(_FusedFunction):
     def backward(ctx, grad_output):
         input, weight, output = ctx.saved_tensors
         mask = ctx.needs_input_grad[:3]
-        grads = _ops.linear_act_backward(grad_output, input, weight, output, ctx.activation, list(mask))
+        grads = _ops.linear_act_backward.default(grad_output, input, weight, output, ctx.activation, list(mask))
         return (*_wanted(mask, *grads), None)
 
 
@@ -120,7 +120,7 @@ class LinearSoftmax(_FusedFunction):
     def backward(ctx, grad_output):
         input, weight, output = ctx.saved_tensors
         mask = ctx.needs_input_grad[:3]
-        grads = _ops.linear_softmax_backward(grad_output, input, weight, output, ctx.log, list(mask))
+        grads = _ops.linear_softmax_backward.default(grad_output, input, weight, output, ctx.log, list(mask))
         return (*_wanted(mask, *grads), None)
 
 
@@ -147,7 +147,7 @@ class SoftmaxNLL(_FusedFunction):
             return None, None, None
         logits, target, lse = ctx.saved_tensors
         mask = ctx.needs_input_grad[:2]
-        grads = _ops.softmax_nll_backward(grad_loss, logits, target, lse, ctx.reduction, list(mask))
+        grads = _ops.softmax_nll_backward.default(grad_loss, logits, target, lse, ctx.reduction, list(mask))
         return (*_wanted(mask, *grads), None)
 
 
@@ -175,7 +175,7 @@ class FFNN(_FusedFunction):
             return (None,) * 7
         input, V_weight, W_weight, hidden, out = ctx.saved_tensors
         mask = ctx.needs_input_grad[:5]
-        grads = _ops.ffnn_backward(grad_output, input, V_weight, W_weight, hidden, out, ctx.activation, ctx.log,
+        grads = _ops.ffnn_backward.default(grad_output, input, V_weight, W_weight, hidden, out, ctx.activation, ctx.log,
                                    list(mask))
         return (*_wanted(mask, *grads), None, None)
 
@@ -205,7 +205,7 @@ class FFNNNLL(_FusedFunction):
             return (None,) * 8
         input, V_weight, W_weight, hidden, log_probs, target = ctx.saved_tensors
         mask = ctx.needs_input_grad[:6]
-        grads = _ops.ffnn_nll_backward(grad_loss, input, V_weight, W_weight, hidden, log_probs, target,
+        grads = _ops.ffnn_nll_backward.default(grad_loss, input, V_weight, W_weight, hidden, log_probs, target,
                                        ctx.activation, ctx.reduction, list(mask))
         return (*_wanted(mask, *grads), None, None)
 

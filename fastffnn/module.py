@@ -6,15 +6,17 @@ import torch
 from torch import Tensor, nn
 
 from . import ops
+from . import optim as _optim
 
 _ACTIVATION_MODULES = {"tanh": nn.Tanh, "relu": nn.ReLU, "sigmoid": nn.Sigmoid}
+_ACTIVATION_NAMES = {cls: name for name, cls in _ACTIVATION_MODULES.items()}
 
 
 def activation_name(g: nn.Module) -> str:
     """The fused activation a ``g`` module stands for; raises for any other module."""
-    for name, cls in _ACTIVATION_MODULES.items():
-        if type(g) is cls:
-            return name
+    name = _ACTIVATION_NAMES.get(type(g))
+    if name is not None:
+        return name
     raise ValueError(
         f"fastffnn: the activation must be nn.Tanh, nn.ReLU or nn.Sigmoid, got {type(g).__name__}"
     )
@@ -66,10 +68,19 @@ class FastFFNN(nn.Module):
     @property
     def activation(self) -> str:
         """The name of ``g``; replacing ``model.g`` with another supported module changes it."""
-        return activation_name(self.g)
+        if torch.compiler.is_compiling():
+            return activation_name(self.g)
+        return activation_name(self._modules["g"])
 
     def _params(self):
-        return self.V.weight, self.V.bias, self.W.weight, self.W.bias
+        """``(V.weight, V.bias, W.weight, W.bias)``, read fresh on every call."""
+        if torch.compiler.is_compiling():
+            return self.V.weight, self.V.bias, self.W.weight, self.W.bias
+        # nn.Module.__getattr__ costs microseconds per attribute, comparable to
+        # a whole batch-1 kernel; the dicts behind it are read directly.
+        modules = self._modules
+        V, W = modules["V"]._parameters, modules["W"]._parameters
+        return V["weight"], V.get("bias"), W["weight"], W.get("bias")
 
     def forward(self, x: Tensor) -> Tensor:
         """Probabilities ``(..., out_size)`` for ``x`` of shape ``(..., input_size)``."""
@@ -100,9 +111,7 @@ class FastFFNN(nn.Module):
         In the lecture's loop, the five lines of a step become
         ``loss = ffnn.train_step(input, gold_label, optimizer)``.
         """
-        from .optim import Adam
-
-        if not isinstance(optimizer, Adam):
+        if not isinstance(optimizer, _optim.Adam):
             raise TypeError(
                 f"fastffnn: train_step needs a fastffnn.optim.Adam, got {type(optimizer).__name__}; "
                 "use model.nll_loss(...).backward() and optimizer.step() with other optimizers"

@@ -97,7 +97,35 @@ class Adam(torch.optim.Optimizer):
             torch.ops.fastffnn.adam_step_(params, grads, *self._state_lists(group, params), *self._hyper(group))
         return loss
 
-    @torch.no_grad()
+    def _train_step_args(self, model):
+        """(params, has_bias, *state lists) for train_step, rebuilt only when what they come from changes.
+
+        At batch 1 the whole native step takes tens of microseconds, so the
+        per-call Python work matters: the lists are cached, keyed by the
+        objects they were read from (held, so none can be freed and its
+        address reused): this optimizer's state dict (``load_state_dict``
+        replaces it), its param group, the amsgrad flag, the number of
+        states, and the model's four parameters.
+        """
+        params = model._params()
+        groups = self.param_groups
+        group = groups[0]
+        key = (self.state, len(self.state), group["params"], group["amsgrad"], *params)
+        cached = self.__dict__.get("_train_step_cache")
+        if cached is not None and len(groups) == 1 and len(cached[0]) == len(key) and all(
+                a is b for a, b in zip(cached[0], key)):
+            return cached[1]
+        has_bias = params[1] is not None
+        plist = [p for p in params if p is not None]
+        if len(groups) != 1 or [id(p) for p in group["params"]] != [id(p) for p in plist]:
+            raise ValueError("fastffnn.optim.Adam.train_step: the optimizer must hold exactly the model's parameters "
+                             "(model.parameters()), in one param group")
+        args = (plist, has_bias, *self._state_lists(group, plist))
+        # the key's state count is read after _state_lists created any missing state
+        self.__dict__["_train_step_cache"] = ((self.state, len(self.state), group["params"], group["amsgrad"], *params),
+                                              args)
+        return args
+
     def train_step(self, model, input, target, reduction="mean"):
         """A whole training step of a FastFFNN in one native call; returns the loss.
 
@@ -106,15 +134,28 @@ class Adam(torch.optim.Optimizer):
         ``model.zero_grad(); model.nll_loss(input, target, reduction).backward();
         self.step()`` would do, except that ``.grad`` is left untouched. This
         optimizer must hold exactly the model's parameters, in one group.
+
+        Shapes: ``input`` ``(..., input_size)``; ``target`` ``(...)`` class
+        indices or ``(..., out_size)`` probabilities. Returns a 0-d tensor.
         """
-        ensure_loaded()
-        params = [model.V.weight, model.V.bias, model.W.weight, model.W.bias]
-        has_bias = params[1] is not None
-        params = [p for p in params if p is not None]
-        if len(self.param_groups) != 1 or [id(p) for p in self.param_groups[0]["params"]] != [id(p) for p in params]:
-            raise ValueError("fastffnn.optim.Adam.train_step: the optimizer must hold exactly the model's parameters "
-                             "(model.parameters()), in one param group")
-        group = self.param_groups[0]
-        return torch.ops.fastffnn.ffnn_nll_adam_step_(
-            input, target, params, has_bias, *self._state_lists(group, params), model.activation, reduction,
-            *self._hyper(group))
+        op = _train_step_op or _load_train_step_op()
+        args = self._train_step_args(model)
+        hyper = self._hyper(self.param_groups[0])
+        # torch.no_grad() as a context manager costs several microseconds; the
+        # step records nothing, so grad mode is switched off directly.
+        grad_enabled = torch.is_grad_enabled()
+        torch._C._set_grad_enabled(False)
+        try:
+            return op(input, target, *args, model.activation, reduction, *hyper)
+        finally:
+            torch._C._set_grad_enabled(grad_enabled)
+
+
+_train_step_op = None
+
+
+def _load_train_step_op():
+    global _train_step_op
+    ensure_loaded()
+    _train_step_op = torch.ops.fastffnn.ffnn_nll_adam_step_.default
+    return _train_step_op

@@ -235,3 +235,25 @@ def test_float32_against_float64_reference(in_f, hid, out, batch, activation):
     g_ref = torch.autograd.grad(truth, [x, *params], seed)
     for a, b in zip(g_ours, g_ref):
         torch.testing.assert_close(a.double(), b, rtol=1e-4, atol=1e-5)
+
+
+# ------------------------------------------------------------ one example
+# On the CPU a batch of one skips at::mm for direct matrix-vector loops
+# (csrc/cpu/one_row.h), split across threads above ~128k multiply-adds;
+# strided weights fall back to at::mm. Both paths, every op that has them.
+ONE_ROW_SIZES = [(1, 1, 1), (7, 100, 5), (300, 257, 2), (1025, 300, 5), (257, 513, 1000)]
+
+
+@pytest.mark.parametrize("in_f,hid,out", ONE_ROW_SIZES)
+@pytest.mark.parametrize("lead", [(), (1,), (1, 1)])
+@pytest.mark.parametrize("layout", LAYOUTS)
+def test_one_example(in_f, hid, out, lead, layout):
+    x = input_of((*lead, in_f), layout)
+    Vw, Ww = input_of((hid, in_f), layout), input_of((out, hid), layout)
+    Vw, Ww = (Vw / in_f ** 0.5).detach().requires_grad_(), (Ww / hid ** 0.5).detach().requires_grad_()
+    Vb, Wb = input_of((hid,)), input_of((out,))
+    params = (Vw, Vb, Ww, Wb)
+    y = targets("onehot", lead, out)
+    assert_matches(fastffnn.ffnn(x, *params), ref.ffnn(x, *params), [x, *params])
+    assert_matches(fastffnn.ffnn_nll(x, *params, y), ref.ffnn_nll(x, *params, y), [x, *params])
+    assert_matches(fastffnn.linear_act(x, Vw, Vb), ref.linear_act(x, Vw, Vb), [x, Vw, Vb])

@@ -24,7 +24,7 @@
 
 #include "../activation.h"
 #include "../checks.h"
-#include "../cpu/row_ops.h"
+#include "../cpu/one_row.h"
 
 namespace fastffnn {
 namespace {
@@ -45,12 +45,12 @@ struct AdamConfig {
 template <typename T>
 struct AdamVec {
   using Vec = at::vec::Vectorized<T>;
-  Vec neg_step_size, bc2_sqrt, w1, b2, w2, eps, wd, decay;
+  Vec neg_step_size, inv_bc2_sqrt, w1, b2, w2, eps, wd, decay;
   bool weight_decay, decoupled, amsgrad, maximize;
 
   AdamVec(const AdamConfig& c, double step)
       : neg_step_size(static_cast<T>(-c.lr / (1 - std::pow(c.beta1, step)))),
-        bc2_sqrt(static_cast<T>(std::sqrt(1 - std::pow(c.beta2, step)))),
+        inv_bc2_sqrt(static_cast<T>(1 / std::sqrt(1 - std::pow(c.beta2, step)))),
         w1(static_cast<T>(1 - c.beta1)),
         b2(static_cast<T>(c.beta2)),
         w2(static_cast<T>(1 - c.beta2)),
@@ -80,7 +80,10 @@ struct AdamVec {
       second = at::vec::maximum(Vec::loadu(vmax, count), vv);
       second.store(vmax, count);
     }
-    const Vec denom = second.sqrt() / bc2_sqrt + eps;
+    // torch divides by sqrt(1 - beta2^t); multiplying by its reciprocal
+    // differs by an ulp and leaves one division a vector, which is what
+    // bounds this loop (the divider is its slowest unit).
+    const Vec denom = second.sqrt() * inv_bc2_sqrt + eps;
     (pv + neg_step_size * (mv / denom)).store(p, count);
     mv.store(m, count);
     vv.store(v, count);
@@ -91,7 +94,7 @@ template <typename T>
 void adam_update(T* p, const T* g, T* m, T* v, T* vmax, int64_t n, double step, const AdamConfig& c) {
   using Vec = at::vec::Vectorized<T>;
   const AdamVec<T> adam(c, step);
-  at::parallel_for(0, n, 32768, [&](int64_t begin, int64_t end) {
+  at::parallel_for(0, n, cpu::one_row_grain(1), [&](int64_t begin, int64_t end) {
     cpu::for_each_vector<T>(begin, end, [&](int64_t i, int64_t count) {
       adam.update(p + i, Vec::loadu(g + i, count), m + i, v + i, vmax ? vmax + i : nullptr, count);
     });
@@ -176,16 +179,6 @@ void adam_step_(at::TensorList params, at::TensorList grads, at::TensorList exp_
 // formed a vector at a time, as the outer product it is, and fed straight
 // into the Adam update of the weights it belongs to.
 template <typename T>
-T dot(const T* a, const T* b, int64_t n) {
-  using Vec = at::vec::Vectorized<T>;
-  Vec acc(0);
-  cpu::for_each_vector<T>(n, [&](int64_t i, int64_t count) {
-    acc = acc + Vec::loadu(a + i, count) * Vec::loadu(b + i, count);  // padded lanes load as 0
-  });
-  return cpu::horizontal_sum(acc);
-}
-
-template <typename T>
 struct AdamBuffers {
   T *p, *m, *v, *vmax;
 };
@@ -203,33 +196,23 @@ T one_row_step(const T* x, int64_t in, const AdamBuffers<T>& Vw, const AdamBuffe
   using Vec = at::vec::Vectorized<T>;
   std::vector<T> h(hidden), dh(hidden, T(0)), z(classes), dz2(classes);
   // forward: h = act(V x + b), z = W h + c, log-softmax, loss
-  at::parallel_for(0, hidden, 256, [&](int64_t j0, int64_t j1) {
-    for (int64_t j = j0; j < j1; ++j) {
-      const T pre = dot(Vw.p + j * in, x, in) + (Vb ? Vb->p[j] : T(0));
-      T out;
-      Act<A>::forward(Vec(pre)).store(&out, 1);
-      h[j] = out;
-    }
-  });
-  for (int64_t c = 0; c < classes; ++c) z[c] = dot(Ww.p + c * hidden, h.data(), hidden) + (Wb ? Wb->p[c] : T(0));
+  cpu::matvec(Vw.p, x, h.data(), hidden, in);
+  cpu::bias_act_row<A>(h.data(), Vb ? Vb->p : nullptr, hidden);
+  cpu::matvec(Ww.p, h.data(), z.data(), classes, hidden);
+  if (Wb)
+    for (int64_t c = 0; c < classes; ++c) z[c] += Wb->p[c];
   const T lse = row_logsumexp(z.data(), classes);
   const T loss = probs ? soft_nll_row(z.data(), lse, probs, classes) : lse - z[index];
   // backward: dz2 = sum(y) softmax(z) - y; dh = W^T dz2 (before W moves); dz1 = dh * act'(h)
   nll_backward_row(dz2.data(), z.data(), lse, probs, index, T(1), classes);
-  for (int64_t c = 0; c < classes; ++c) {
-    const Vec d(dz2[c]);
-    const T* w = Ww.p + c * hidden;
-    cpu::for_each_vector<T>(hidden, [&](int64_t j, int64_t count) {
-      (Vec::loadu(dh.data() + j, count) + d * Vec::loadu(w + j, count)).store(dh.data() + j, count);
-    });
-  }
+  cpu::matvec_transposed_add(Ww.p, dz2.data(), dh.data(), classes, hidden);
   act_backward_row<A>(dh.data(), dh.data(), h.data(), hidden);  // dh is now dz1
   // Adam, with each weight gradient formed as the outer product it is
   const AdamVec<T> adam_Vw(config, counts[0]), adam_Vb(config, counts[1]), adam_Ww(config, counts[2]),
       adam_Wb(config, counts[3]);
   auto update_rows = [&](const AdamBuffers<T>& b, const AdamVec<T>& adam, const T* row_grad, const T* col,
                          int64_t rows, int64_t cols) {
-    at::parallel_for(0, rows, std::max<int64_t>(1, 16384 / std::max<int64_t>(cols, 1)), [&](int64_t r0, int64_t r1) {
+    at::parallel_for(0, rows, cpu::one_row_grain(cols), [&](int64_t r0, int64_t r1) {
       for (int64_t r = r0; r < r1; ++r) {
         const Vec g(row_grad[r]);
         const int64_t o = r * cols;

@@ -1,0 +1,218 @@
+"""What the benchmark times: stock PyTorch peers and FastFFNN, forward and training step.
+
+Every implementation starts from the same weights (the stock model's
+initialisation) and sees the same batch. The stock peers:
+
+* ``eager``: the lecture's FFNN (``softmax(W(g(V x)))``) with its loss
+  ``neg(log(probs)) . one_hot`` (a mean over the rows of a batch) and
+  ``torch.optim.Adam()``;
+* ``eager-ce``: the same model with ``F.cross_entropy`` on the logits;
+* ``eager+fused``, ``eager-ce+fused``: both with ``Adam(fused=True)``;
+* ``compile``: ``torch.compile`` of the cross-entropy forward and loss, with
+  ``Adam(fused=True)`` (forward mode: ``torch.compile(model)``); its first
+  call, the compilation, is timed separately.
+
+FastFFNN, from the least to the most change to the user's code:
+
+* ``fastffnn``: the drop-in. Only the class changes: the same loss and the
+  same ``torch.optim.Adam()`` as ``eager``;
+* ``fastffnn+fused``: ``FastFFNN.nll_loss`` with ``Adam(fused=True)``;
+* ``fastffnn+adam`` (CPU): the lecture's loss with ``fastffnn.optim.Adam``,
+  the same hyper-parameters as ``eager``'s;
+* ``fastffnn-step`` (CPU): ``FastFFNN.train_step``, the whole step in one call.
+
+A step is ``zero_grad``, forward, loss, ``backward``, ``optimizer.step()``;
+the forward mode runs the model under ``torch.no_grad()``.
+"""
+
+from __future__ import annotations
+
+import copy
+import time
+from dataclasses import dataclass, field
+from typing import Callable
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from ..module import FastFFNN
+from ..optim import Adam as FastAdam
+
+LR = 1e-3
+
+STOCK = ["eager", "eager-ce", "eager+fused", "eager-ce+fused", "compile"]
+FAST = ["fastffnn", "fastffnn+fused", "fastffnn+adam", "fastffnn-step"]
+FORWARD = ["eager", "compile", "fastffnn"]
+
+
+class LectureFFNN(nn.Module):
+    """The lecture's FFNN, with the softmax over the last (class) dim so that it also takes batches."""
+
+    def __init__(self, inp: int, hid: int, out: int):
+        super().__init__()
+        self.V = nn.Linear(inp, hid)
+        self.g = nn.Tanh()
+        self.W = nn.Linear(hid, out)
+        self.softmax = nn.Softmax(dim=-1)
+
+    def logits(self, x: Tensor) -> Tensor:
+        return self.W(self.g(self.V(x)))
+
+    def forward(self, x: Tensor) -> Tensor:
+        return self.softmax(self.logits(x))
+
+
+def lecture_loss(probs: Tensor, gold: Tensor) -> Tensor:
+    """The lecture's ``neg(log(probs)) . gold`` for one example; its mean over the rows of a batch."""
+    if probs.dim() == 1:
+        return torch.neg(torch.log(probs)).dot(gold)
+    return torch.neg(torch.log(probs)).mul(gold).sum(-1).mean()
+
+
+@dataclass
+class Point:
+    """One measured point: a shape, a batch, a mode, on a device in a dtype."""
+
+    shape: tuple[int, int, int]
+    batch: int
+    mode: str  # "forward" or "train"
+    device: torch.device
+    dtype: torch.dtype = torch.float32
+
+    def make_inputs(self, seed: int = 0) -> tuple[Tensor, Tensor, Tensor]:
+        """(x, class indices, one-hot gold); batch 1 is a 1-D input, as in the lecture's loop."""
+        inp, _, out = self.shape
+        g = torch.Generator().manual_seed(seed)
+        lead = () if self.batch == 1 else (self.batch,)
+        x = torch.randn(*lead, inp, generator=g, dtype=self.dtype)
+        y = torch.randint(0, out, lead, generator=g)
+        gold = F.one_hot(y, out).to(self.dtype)
+        return x.to(self.device), y.to(self.device), gold.to(self.device)
+
+
+@dataclass
+class Runner:
+    """A ready-to-time call, the model it trains (for the correctness check) and its compile time."""
+
+    fn: Callable[[], object]
+    model: nn.Module
+    compile_s: float | None = None
+    extra: dict = field(default_factory=dict)
+
+
+def available(point: Point) -> list[str]:
+    """The implementations that apply to a point, in report order."""
+    if point.mode == "forward":
+        return list(FORWARD)
+    names = STOCK + ["fastffnn", "fastffnn+fused"]
+    if point.device.type == "cpu":
+        names += ["fastffnn+adam", "fastffnn-step"]
+    return names
+
+
+def _step(model: nn.Module, loss_fn: Callable[[], Tensor], opt: torch.optim.Optimizer) -> Callable[[], None]:
+    def step():
+        opt.zero_grad()
+        loss_fn().backward()
+        opt.step()
+
+    return step
+
+
+def build(name: str, point: Point, stock: LectureFFNN, x: Tensor, y: Tensor, gold: Tensor) -> Runner:
+    """The implementation ``name`` at ``point``, on fresh copies of ``stock``'s weights."""
+    if name.startswith("fastffnn"):
+        model: nn.Module = FastFFNN.from_module(stock)
+    else:
+        model = copy.deepcopy(stock)
+    if point.mode == "forward":
+        if name == "compile":
+            compiled = torch.compile(model)
+            t0 = time.perf_counter()
+            with torch.no_grad():
+                compiled(x)
+            _sync(point.device)
+            runner = Runner(lambda: _no_grad(compiled, x), model, compile_s=time.perf_counter() - t0)
+            return runner
+        return Runner(lambda: _no_grad(model, x), model)
+
+    if name in ("eager", "eager+fused", "fastffnn", "fastffnn+adam"):
+        def loss_fn():
+            return lecture_loss(model(x), gold)
+    elif name in ("eager-ce", "eager-ce+fused"):
+        def loss_fn():
+            return F.cross_entropy(model.logits(x), y)
+    elif name == "fastffnn+fused":
+        def loss_fn():
+            return model.nll_loss(x, y)
+    elif name == "compile":
+        compiled_loss = torch.compile(lambda inp, target: F.cross_entropy(model.logits(inp), target))
+
+        def loss_fn():
+            return compiled_loss(x, y)
+    elif name == "fastffnn-step":
+        opt = FastAdam(model.parameters(), lr=LR)
+        return Runner(lambda: model.train_step(x, y, opt), model)
+    else:
+        raise ValueError(f"fastffnn bench: unknown implementation {name!r}; known: {STOCK + FAST}")
+
+    if name in ("eager+fused", "eager-ce+fused", "compile", "fastffnn+fused"):
+        opt = torch.optim.Adam(model.parameters(), lr=LR, fused=True)
+    elif name == "fastffnn+adam":
+        opt = FastAdam(model.parameters(), lr=LR)
+    else:
+        opt = torch.optim.Adam(model.parameters(), lr=LR)
+    step = _step(model, loss_fn, opt)
+    runner = Runner(step, model)
+    if name == "compile":
+        t0 = time.perf_counter()
+        step()  # the first call compiles
+        _sync(point.device)
+        runner.compile_s = time.perf_counter() - t0
+        runner.extra["stepped"] = True
+    return runner
+
+
+def _no_grad(model: Callable[[Tensor], Tensor], x: Tensor) -> Tensor:
+    with torch.no_grad():
+        return model(x)
+
+
+def _sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def _params(model: nn.Module) -> list[Tensor]:
+    return [model.V.weight, model.V.bias, model.W.weight, model.W.bias]
+
+
+def check(name: str, runner: Runner, reference: Runner, point: Point, initial: list[Tensor]) -> str | None:
+    """Runs one call of each and compares them; returns what disagreed, or None.
+
+    Forward: the probabilities, to rtol 1e-4 / atol 1e-5. Training: after one
+    step from the same weights, the parameters' update (new minus initial)
+    must match the reference's to 1e-3 of its total size, summed over all
+    elements (a wrong gradient moves most of Adam's first, sign-like update).
+    """
+    if point.mode == "forward":
+        out, ref = runner.fn(), reference.fn()
+        try:
+            torch.testing.assert_close(out, ref, rtol=1e-4, atol=1e-5)
+        except AssertionError as e:
+            return str(e).splitlines()[0]
+        return None
+    if not runner.extra.get("stepped"):
+        runner.fn()
+    if not reference.extra.get("stepped"):
+        reference.fn()
+        reference.extra["stepped"] = True
+    runner.extra["stepped"] = True
+    for label, p, r, p0 in zip(("V.weight", "V.bias", "W.weight", "W.bias"), _params(runner.model),
+                               _params(reference.model), initial):
+        delta, ref_delta = (p.detach() - p0).double(), (r.detach() - p0).double()
+        err = (delta - ref_delta).abs().sum() / ref_delta.abs().sum().clamp_min(1e-30)
+        if not torch.isfinite(err) or err > 1e-3:
+            return f"{label}: first-step update differs from eager's by {err:.2e} (relative, summed)"
+    return None

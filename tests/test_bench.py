@@ -1,0 +1,94 @@
+"""The benchmark runs end to end, writes tagged CSV rows and a plot, and refuses to time a wrong implementation.
+
+These tests check the benchmark's machinery, never its timings: benchmarks
+are scripts (``python -m fastffnn bench``), not timed tests.
+"""
+
+from __future__ import annotations
+
+import csv
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+import fastffnn
+from fastffnn.bench import cli, peers, timing
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def test_smoke_run_writes_tagged_csv_and_plot(tmp_path, capsys):
+    out_csv, out_png = tmp_path / "bench.csv", tmp_path / "bench.png"
+    rc = cli.main(["--smoke", "--csv", str(out_csv), "--plot", str(out_png)])
+    printed = capsys.readouterr().out
+    assert rc == 0, printed
+    rows = list(csv.DictReader(out_csv.open()))
+    cpu_impls = {"eager", "eager-ce", "eager+fused", "eager-ce+fused", "fastffnn", "fastffnn+fused", "fastffnn+adam",
+                 "fastffnn-step"}
+    assert {r["impl"] for r in rows if r["mode"] == "train"} == cpu_impls  # compile is left out of --smoke
+    assert {r["impl"] for r in rows if r["mode"] == "forward"} == {"eager", "fastffnn"}
+    assert {(r["batch"], r["mode"]) for r in rows} == {(b, m) for b in ("1", "32") for m in ("forward", "train")}
+    for r in rows:
+        assert r["device"] == "cpu" and r["torch"] == torch.__version__ and r["fastffnn"] == fastffnn.__version__
+        assert r["timestamp"] and r["device_name"] and int(r["threads"]) >= 1
+        assert float(r["median_us"]) > 0 and float(r["q1_us"]) <= float(r["median_us"]) <= float(r["q3_us"])
+        assert float(r["x_eager"]) == pytest.approx(
+            next(float(e["median_us"]) for e in rows
+                 if e["impl"] == "eager" and (e["batch"], e["mode"]) == (r["batch"], r["mode"]))
+            / float(r["median_us"]), rel=1e-3)
+    assert "fastffnn-step" in printed and "x eager" in printed
+    pytest.importorskip("matplotlib")
+    assert out_png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_a_wrong_implementation_is_not_timed(monkeypatch, capsys):
+    real_build = peers.build
+
+    def build_with_a_bug(name, point, stock, x, y, gold):
+        runner = real_build(name, point, stock, x, y, gold)
+        if name == "fastffnn":
+            with torch.no_grad():
+                runner.model.W.bias[0] += 0.5  # a wrong answer the check must catch
+        return runner
+
+    monkeypatch.setattr(peers, "build", build_with_a_bug)
+    rc = cli.main(["--smoke", "--batches", "32", "--modes", "forward,train"])
+    err = capsys.readouterr().err
+    assert rc == 1
+    assert err.count("fastffnn at (300, 100, 2) batch 32") == 2 and "NOT timed" in err
+
+
+def test_compile_peer_is_checked_and_its_compile_time_reported(capsys):
+    pytest.importorskip("torch._inductor")
+    rc = cli.main(["--shapes", "8x6x3", "--batches", "4", "--modes", "forward", "--impls", "compile",
+                   "--block-s", "0.001", "--blocks", "2", "--idle-wait", "0"])
+    printed = capsys.readouterr().out
+    assert rc == 0, printed
+    assert re.search(r"^  compile .* compile \d+\.\d s$", printed, re.M), printed
+
+
+def test_measure_reports_median_and_iqr_per_function():
+    timer = timing.BlockTimer(torch.device("cpu"), 1)
+    stats = timing.measure({"a": lambda: None, "b": lambda: sum(range(2000))}, timer, block_s=0.001, blocks=5)
+    for s in stats.values():
+        assert s.blocks == 5 and s.calls_per_block >= 1 and 0 < s.q1 <= s.median <= s.q3
+    assert stats["b"].median > stats["a"].median
+
+
+def test_bad_options_give_a_one_line_error(capsys):
+    assert cli.main(["--impls", "eager,nope", "--idle-wait", "0"]) == 2
+    assert "unknown implementations ['nope']" in capsys.readouterr().err
+    with pytest.raises(SystemExit):
+        cli.main(["--shapes", "300x100"])
+
+
+def test_python_m_fastffnn_bench_help():
+    proc = subprocess.run([sys.executable, "-m", "fastffnn", "bench", "--help"], capture_output=True, text=True,
+                          cwd=ROOT)
+    assert proc.returncode == 0, proc.stderr
+    for flag in ("--quick", "--smoke", "--shapes", "--batches", "--modes", "--device", "--csv", "--plot"):
+        assert flag in proc.stdout
