@@ -2,6 +2,7 @@
 
     python -m fastffnn          environment + build (if needed) + self-check
     python -m fastffnn info     environment only; builds nothing
+    python -m fastffnn train    train the lecture's classifier on real data (train --help)
     python -m fastffnn bench    the throughput benchmark against stock PyTorch (bench --help)
 """
 
@@ -55,9 +56,13 @@ def main(argv: list[str] | None = None) -> int:
         from .bench import main as bench_main
 
         return bench_main(argv[1:])
+    if argv[:1] == ["train"]:
+        from .train import main as train_main
+
+        return train_main(argv[1:])
     parser = argparse.ArgumentParser(prog="python -m fastffnn", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("command", nargs="?", default="check", choices=["check", "info", "bench"])
+    parser.add_argument("command", nargs="?", default="check", choices=["check", "info", "train", "bench"])
     args = parser.parse_args(argv)
     print_environment()
     if args.command == "info":

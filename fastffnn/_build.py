@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import fcntl
 import hashlib
+import json
 import os
 import re
 import shutil
@@ -379,6 +380,30 @@ def _load_library(path: Path) -> None:
     torch.ops.load_library(str(path))
 
 
+def aot_library() -> Path | None:
+    """The ahead-of-time build (``FASTFFNN_BUILD_EXT=1 pip install``), if there is one that fits this process.
+
+    It fits when it was built for this torch version, backend and SIMD level;
+    otherwise it is ignored (said once) and the JIT build is used.
+    """
+    here = Path(__file__).resolve().parent
+    info_path = here / "_C_build.json"
+    libraries = sorted(here.glob("_C*.so"))
+    if not info_path.is_file() or not libraries:
+        return None
+    try:
+        info = json.loads(info_path.read_text())
+    except (OSError, ValueError):
+        return None
+    wanted = {"torch": torch.__version__, "backend": backend(), "simd": cpu_capability()}
+    if any(info.get(k) != v for k, v in wanted.items()):
+        built = ", ".join(f"{k} {info.get(k)}" for k in wanted)
+        _log(f"ignoring the ahead-of-time build in {here} (built for {built}; this process has "
+             f"{', '.join(f'{k} {v}' for k, v in wanted.items())}); building on first use instead")
+        return None
+    return libraries[0]
+
+
 # Under torch.compile, Dynamo runs this for real while tracing and records no
 # graph for it (its result, None, is a constant), so a first op call inside a
 # compiled function builds and loads the library instead of breaking the graph.
@@ -391,9 +416,12 @@ def ensure_loaded() -> None:
     with _lock:
         if _loaded_from is not None:
             return
-        expected = stamp()
+        aot = aot_library()
+        expected = stamp() if aot is None else ""
         directory = build_dir()
-        if _is_current(expected):
+        if aot is not None:
+            _load_library(aot)
+        elif _is_current(expected):
             _load_library(library_path())
         else:
             _check_toolchain()
@@ -411,7 +439,7 @@ def ensure_loaded() -> None:
 
         _fake.register()
         autograd.register()
-        _loaded_from = library_path()
+        _loaded_from = aot if aot is not None else library_path()
 
 
 def loaded_library() -> Path | None:

@@ -1,58 +1,41 @@
 """Autograd for the fused ops: one torch.autograd.Function per forward op.
 
-Each Function's forward is the native op, and its backward is the op's native
-``*_backward``, asked only for the gradients autograd needs
-(``ctx.needs_input_grad``). :func:`register` also attaches the same
-``setup_context``/``backward`` pair to the dispatcher op itself
-(``torch.library.register_autograd``), so ``torch.ops.fastffnn.*`` called
-directly differentiates the same way.
+Each Function's forward is the native op. Its derivatives come in three kinds:
+
+* **backward** (reverse mode): the op's native ``*_backward``, asked only for
+  the gradients autograd needs (``ctx.needs_input_grad``). Under
+  ``create_graph=True`` (gradient penalties, Hessian-vector products, double
+  backward) the gradients must themselves be differentiable, so they are
+  formed instead by stock PyTorch ops from :mod:`fastffnn.reference`, whose
+  autograd graph then carries the higher derivatives. The fast native path
+  is the one every ordinary ``.backward()`` takes.
+* **jvp** (forward mode: ``torch.autograd.forward_ad``, ``torch.func.jvp``):
+  the formulas of :mod:`fastffnn._jvp`, from the saved inputs and outputs.
+* **vmap** (``torch.func.vmap``): a batch of inputs folds into the ops'
+  leading dims, which they take anyway, in one native call (a loss with a
+  mean or sum is taken per example and reduced per vmapped sample); a vmapped
+  weight or bias (an ensemble of networks) runs one call per sample.
+
+:func:`register` also attaches the same ``setup_context``/``backward`` pair
+to the dispatcher op itself (``torch.library.register_autograd``), so
+``torch.ops.fastffnn.*`` called directly differentiates the same way.
 
 Per-call overhead matters here (at batch 1 the kernels take microseconds), so
 the forwards call the native op below the autograd dispatch key, where the
 Function has already taken care of autograd, and ``apply`` skips the
 per-call ``inspect.signature`` binding of ``torch.autograd.Function.apply``.
-
-The backward ops are not themselves differentiable yet, so the backwards are
-:func:`first_order_only`: asking for a second derivative raises an error
-instead of returning a wrong one.
 """
 
 from __future__ import annotations
 
-import functools
+from typing import Callable, Sequence
 
 import torch
+from torch import Tensor
+
+from . import _jvp, reference
 
 _ops = torch.ops.fastffnn
-
-
-def first_order_only(backward):
-    """Runs a backward without recording it, and makes any attempt to differentiate its result fail loudly.
-
-    Like ``torch.autograd.function.once_differentiable``, but it also looks at
-    the saved tensors: under ``create_graph=True`` the incoming gradient
-    usually does not require grad while the saved weights do, and
-    once_differentiable would then return gradients with no history, so a
-    gradient penalty built on them would silently lose its second-order
-    terms.
-    """
-
-    @functools.wraps(backward)
-    def wrapper(ctx, *grads):
-        with torch.no_grad():
-            outputs = backward(ctx, *grads)
-        if not torch.is_grad_enabled():
-            return outputs
-        sources = (*grads, *ctx.saved_tensors)
-        if not any(isinstance(t, torch.Tensor) and t.requires_grad for t in sources):
-            return outputs
-        err = torch._C._functions.DelayedError(
-            b"fastffnn: second derivatives (double backward) of the fused ops are not supported yet", len(outputs)
-        )
-        marked = [None if t is None else t.detach().requires_grad_(True) for t in outputs]
-        return err(*marked)
-
-    return wrapper
 
 
 def call_native(op, *args):
@@ -75,53 +58,146 @@ class _FusedFunction(torch.autograd.Function):
         return super(torch.autograd.Function, cls).apply(*args)
 
 
+def differentiable_call(name: str, *args):
+    """The op ``name`` through its Function (``FUNCTIONS[name].apply(*args)``); under torch.compile, the op itself.
+
+    Dynamo refuses to trace a Function with a custom jvp, but the op carries
+    the same setup_context/backward (register_autograd), which it traces.
+    """
+    if torch.compiler.is_compiling():
+        return getattr(_ops, name).default(*args)
+    return FUNCTIONS[name].apply(*args)
+
+
 def _wanted(mask, *grads):
     """The gradients autograd asked for; None for the rest."""
     return tuple(g if want else None for want, g in zip(mask, grads))
 
 
-class LinearAct(_FusedFunction):
-    """h = act(input @ weight^T + bias): fastffnn::linear_act."""
+def _reference_vjp(ctx, fn: Callable, tensors: Sequence[Tensor | None], args: tuple, grad: Tensor | None):
+    """Gradients of ``fn(*tensors, *args)`` against ``grad`` for the inputs that need them, by stock ops.
 
-    @staticmethod
-    def forward(input, weight, bias, activation):
-        return call_native(_ops.linear_act.default, input, weight, bias, activation)
-
-    @staticmethod
-    def setup_context(ctx, inputs, output):
-        input, weight, _bias, activation = inputs
-        ctx.save_for_backward(input, weight, output)
-        ctx.activation = activation
-
-    @staticmethod
-    @first_order_only
-    def backward(ctx, grad_output):
-        input, weight, output = ctx.saved_tensors
-        mask = ctx.needs_input_grad[:3]
-        grads = _ops.linear_act_backward.default(grad_output, input, weight, output, ctx.activation, list(mask))
-        return (*_wanted(mask, *grads), None)
+    Used under ``create_graph=True``: the result keeps its autograd history, so
+    it can be differentiated again.
+    """
+    wanted = [i for i, t in enumerate(tensors) if t is not None and ctx.needs_input_grad[i]]
+    result: list[Tensor | None] = [None] * len(tensors)
+    if grad is None or not wanted:
+        return tuple(result)
+    with torch.enable_grad():
+        out = fn(*tensors, *args)
+        grads = torch.autograd.grad(out, [tensors[i] for i in wanted], grad, create_graph=True, allow_unused=True)
+    for i, g in zip(wanted, grads):
+        result[i] = torch.zeros_like(tensors[i]) if g is None else g
+    return tuple(result)
 
 
-class LinearSoftmax(_FusedFunction):
-    """p = softmax(input @ weight^T + bias) (log_softmax if log): fastffnn::linear_softmax."""
+def _vmapped_size(args, in_dims) -> int:
+    for a, d in zip(args, in_dims):
+        if d is not None:
+            return a.shape[d]
+    raise AssertionError("vmap rule called without a vmapped argument")
 
-    @staticmethod
-    def forward(input, weight, bias, log):
-        return call_native(_ops.linear_softmax.default, input, weight, bias, log)
 
-    @staticmethod
-    def setup_context(ctx, inputs, output):
-        input, weight, _bias, log = inputs
-        ctx.save_for_backward(input, weight, output)
-        ctx.log = log
+def _vmap_by_loop(fn_class, args, in_dims):
+    """One call per vmapped sample, outputs stacked along dim 0: for vmapped weights or biases."""
+    size = _vmapped_size(args, in_dims)
+    outs = []
+    for b in range(size):
+        outs.append(fn_class.apply(*[a.select(d, b) if d is not None else a for a, d in zip(args, in_dims)]))
+    if isinstance(outs[0], tuple):
+        stacked = tuple(torch.stack(parts) for parts in zip(*outs))
+        return stacked, (0,) * len(stacked)
+    return torch.stack(outs), 0
 
-    @staticmethod
-    @first_order_only
-    def backward(ctx, grad_output):
-        input, weight, output = ctx.saved_tensors
-        mask = ctx.needs_input_grad[:3]
-        grads = _ops.linear_softmax_backward.default(grad_output, input, weight, output, ctx.log, list(mask))
-        return (*_wanted(mask, *grads), None)
+
+def _vmap_rows(fn_class, args, in_dims, row_tensors: int):
+    """vmap rule of an op whose outputs are row-wise in ``input`` (args[0]).
+
+    A vmapped input alone folds into the op's leading dims: one native call.
+    Anything else vmapped (weights, biases) runs sample by sample.
+    """
+    if all(d is None for d in in_dims[1:row_tensors]):
+        x = args[0].movedim(in_dims[0], 0)
+        out = fn_class.apply(x, *args[1:])
+        return out, ((0,) * len(out) if isinstance(out, tuple) else 0)
+    return _vmap_by_loop(fn_class, args, in_dims)
+
+
+def _vmap_loss(fn_class, args, in_dims, input_index: int, target_index: int, reduction_index: int, weights: range):
+    """vmap rule of a loss op (outputs: loss, then row-wise tensors).
+
+    With only the input and the target vmapped, the samples fold into the
+    leading dims and the loss is taken per row ('none'), then reduced within
+    each sample as the reduction asks. Vmapped weights run sample by sample.
+    """
+    if any(in_dims[i] is not None for i in weights):
+        return _vmap_by_loop(fn_class, args, in_dims)
+    size = _vmapped_size(args, in_dims)
+    args = list(args)
+    x = args[input_index]
+    x = x.movedim(in_dims[input_index], 0) if in_dims[input_index] is not None else x.expand(size, *x.shape)
+    target = args[target_index]
+    if in_dims[target_index] is not None:
+        target = target.movedim(in_dims[target_index], 0)
+    else:
+        target = target.expand(size, *target.shape)
+    reduction = args[reduction_index]
+    args[input_index], args[target_index], args[reduction_index] = x, target, "none"
+    loss, *rest = fn_class.apply(*args)
+    if reduction != "none":
+        flat = loss.reshape(size, -1)
+        loss = flat.sum(1) if reduction == "sum" else flat.mean(1)
+    return (loss, *rest), (0,) * (1 + len(rest))
+
+
+def _layer_function(name: str, doc: str, reference_fn: Callable, epilogue_jvp: Callable) -> type:
+    """The Function of a one-layer op ``y = f(input @ weight^T + bias)``, whose one option (the
+    activation's name, or softmax's ``log`` flag) goes to the op, its backward, its reference and
+    ``epilogue_jvp(output, dz, option)``."""
+    backward_name = name + "_backward"
+
+    class LayerFunction(_FusedFunction):
+        @staticmethod
+        def forward(input, weight, bias, option):
+            return call_native(getattr(_ops, name).default, input, weight, bias, option)
+
+        @staticmethod
+        def setup_context(ctx, inputs, output):
+            input, weight, bias, option = inputs
+            ctx.save_for_backward(input, weight, bias, output)
+            ctx.save_for_forward(input, weight, output)
+            ctx.option = option
+
+        @staticmethod
+        def backward(ctx, grad_output):
+            input, weight, bias, output = ctx.saved_tensors
+            if torch.is_grad_enabled():  # create_graph: a differentiable gradient
+                return (*_reference_vjp(ctx, reference_fn, (input, weight, bias), (ctx.option,), grad_output), None)
+            mask = ctx.needs_input_grad[:3]
+            grads = getattr(_ops, backward_name).default(grad_output, input, weight, output, ctx.option, list(mask))
+            return (*_wanted(mask, *grads), None)
+
+        @staticmethod
+        def jvp(ctx, *tangents):
+            input, weight, output = ctx.saved_tensors
+            dz = _jvp.linear(input, weight, *tangents[:3])
+            return epilogue_jvp(output, dz, ctx.option) if dz is not None else torch.zeros_like(output)
+
+        @staticmethod
+        def vmap(info, in_dims, *args):
+            return _vmap_rows(LayerFunction, args, in_dims, 3)
+
+    LayerFunction.__name__ = LayerFunction.__qualname__ = "".join(part.title() for part in name.split("_"))
+    LayerFunction.__doc__ = doc
+    return LayerFunction
+
+
+LinearAct = _layer_function("linear_act", "h = act(input @ weight^T + bias): fastffnn::linear_act.",
+                            reference.linear_act, _jvp.activation)
+LinearSoftmax = _layer_function(
+    "linear_softmax", "p = softmax(input @ weight^T + bias) (log_softmax if log): fastffnn::linear_softmax.",
+    reference.linear_softmax, _jvp.softmax)
 
 
 class SoftmaxNLL(_FusedFunction):
@@ -138,17 +214,30 @@ class SoftmaxNLL(_FusedFunction):
         ctx.mark_non_differentiable(lse)
         ctx.set_materialize_grads(False)
         ctx.save_for_backward(logits, target, lse)
+        ctx.save_for_forward(logits, target, lse)
         ctx.reduction = reduction
 
     @staticmethod
-    @first_order_only
     def backward(ctx, grad_loss, _grad_lse):
         if grad_loss is None:
             return None, None, None
         logits, target, lse = ctx.saved_tensors
+        if torch.is_grad_enabled():
+            return (*_reference_vjp(ctx, reference.softmax_nll, (logits, target), (ctx.reduction,), grad_loss), None)
         mask = ctx.needs_input_grad[:2]
         grads = _ops.softmax_nll_backward.default(grad_loss, logits, target, lse, ctx.reduction, list(mask))
         return (*_wanted(mask, *grads), None)
+
+    @staticmethod
+    def jvp(ctx, *tangents):
+        logits, target, lse = ctx.saved_tensors
+        dtarget = tangents[1] if target.is_floating_point() else None
+        log_p = _jvp.log_probs_from_lse(logits, lse)
+        return _jvp.nll(log_p, target, tangents[0], dtarget, ctx.reduction), None
+
+    @staticmethod
+    def vmap(info, in_dims, *args):
+        return _vmap_loss(SoftmaxNLL, args, in_dims, 0, 1, 2, range(0))
 
 
 class FFNN(_FusedFunction):
@@ -160,24 +249,39 @@ class FFNN(_FusedFunction):
 
     @staticmethod
     def setup_context(ctx, inputs, output):
-        input, V_weight, _V_bias, W_weight, _W_bias, activation, log = inputs
+        input, V_weight, V_bias, W_weight, W_bias, activation, log = inputs
         out, hidden = output
         ctx.mark_non_differentiable(hidden)
         ctx.set_materialize_grads(False)
-        ctx.save_for_backward(input, V_weight, W_weight, hidden, out)
+        ctx.save_for_backward(input, V_weight, V_bias, W_weight, W_bias, hidden, out)
+        ctx.save_for_forward(input, V_weight, W_weight, hidden, out)
         ctx.activation = activation
         ctx.log = log
 
     @staticmethod
-    @first_order_only
     def backward(ctx, grad_output, _grad_hidden):
         if grad_output is None:
             return (None,) * 7
-        input, V_weight, W_weight, hidden, out = ctx.saved_tensors
+        input, V_weight, V_bias, W_weight, W_bias, hidden, out = ctx.saved_tensors
+        if torch.is_grad_enabled():
+            return (*_reference_vjp(ctx, reference.ffnn, (input, V_weight, V_bias, W_weight, W_bias),
+                                    (ctx.activation, ctx.log), grad_output), None, None)
         mask = ctx.needs_input_grad[:5]
-        grads = _ops.ffnn_backward.default(grad_output, input, V_weight, W_weight, hidden, out, ctx.activation, ctx.log,
-                                   list(mask))
+        grads = _ops.ffnn_backward.default(grad_output, input, V_weight, W_weight, hidden, out, ctx.activation,
+                                           ctx.log, list(mask))
         return (*_wanted(mask, *grads), None, None)
+
+    @staticmethod
+    def jvp(ctx, *tangents):
+        input, V_weight, W_weight, hidden, out = ctx.saved_tensors
+        dx, dVw, dVb, dWw, dWb = tangents[:5]
+        dh = _jvp.activation(hidden, _jvp.linear(input, V_weight, dx, dVw, dVb), ctx.activation)
+        dz = _jvp.linear(hidden, W_weight, dh, dWw, dWb)
+        return (_jvp.softmax(out, dz, ctx.log) if dz is not None else torch.zeros_like(out)), None
+
+    @staticmethod
+    def vmap(info, in_dims, *args):
+        return _vmap_rows(FFNN, args, in_dims, 5)
 
 
 class FFNNNLL(_FusedFunction):
@@ -190,24 +294,40 @@ class FFNNNLL(_FusedFunction):
 
     @staticmethod
     def setup_context(ctx, inputs, output):
-        input, V_weight, _V_bias, W_weight, _W_bias, target, activation, reduction = inputs
+        input, V_weight, V_bias, W_weight, W_bias, target, activation, reduction = inputs
         _loss, hidden, log_probs = output
         ctx.mark_non_differentiable(hidden, log_probs)
         ctx.set_materialize_grads(False)
-        ctx.save_for_backward(input, V_weight, W_weight, hidden, log_probs, target)
+        ctx.save_for_backward(input, V_weight, V_bias, W_weight, W_bias, hidden, log_probs, target)
+        ctx.save_for_forward(input, V_weight, W_weight, hidden, log_probs, target)
         ctx.activation = activation
         ctx.reduction = reduction
 
     @staticmethod
-    @first_order_only
     def backward(ctx, grad_loss, _grad_hidden, _grad_log_probs):
         if grad_loss is None:
             return (None,) * 8
-        input, V_weight, W_weight, hidden, log_probs, target = ctx.saved_tensors
+        input, V_weight, V_bias, W_weight, W_bias, hidden, log_probs, target = ctx.saved_tensors
+        if torch.is_grad_enabled():
+            return (*_reference_vjp(ctx, reference.ffnn_nll, (input, V_weight, V_bias, W_weight, W_bias, target),
+                                    (ctx.activation, ctx.reduction), grad_loss), None, None)
         mask = ctx.needs_input_grad[:6]
         grads = _ops.ffnn_nll_backward.default(grad_loss, input, V_weight, W_weight, hidden, log_probs, target,
-                                       ctx.activation, ctx.reduction, list(mask))
+                                               ctx.activation, ctx.reduction, list(mask))
         return (*_wanted(mask, *grads), None, None)
+
+    @staticmethod
+    def jvp(ctx, *tangents):
+        input, V_weight, W_weight, hidden, log_probs, target = ctx.saved_tensors
+        dx, dVw, dVb, dWw, dWb, dtarget = tangents[:6]
+        dh = _jvp.activation(hidden, _jvp.linear(input, V_weight, dx, dVw, dVb), ctx.activation)
+        dz = _jvp.linear(hidden, W_weight, dh, dWw, dWb)
+        dtarget = dtarget if target.is_floating_point() else None
+        return _jvp.nll(log_probs, target, dz, dtarget, ctx.reduction), None, None
+
+    @staticmethod
+    def vmap(info, in_dims, *args):
+        return _vmap_loss(FFNNNLL, args, in_dims, 0, 5, 7, range(1, 5))
 
 
 FUNCTIONS = {

@@ -8,14 +8,17 @@ and builds the extension on its first call. Shapes follow ``nn.Linear``:
 * ``weight``/``V_weight`` is ``(hidden, in_features)`` and ``W_weight`` is
   ``(classes, hidden)``; biases are ``(out_features,)`` or ``None``.
 
-All tensors must share one device and one dtype, float32 or float64 (the
-integer class-index target of the losses excepted). Softmax is always taken
+All tensors must share one device and one dtype: float32 or float64, and on
+CUDA also float16 or bfloat16 (computed in float32); the integer class-index
+target of the losses may be any integer dtype. Outputs have the operands'
+dtype. Under autocast the operands are cast first (see :func:`_autocast`). Softmax is always taken
 over the last dim. Inputs may be non-contiguous.
 """
 
 from __future__ import annotations
 
 import torch
+import torch.autograd.forward_ad as _forward_ad
 from torch import Tensor
 
 from . import autograd as _autograd
@@ -26,9 +29,37 @@ _ops = torch.ops.fastffnn
 
 
 def _needs_grad(*tensors: Tensor | None) -> bool:
-    # Without a gradient to record, skip the autograd.Function and its
-    # per-call cost, and run the native op directly.
-    return torch.is_grad_enabled() and any(t is not None and t.requires_grad for t in tensors)
+    # Without a derivative to record, skip the autograd.Function and its
+    # per-call cost, and run the native op directly. Derivatives are recorded
+    # for inputs that require grad, inside a forward-AD dual level (dual
+    # tensors need not require grad) and under torch.func transforms.
+    if torch.is_grad_enabled() and any(t is not None and t.requires_grad for t in tensors):
+        return True
+    return _forward_ad._current_level >= 0 or torch._C._are_functorch_transforms_active()
+
+
+def _autocast(*tensors: Tensor | None) -> tuple:
+    """The operands as the fused ops take them under autocast (unchanged when autocast is off).
+
+    On CUDA, floating operands other than float64 are cast to the autocast
+    dtype (float16 or bfloat16), as autocast casts ``nn.Linear``'s; the
+    kernels accumulate in float32 and return that dtype. On the CPU, whose
+    kernels are float32/float64, float16/bfloat16 operands are cast to
+    float32, and the result is float32. The casts are recorded by autograd,
+    so gradients reach each operand in its own dtype.
+    """
+    if not torch._C._is_any_autocast_enabled():
+        return tensors
+    out = []
+    for t in tensors:
+        if t is not None and t.is_floating_point() and t.dtype != torch.float64:
+            kind = t.device.type
+            if kind == "cuda" and torch.is_autocast_enabled("cuda"):
+                t = t.to(torch.get_autocast_dtype("cuda"))
+            elif kind == "cpu" and torch.is_autocast_enabled("cpu") and t.dtype != torch.float32:
+                t = t.float()
+        out.append(t)
+    return tuple(out)
 
 
 def linear_act(input: Tensor, weight: Tensor, bias: Tensor | None = None, activation: str = "tanh") -> Tensor:
@@ -44,9 +75,10 @@ def linear_act(input: Tensor, weight: Tensor, bias: Tensor | None = None, activa
         ``(..., out_features)``, the dtype of ``input``.
     """
     ensure_loaded()
+    input, weight, bias = _autocast(input, weight, bias)
     if not _needs_grad(input, weight, bias):
         return call_native(_ops.linear_act.default, input, weight, bias, activation)
-    return _autograd.LinearAct.apply(input, weight, bias, activation)
+    return _autograd.differentiable_call("linear_act", input, weight, bias, activation)
 
 
 def linear_softmax(input: Tensor, weight: Tensor, bias: Tensor | None = None, log: bool = False) -> Tensor:
@@ -59,12 +91,14 @@ def linear_softmax(input: Tensor, weight: Tensor, bias: Tensor | None = None, lo
         log: return log-probabilities, computed as ``z - logsumexp(z)``.
 
     Returns:
-        ``(..., classes)``, each row summing to 1 (or its exp, if ``log``).
+        ``(..., classes)`` in ``input``'s dtype, each row summing to 1 (or its
+        exp, if ``log``).
     """
     ensure_loaded()
+    input, weight, bias = _autocast(input, weight, bias)
     if not _needs_grad(input, weight, bias):
         return call_native(_ops.linear_softmax.default, input, weight, bias, log)
-    return _autograd.LinearSoftmax.apply(input, weight, bias, log)
+    return _autograd.differentiable_call("linear_softmax", input, weight, bias, log)
 
 
 def softmax_nll(logits: Tensor, target: Tensor, reduction: str = "mean") -> Tensor:
@@ -79,14 +113,16 @@ def softmax_nll(logits: Tensor, target: Tensor, reduction: str = "mean") -> Tens
         reduction: ``"mean"`` (over the examples), ``"sum"`` or ``"none"``.
 
     Returns:
-        A scalar, or the per-example losses ``(...)`` for ``"none"``.
+        A 0-d tensor, or the per-example losses ``(...)`` for ``"none"``, in
+        ``logits``' dtype.
         The gradient with respect to the logits is ``softmax(logits) - target``
         (scaled by the reduction); probability targets get a gradient too.
     """
     ensure_loaded()
+    logits, target = _autocast(logits, target)
     if not _needs_grad(logits, target):
         return call_native(_ops.softmax_nll.default, logits, target, reduction)[0]
-    loss, _lse = _autograd.SoftmaxNLL.apply(logits, target, reduction)
+    loss, _lse = _autograd.differentiable_call("softmax_nll", logits, target, reduction)
     return loss
 
 
@@ -109,13 +145,15 @@ def ffnn(
         log: return log-probabilities instead.
 
     Returns:
-        ``(..., classes)`` probabilities (log-probabilities if ``log``).
+        ``(..., classes)`` probabilities (log-probabilities if ``log``) in
+        ``input``'s dtype.
     """
     ensure_loaded()
+    input, V_weight, V_bias, W_weight, W_bias = _autocast(input, V_weight, V_bias, W_weight, W_bias)
     args = (input, V_weight, V_bias, W_weight, W_bias, activation, log)
     if not _needs_grad(input, V_weight, V_bias, W_weight, W_bias):
         return call_native(_ops.ffnn.default, *args)[0]
-    out, _hidden = _autograd.FFNN.apply(*args)
+    out, _hidden = _autograd.differentiable_call("ffnn", *args)
     return out
 
 
@@ -135,8 +173,9 @@ def ffnn_nll(
     of :func:`softmax_nll`; returns what :func:`softmax_nll` returns.
     """
     ensure_loaded()
+    input, V_weight, V_bias, W_weight, W_bias, target = _autocast(input, V_weight, V_bias, W_weight, W_bias, target)
     args = (input, V_weight, V_bias, W_weight, W_bias, target, activation, reduction)
     if not _needs_grad(input, V_weight, V_bias, W_weight, W_bias, target):
         return call_native(_ops.ffnn_nll.default, *args)[0]
-    loss, _hidden, _log_probs = _autograd.FFNNNLL.apply(*args)
+    loss, _hidden, _log_probs = _autograd.differentiable_call("ffnn_nll", *args)
     return loss

@@ -9,6 +9,8 @@ into ``torch.optim.Adam`` and the reverse. CPU tensors only (on CUDA use
 
 from __future__ import annotations
 
+from typing import Callable, Iterable
+
 import torch
 
 from ._build import ensure_loaded
@@ -23,9 +25,11 @@ class Adam(torch.optim.Optimizer):
     accepted for state-dict compatibility and must keep their defaults.
     """
 
-    def __init__(self, params, lr=1e-3, betas=(0.9, 0.999), eps=1e-8, weight_decay=0, amsgrad=False, *,
-                 foreach=None, maximize=False, capturable=False, differentiable=False, fused=None,
-                 decoupled_weight_decay=False):
+    def __init__(self, params: Iterable[torch.Tensor] | Iterable[dict], lr: float = 1e-3,
+                 betas: tuple[float, float] = (0.9, 0.999), eps: float = 1e-8, weight_decay: float = 0,
+                 amsgrad: bool = False, *, foreach: bool | None = None, maximize: bool = False,
+                 capturable: bool = False, differentiable: bool = False, fused: bool | None = None,
+                 decoupled_weight_decay: bool = False) -> None:
         if not 0.0 <= lr:
             raise ValueError(f"fastffnn.optim.Adam: invalid learning rate: {lr}")
         if not 0.0 <= eps:
@@ -79,7 +83,7 @@ class Adam(torch.optim.Optimizer):
                 bool(group["amsgrad"]), bool(group["maximize"]), bool(group["decoupled_weight_decay"]))
 
     @torch.no_grad()
-    def step(self, closure=None):
+    def step(self, closure: Callable[[], torch.Tensor] | None = None) -> torch.Tensor | None:
         """One Adam update of every parameter that has a gradient."""
         loss = None
         if closure is not None:
@@ -126,7 +130,8 @@ class Adam(torch.optim.Optimizer):
                                               args)
         return args
 
-    def train_step(self, model, input, target, reduction="mean"):
+    def train_step(self, model: torch.nn.Module, input: torch.Tensor, target: torch.Tensor,
+                   reduction: str = "mean") -> torch.Tensor:
         """A whole training step of a FastFFNN in one native call; returns the loss.
 
         Forward, the cross-entropy against ``target`` (class indices, or

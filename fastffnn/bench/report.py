@@ -84,8 +84,13 @@ def plot(path: str, rows: list[dict], title: str) -> bool:
     except ImportError:
         return False
     shapes = list(dict.fromkeys(r["shape"] for r in rows))
-    fig, axes = plt.subplots(1, len(shapes), figsize=(4.2 * len(shapes), 3.8), squeeze=False, sharey=True)
-    for ax, shape in zip(axes[0], shapes):
+    ncols = min(3, len(shapes))
+    nrows = -(-len(shapes) // ncols)
+    fig, axes = plt.subplots(nrows, ncols, figsize=(4.6 * ncols, 3.4 * nrows + 1.0), squeeze=False, sharey=True)
+    flat = [ax for row in axes for ax in row]
+    for ax in flat[len(shapes):]:
+        ax.set_visible(False)
+    for ax, shape in zip(flat, shapes):
         lines: dict[tuple[str, str], list[tuple[int, float]]] = {}
         for r in rows:
             if r["shape"] == shape and r["impl"] != "eager" and r["x_eager"] != "":
@@ -102,16 +107,17 @@ def plot(path: str, rows: list[dict], title: str) -> bool:
         ax.set_title(f"({shape})")
         ax.set_xlabel("batch")
         ax.grid(True, which="both", alpha=0.3)
-    axes[0][0].set_ylabel("× eager (higher is faster)")
-    handles, labels = axes[0][0].get_legend_handles_labels()
-    for ax in axes[0][1:]:
+    for row in axes:
+        row[0].set_ylabel("× eager (higher is faster)")
+    handles, labels = flat[0].get_legend_handles_labels()
+    for ax in flat[1:len(shapes)]:
         for h, lbl in zip(*ax.get_legend_handles_labels()):
             if lbl not in labels:
                 handles.append(h)
                 labels.append(lbl)
     fig.legend(handles, labels, loc="lower center", ncol=4, fontsize=8, frameon=False)
     fig.suptitle(title, fontsize=10)
-    fig.tight_layout(rect=(0, 0.16, 1, 0.95))
+    fig.tight_layout(rect=(0, 0.9 / (3.4 * nrows + 1.0) + 0.04, 1, 0.96))
     fig.savefig(path, dpi=110)
     plt.close(fig)
     return True

@@ -1,0 +1,76 @@
+"""Packaging: ``pip install .`` ships the C++ sources and py.typed, the version is readable, and the optional
+ahead-of-time build (``FASTFFNN_BUILD_EXT=1``) produces the same ops without a JIT build."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+import fastffnn
+
+ROOT = Path(__file__).resolve().parent.parent
+
+CHECK = """
+import importlib.metadata, sys, torch, fastffnn
+from fastffnn import _build, selfcheck
+assert importlib.metadata.version("fastffnn") == fastffnn.__version__, importlib.metadata.version("fastffnn")
+x = torch.randn(5, 7, dtype=torch.float64)
+model = fastffnn.FastFFNN(7, 6, 3, dtype=torch.float64)
+torch.testing.assert_close(model(x), torch.softmax(model.W(torch.tanh(model.V(x))), -1))
+assert all(r.ok for r in selfcheck.run())
+print("source_dir", _build.source_dir())
+print("loaded", _build.loaded_library())
+"""
+
+
+def _pip_install(target: Path, env: dict | None = None) -> None:
+    cmd = [sys.executable, "-m", "pip", "install", "--quiet", "--no-deps", "--no-build-isolation", "--target",
+           str(target), str(ROOT)]
+    proc = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=900)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+
+
+def _run_installed(target: Path, cwd: Path, env_extra: dict | None = None) -> str:
+    env = dict(os.environ, PYTHONPATH=str(target), **(env_extra or {}))
+    proc = subprocess.run([sys.executable, "-c", CHECK], capture_output=True, text=True, cwd=cwd, env=env,
+                          timeout=900)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    return proc.stdout + proc.stderr
+
+
+def test_pip_install_ships_sources_and_types(tmp_path):
+    target = tmp_path / "site"
+    _pip_install(target)
+    pkg = target / "fastffnn"
+    for rel in ("csrc/registration.cpp", "csrc/ops/ffnn.cpp", "csrc/cpu/one_row.h", "csrc/cuda/fused_mlp.cu",
+                "py.typed"):
+        assert (pkg / rel).is_file(), rel
+    assert list(target.glob("fastffnn-*.dist-info"))
+    # Outside the repository, the installed copy builds (or finds its cached build) from its own sources.
+    out = _run_installed(target, tmp_path)
+    assert f"source_dir {pkg / 'csrc'}" in out
+
+
+def test_version_is_one_number_everywhere():
+    import re
+
+    setup_py = (ROOT / "setup.py").read_text()
+    assert "VERSION" in setup_py and re.search(r'^__version__ = "([^"]+)"', (ROOT / "fastffnn/__init__.py").read_text(),
+                                               re.M).group(1) == fastffnn.__version__
+
+
+@pytest.mark.skipif(sys.platform != "linux", reason="the ahead-of-time build is exercised on Linux")
+def test_ahead_of_time_build_produces_the_same_ops(tmp_path):
+    target = tmp_path / "site"
+    _pip_install(target, env=dict(os.environ, FASTFFNN_BUILD_EXT="1", MAX_JOBS=os.environ.get("MAX_JOBS", "2")))
+    libraries = list((target / "fastffnn").glob("_C*.so"))
+    assert libraries and (target / "fastffnn" / "_C_build.json").is_file()
+    empty_cache = tmp_path / "no-jit"
+    empty_cache.mkdir()
+    out = _run_installed(target, tmp_path, {"TORCH_EXTENSIONS_DIR": str(empty_cache), "FASTFFNN_BACKEND": "cpu"})
+    assert f"loaded {libraries[0]}" in out
+    assert not any(empty_cache.iterdir()), "the ahead-of-time build should leave nothing to JIT-build"

@@ -1,0 +1,88 @@
+"""``python -m fastffnn train``: trains on real data, writes a checkpoint the stock FFNN loads, and fails cleanly."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from fastffnn.train import cli
+from fastffnn.train.loop import LectureFFNN
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def test_default_run_learns_digits_and_saves_a_stock_checkpoint(tmp_path, capsys):
+    pytest.importorskip("sklearn")
+    rc = cli.main(["--epochs", "3", "--hidden", "32", "--out", str(tmp_path), "--no-progress", "--compare"])
+    out = capsys.readouterr().out
+    assert rc == 0, out
+    assert "sklearn digits: 1797 examples, 64 features, 10 classes" in out
+    assert out.count("dev accuracy") >= 6  # an epoch line per model and epoch
+    meta = json.loads((tmp_path / "fastffnn.json").read_text())
+    assert meta["dev_accuracy"] > 0.85  # 3 epochs of the lecture's loop on digits
+    stock = LectureFFNN(64, 32, 10)
+    stock.load_state_dict(torch.load(tmp_path / "fastffnn.pt"))  # the stock FFNN loads the checkpoint as it is
+    from sklearn.datasets import load_digits
+
+    d = load_digits()
+    acc = (stock(torch.from_numpy(d.data).float()).argmax(-1).numpy() == d.target).mean()
+    assert acc > 0.85
+    assert "stock" in out and "faster than stock PyTorch" in out
+    assert (tmp_path / "curves.png").read_bytes()[:4] == b"\x89PNG"
+
+
+def test_user_npz_and_csv_data(tmp_path, capsys):
+    rng = np.random.default_rng(0)
+    X = rng.normal(size=(60, 5))
+    y = (X[:, 0] > 0).astype(int) + 2 * (X[:, 1] > 0)
+    np.savez(tmp_path / "d.npz", X=X, y=y)
+    assert cli.main(["--data", str(tmp_path / "d.npz"), "--epochs", "2", "--batch-size", "8", "--out",
+                     str(tmp_path / "a"), "--no-progress"]) == 0
+    rows = ["f1,f2,f3,f4,f5,label"] + [",".join(map(str, [*x, c])) for x, c in zip(X, y)]
+    (tmp_path / "d.csv").write_text("\n".join(rows) + "\n")
+    assert cli.main(["--data", str(tmp_path / "d.csv"), "--epochs", "1", "--out", str(tmp_path / "b"),
+                     "--no-progress"]) == 0
+    assert "60 examples, 5 features, 4 classes" in capsys.readouterr().out
+
+
+BAD = {
+    "missing.csv": (None, "no such file"),
+    "ragged.csv": ("1,2,0\n3,4,1\n5,1\n", "ragged rows: row 3 has 2 columns"),
+    "text.csv": ("1,2,0\n3,abc,1\n", "row 2: 'abc' is not a number"),
+    "fraction.csv": ("1,2,0\n3,4,1.5\n", "labels must be integers"),
+    "negative.csv": ("1,2,0\n3,4,-1\n", "labels must be class indices >= 0"),
+    "oneclass.csv": ("1,2,1\n3,4,1\n5,6,1\n", "at least 2 classes"),
+    "empty.csv": ("", "the file is empty"),
+    "data.txt": ("1,2,0\n", "unknown format .txt"),
+}
+
+
+@pytest.mark.parametrize("name", sorted(BAD))
+def test_bad_data_gives_one_line_error(tmp_path, name):
+    content, message = BAD[name]
+    path = tmp_path / name
+    if content is not None:
+        path.write_text(content)
+    proc = subprocess.run([sys.executable, "-m", "fastffnn", "train", "--data", str(path), "--epochs", "1",
+                           "--out", str(tmp_path / "o"), "--no-progress"], capture_output=True, text=True, cwd=ROOT)
+    assert proc.returncode == 2
+    lines = proc.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("fastffnn train: error: ") and message in lines[0], proc.stderr
+    assert "Traceback" not in proc.stderr
+
+
+def test_bad_npz_arrays(tmp_path):
+    np.savez(tmp_path / "wrong.npz", a=np.zeros((3, 2)), b=np.zeros(3))
+    np.savez(tmp_path / "short.npz", X=np.zeros((3, 2)), y=np.zeros(2))
+    from fastffnn.train import data
+
+    with pytest.raises(data.DataError, match="expected arrays 'X' and 'y'"):
+        data.load(str(tmp_path / "wrong.npz"))
+    with pytest.raises(data.DataError, match="one per example: 3 examples"):
+        data.load(str(tmp_path / "short.npz"))
