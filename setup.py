@@ -78,7 +78,8 @@ setup(
     # scikit-learn ships the digits dataset `python -m fastffnn train` learns by default (no download), tqdm
     # draws its progress bar and matplotlib its curves (and the benchmark's plot).
     install_requires=["torch>=2.4", "numpy", "ninja", "pybind11", "scikit-learn", "tqdm", "matplotlib"],
-    extras_require={"test": ["pytest"]},
+    # hypothesis generates the property tests' random shapes, dtypes, values and strides
+    extras_require={"test": ["pytest", "hypothesis"]},
     ext_modules=ext_modules,
     cmdclass=cmdclass,
     zip_safe=False,

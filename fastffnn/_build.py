@@ -185,7 +185,8 @@ def build_dir() -> Path:
     """The cache directory for this Python, torch, backend (with CUDA version and GPU archs) and SIMD level."""
     torch_version = re.sub(r"[^0-9A-Za-z.]+", "_", torch.__version__)
     py = f"py{sys.version_info.major}{sys.version_info.minor}"
-    return cache_root() / f"fastffnn-{py}-torch{torch_version}-{_backend_key()}-{cpu_capability().lower()}"
+    checking = "".join(f"-{name}san" for name in sanitizers())
+    return cache_root() / f"fastffnn-{py}-torch{torch_version}-{_backend_key()}-{cpu_capability().lower()}{checking}"
 
 
 def library_path() -> Path:
@@ -196,16 +197,38 @@ def _compiler() -> str:
     return os.environ.get("CXX", "c++")
 
 
+def sanitizers() -> list[str]:
+    """The sanitizers of a checking build (FASTFFNN_SANITIZE=address,undefined), else none.
+
+    Such a build lives in a cache directory of its own; benchmarks/sanitize_cpu.sh
+    runs the tests against it.
+    """
+    allowed = {"address", "undefined", "leak"}
+    wanted = [s.strip() for s in os.environ.get("FASTFFNN_SANITIZE", "").split(",") if s.strip()]
+    unknown = [s for s in wanted if s not in allowed]
+    if unknown:
+        raise BuildError(f"fastffnn: FASTFFNN_SANITIZE may name {sorted(allowed)}, got {unknown}")
+    return wanted
+
+
+def _sanitizer_flags() -> list[str]:
+    names = sanitizers()
+    if not names:
+        return []
+    # -fno-sanitize-recover: the first finding stops the process, so no report goes unnoticed
+    return [f"-fsanitize={','.join(names)}", "-fno-sanitize-recover=all", "-fno-omit-frame-pointer", "-g"]
+
+
 def cflags() -> list[str]:
     # -fopenmp turns on the OpenMP path of at::parallel_for, which torch's
     # own kernels use too; without it every epilogue would run on one thread.
     # Without a CPU_CAPABILITY, at::vec falls back to scalar loops, and tanh
     # and exp become libm calls, several times slower than ATen's own.
-    return ["-O3", "-fopenmp", *_CAPABILITY_FLAGS.get(cpu_capability(), [])]
+    return ["-O3", "-fopenmp", *_CAPABILITY_FLAGS.get(cpu_capability(), []), *_sanitizer_flags()]
 
 
 def ldflags() -> list[str]:
-    return ["-fopenmp"]
+    return ["-fopenmp", *_sanitizer_flags()]
 
 
 def cuda_cflags() -> list[str]:
@@ -248,9 +271,24 @@ def _stamp_path() -> Path:
     return build_dir() / f"{LIBRARY_NAME}.stamp"
 
 
+def _file_digest(path: Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            h.update(block)
+    return h.hexdigest()
+
+
 def _is_current(expected: str) -> bool:
+    """Whether the cached library was built from these sources and flags, and is the file that build wrote.
+
+    The stamp holds the inputs' hash and the library's own hash, so a library
+    that was truncated or corrupted after its build (a full disk, a killed
+    copy) is rebuilt instead of loaded.
+    """
     try:
-        return library_path().is_file() and _stamp_path().read_text().strip() == expected
+        lines = _stamp_path().read_text().split()
+        return len(lines) == 2 and lines[0] == expected and lines[1] == _file_digest(library_path())
     except OSError:
         return False
 
@@ -372,7 +410,7 @@ def _build(expected_stamp: str) -> None:
                 os.environ.pop("TORCH_CUDA_ARCH_LIST", None)
             else:
                 os.environ["TORCH_CUDA_ARCH_LIST"] = env_arch
-    _stamp_path().write_text(expected_stamp)
+    _stamp_path().write_text(f"{expected_stamp}\n{_file_digest(library_path())}\n")
     _log(f"built in {time.perf_counter() - start:.1f} s")
 
 
@@ -432,6 +470,11 @@ def ensure_loaded() -> None:
                     if _is_current(expected):  # another process built it while we waited
                         _load_library(library_path())
                     else:
+                        if library_path().exists():
+                            # out of date or damaged: removed, so that ninja relinks it even
+                            # when its timestamp looks newer than the objects
+                            _log(f"the cached library {library_path()} does not match its stamp; rebuilding it")
+                            library_path().unlink()
                         _build(expected)  # cpp_extension.load also loads it
                 finally:
                     fcntl.flock(lock_file, fcntl.LOCK_UN)

@@ -118,6 +118,24 @@ class FastFFNN(nn.Module):
             )
         return optimizer.train_step(self, x, target, reduction)
 
+    def _load_from_state_dict(self, state_dict, prefix, local_metadata, strict, missing_keys, unexpected_keys,
+                              error_msgs):
+        # nn.Module names the key and both shapes for a size mismatch and lists
+        # missing keys, but silently casts a tensor of another dtype; a
+        # checkpoint in the wrong precision is refused here instead.
+        for name in ("V.weight", "V.bias", "W.weight", "W.bias"):
+            module, attr = name.split(".")
+            param = getattr(getattr(self, module), attr)
+            incoming = state_dict.get(prefix + name)
+            if param is None or not isinstance(incoming, torch.Tensor) or incoming.dtype == param.dtype:
+                continue
+            error_msgs.append(
+                f"dtype mismatch for {prefix + name}: the checkpoint has {incoming.dtype} of shape "
+                f"{tuple(incoming.shape)}, the model has {param.dtype} of shape {tuple(param.shape)}; convert one "
+                f"of them first (model.to({incoming.dtype}) or tensor.to({param.dtype}))")
+        super()._load_from_state_dict(state_dict, prefix, local_metadata, strict, missing_keys, unexpected_keys,
+                                      error_msgs)
+
     def extra_repr(self) -> str:
         return f"activation={self.activation!r}"
 

@@ -28,6 +28,19 @@ from .autograd import call_native
 _ops = torch.ops.fastffnn
 
 
+def _bad_arguments(op: str, *named: tuple[str, object, type | tuple[type, ...]]) -> None:
+    """Raises TypeError for the first argument that is not of its type (the wrappers' slow path)."""
+    for name, value, kind in named:
+        if not isinstance(value, kind):
+            kinds = kind if isinstance(kind, tuple) else (kind,)
+            wanted = " or ".join("None" if k is type(None) else k.__name__ for k in kinds)
+            raise TypeError(f"fastffnn.{op}: {name} must be {wanted}, got {type(value).__name__}")
+
+
+_TENSOR = Tensor
+_MAYBE_TENSOR = (Tensor, type(None))
+
+
 def _needs_grad(*tensors: Tensor | None) -> bool:
     # Without a derivative to record, skip the autograd.Function and its
     # per-call cost, and run the native op directly. Derivatives are recorded
@@ -74,6 +87,10 @@ def linear_act(input: Tensor, weight: Tensor, bias: Tensor | None = None, activa
     Returns:
         ``(..., out_features)``, the dtype of ``input``.
     """
+    if not (isinstance(input, Tensor) and isinstance(weight, Tensor) and isinstance(bias, _MAYBE_TENSOR)
+            and isinstance(activation, str)):
+        _bad_arguments("linear_act", ("input", input, _TENSOR), ("weight", weight, _TENSOR),
+                       ("bias", bias, _MAYBE_TENSOR), ("activation", activation, str))
     ensure_loaded()
     input, weight, bias = _autocast(input, weight, bias)
     if not _needs_grad(input, weight, bias):
@@ -94,6 +111,10 @@ def linear_softmax(input: Tensor, weight: Tensor, bias: Tensor | None = None, lo
         ``(..., classes)`` in ``input``'s dtype, each row summing to 1 (or its
         exp, if ``log``).
     """
+    if not (isinstance(input, Tensor) and isinstance(weight, Tensor) and isinstance(bias, _MAYBE_TENSOR)
+            and isinstance(log, bool)):
+        _bad_arguments("linear_softmax", ("input", input, _TENSOR), ("weight", weight, _TENSOR),
+                       ("bias", bias, _MAYBE_TENSOR), ("log", log, bool))
     ensure_loaded()
     input, weight, bias = _autocast(input, weight, bias)
     if not _needs_grad(input, weight, bias):
@@ -118,6 +139,9 @@ def softmax_nll(logits: Tensor, target: Tensor, reduction: str = "mean") -> Tens
         The gradient with respect to the logits is ``softmax(logits) - target``
         (scaled by the reduction); probability targets get a gradient too.
     """
+    if not (isinstance(logits, Tensor) and isinstance(target, Tensor) and isinstance(reduction, str)):
+        _bad_arguments("softmax_nll", ("logits", logits, _TENSOR), ("target", target, _TENSOR),
+                       ("reduction", reduction, str))
     ensure_loaded()
     logits, target = _autocast(logits, target)
     if not _needs_grad(logits, target):
@@ -148,6 +172,12 @@ def ffnn(
         ``(..., classes)`` probabilities (log-probabilities if ``log``) in
         ``input``'s dtype.
     """
+    if not (isinstance(input, Tensor) and isinstance(V_weight, Tensor) and isinstance(V_bias, _MAYBE_TENSOR)
+            and isinstance(W_weight, Tensor) and isinstance(W_bias, _MAYBE_TENSOR) and isinstance(activation, str)
+            and isinstance(log, bool)):
+        _bad_arguments("ffnn", ("input", input, _TENSOR), ("V_weight", V_weight, _TENSOR),
+                       ("V_bias", V_bias, _MAYBE_TENSOR), ("W_weight", W_weight, _TENSOR),
+                       ("W_bias", W_bias, _MAYBE_TENSOR), ("activation", activation, str), ("log", log, bool))
     ensure_loaded()
     input, V_weight, V_bias, W_weight, W_bias = _autocast(input, V_weight, V_bias, W_weight, W_bias)
     args = (input, V_weight, V_bias, W_weight, W_bias, activation, log)
@@ -172,6 +202,13 @@ def ffnn_nll(
     Takes the arguments of :func:`ffnn` and the ``target`` and ``reduction``
     of :func:`softmax_nll`; returns what :func:`softmax_nll` returns.
     """
+    if not (isinstance(input, Tensor) and isinstance(V_weight, Tensor) and isinstance(V_bias, _MAYBE_TENSOR)
+            and isinstance(W_weight, Tensor) and isinstance(W_bias, _MAYBE_TENSOR) and isinstance(target, Tensor)
+            and isinstance(activation, str) and isinstance(reduction, str)):
+        _bad_arguments("ffnn_nll", ("input", input, _TENSOR), ("V_weight", V_weight, _TENSOR),
+                       ("V_bias", V_bias, _MAYBE_TENSOR), ("W_weight", W_weight, _TENSOR),
+                       ("W_bias", W_bias, _MAYBE_TENSOR), ("target", target, _TENSOR),
+                       ("activation", activation, str), ("reduction", reduction, str))
     ensure_loaded()
     input, V_weight, V_bias, W_weight, W_bias, target = _autocast(input, V_weight, V_bias, W_weight, W_bias, target)
     args = (input, V_weight, V_bias, W_weight, W_bias, target, activation, reduction)

@@ -143,6 +143,12 @@ class Adam(torch.optim.Optimizer):
         Shapes: ``input`` ``(..., input_size)``; ``target`` ``(...)`` class
         indices or ``(..., out_size)`` probabilities. Returns a 0-d tensor.
         """
+        if not (isinstance(input, torch.Tensor) and isinstance(target, torch.Tensor) and isinstance(reduction, str)):
+            for name, value, kind in (("input", input, torch.Tensor), ("target", target, torch.Tensor),
+                                      ("reduction", reduction, str)):
+                if not isinstance(value, kind):
+                    raise TypeError(f"fastffnn.optim.Adam.train_step: {name} must be {kind.__name__}, "
+                                    f"got {type(value).__name__}")
         op = _train_step_op or _load_train_step_op()
         args = self._train_step_args(model)
         hyper = self._hyper(self.param_groups[0])

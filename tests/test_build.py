@@ -220,3 +220,35 @@ def test_cuda_build_dir_names_cuda_version_and_arch(monkeypatch):
     monkeypatch.setattr(torch.version, "cuda", "13.0")
     assert "-cuda13.0-sm8.0_9.0-" in _build.build_dir().name
     assert any(p.suffix == ".cu" for p in _build.sources())
+
+
+def test_corrupted_or_truncated_library_is_rebuilt_not_loaded(tmp_path):
+    # A copy of this session's build, whose library is then cut short: the stamp
+    # records the library's own hash, so the next first use relinks it.
+    source = _build.build_dir()
+    copy = tmp_path / source.name
+    import shutil
+
+    shutil.copytree(source, copy)
+    library = copy / _build.library_path().name
+    data = library.read_bytes()
+    library.write_bytes(data[: len(data) // 2])
+    proc = run_python("""
+        import torch, fastffnn
+        from fastffnn import _build
+        x = torch.randn(4, 3, dtype=torch.float64)
+        w = torch.randn(5, 3, dtype=torch.float64)
+        torch.testing.assert_close(fastffnn.linear_act(x, w), torch.tanh(x @ w.T))
+        assert _build._is_current(_build.stamp())
+        print("ok")
+        """, {"TORCH_EXTENSIONS_DIR": str(tmp_path)}, timeout=900)
+    assert proc.returncode == 0, proc.stderr
+    assert "does not match its stamp; rebuilding it" in proc.stderr
+    assert library.stat().st_size > len(data) // 2
+
+
+def test_a_torch_upgrade_changes_the_build_and_its_stamp(monkeypatch):
+    before = (_build.build_dir(), _build.stamp())
+    monkeypatch.setattr(torch, "__version__", torch.__version__ + ".post1")
+    after = (_build.build_dir(), _build.stamp())
+    assert before[0] != after[0] and before[1] != after[1]

@@ -7,6 +7,7 @@ import datetime
 import os
 import shutil
 import socket
+import time
 import subprocess
 import sys
 from pathlib import Path
@@ -42,7 +43,7 @@ def _worker(rank: int, backend: str, port: int, state: dict, x: torch.Tensor, y:
     loss = torch.nn.functional.nll_loss(torch.log(ddp(xs)), ys) + ddp.module.nll_loss(xs, ys)
     loss.backward()
     torch.save({k: p.grad.cpu() for k, p in model.named_parameters()}, os.path.join(out_dir, f"grads{rank}.pt"))
-    dist.destroy_process_group()
+    dist.barrier()  # both ranks have saved; the process group goes away with the processes
 
 
 BACKENDS = ["gloo", pytest.param("nccl", marks=pytest.mark.skipif(
@@ -57,7 +58,15 @@ def test_ddp_gradients_equal_single_process_over_the_whole_batch(tmp_path, backe
     x = torch.randn(12, 7, dtype=torch.float64)
     y = torch.randint(0, 4, (12,))
     state = {k: v.clone() for k, v in model.state_dict().items()}
-    mp.spawn(_worker, args=(backend, _free_port(), state, x, y, str(tmp_path)), nprocs=WORLD, join=True)
+    context = mp.spawn(_worker, args=(backend, _free_port(), state, x, y, str(tmp_path)), nprocs=WORLD, join=False)
+    deadline = time.monotonic() + 180
+    # join returns False while some process still runs (it raises if one failed)
+    while not context.join(timeout=max(1.0, deadline - time.monotonic())):
+        if time.monotonic() >= deadline:
+            for process in context.processes:
+                if process.is_alive():
+                    process.kill()
+            pytest.fail(f"the {WORLD} DDP processes did not finish within 180 s")
     loss = torch.nn.functional.nll_loss(torch.log(model(x)), y) + model.nll_loss(x, y)
     loss.backward()
     for rank in range(WORLD):

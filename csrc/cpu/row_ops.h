@@ -190,12 +190,15 @@ inline void softmax_backward_row(T* dz, const T* dout, const T* out, int64_t n, 
 }
 
 // -------------------------------------------------------------- the NLL loss
-// log(sum(exp(z))), max-subtracted.
+// log(sum(exp(z))), max-subtracted: the shift that turns logits into
+// log-probabilities. A row of -inf gives -inf; a +inf logit gives NaN, as
+// log_softmax (and so cross_entropy) does in PyTorch, where z - max is
+// inf - inf: every log-probability, and the loss, of that row is NaN.
 template <typename T>
 inline T row_logsumexp(const T* z, int64_t n) {
   using V = Vectorized<T>;
   const T m = row_max(z, n);
-  if (std::isinf(m)) return m;  // all -inf, or a +inf logit: as torch.logsumexp
+  if (std::isinf(m)) return m > 0 ? std::numeric_limits<T>::quiet_NaN() : m;
   const V vm(m);
   V vsum(0);
   for_each_vector<T>(n, [&](int64_t j, int64_t c) {

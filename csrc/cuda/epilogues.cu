@@ -125,7 +125,8 @@ __global__ void nll_rows_kernel(const T* __restrict__ z, const int64_t* __restri
     Acc s = 0;
     for (int64_t j = lane; j < n; j += 32) s += dev_exp(static_cast<Acc>(zr[j]) - m);
     s = warp_sum(s);
-    shift = dev_isinf(m) ? m : m + dev_log(s);  // all -inf, or a +inf logit: as torch.logsumexp
+    // a row of -inf: -inf; a +inf logit: NaN, as PyTorch's log_softmax (inf - inf)
+    shift = dev_isinf(m) ? (m > 0 ? Acc(NAN) : m) : m + dev_log(s);
     if (lane == 0) lse[row] = shift;
   }
   Acc l;
