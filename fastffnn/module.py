@@ -123,9 +123,7 @@ class FastFFNN(nn.Module):
         # nn.Module names the key and both shapes for a size mismatch and lists
         # missing keys, but silently casts a tensor of another dtype; a
         # checkpoint in the wrong precision is refused here instead.
-        for name in ("V.weight", "V.bias", "W.weight", "W.bias"):
-            module, attr = name.split(".")
-            param = getattr(getattr(self, module), attr)
+        for name, param in zip(("V.weight", "V.bias", "W.weight", "W.bias"), self._params()):
             incoming = state_dict.get(prefix + name)
             if param is None or not isinstance(incoming, torch.Tensor) or incoming.dtype == param.dtype:
                 continue

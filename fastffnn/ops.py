@@ -37,7 +37,6 @@ def _bad_arguments(op: str, *named: tuple[str, object, type | tuple[type, ...]])
             raise TypeError(f"fastffnn.{op}: {name} must be {wanted}, got {type(value).__name__}")
 
 
-_TENSOR = Tensor
 _MAYBE_TENSOR = (Tensor, type(None))
 
 
@@ -89,7 +88,7 @@ def linear_act(input: Tensor, weight: Tensor, bias: Tensor | None = None, activa
     """
     if not (isinstance(input, Tensor) and isinstance(weight, Tensor) and isinstance(bias, _MAYBE_TENSOR)
             and isinstance(activation, str)):
-        _bad_arguments("linear_act", ("input", input, _TENSOR), ("weight", weight, _TENSOR),
+        _bad_arguments("linear_act", ("input", input, Tensor), ("weight", weight, Tensor),
                        ("bias", bias, _MAYBE_TENSOR), ("activation", activation, str))
     ensure_loaded()
     input, weight, bias = _autocast(input, weight, bias)
@@ -113,7 +112,7 @@ def linear_softmax(input: Tensor, weight: Tensor, bias: Tensor | None = None, lo
     """
     if not (isinstance(input, Tensor) and isinstance(weight, Tensor) and isinstance(bias, _MAYBE_TENSOR)
             and isinstance(log, bool)):
-        _bad_arguments("linear_softmax", ("input", input, _TENSOR), ("weight", weight, _TENSOR),
+        _bad_arguments("linear_softmax", ("input", input, Tensor), ("weight", weight, Tensor),
                        ("bias", bias, _MAYBE_TENSOR), ("log", log, bool))
     ensure_loaded()
     input, weight, bias = _autocast(input, weight, bias)
@@ -140,7 +139,7 @@ def softmax_nll(logits: Tensor, target: Tensor, reduction: str = "mean") -> Tens
         (scaled by the reduction); probability targets get a gradient too.
     """
     if not (isinstance(logits, Tensor) and isinstance(target, Tensor) and isinstance(reduction, str)):
-        _bad_arguments("softmax_nll", ("logits", logits, _TENSOR), ("target", target, _TENSOR),
+        _bad_arguments("softmax_nll", ("logits", logits, Tensor), ("target", target, Tensor),
                        ("reduction", reduction, str))
     ensure_loaded()
     logits, target = _autocast(logits, target)
@@ -175,8 +174,8 @@ def ffnn(
     if not (isinstance(input, Tensor) and isinstance(V_weight, Tensor) and isinstance(V_bias, _MAYBE_TENSOR)
             and isinstance(W_weight, Tensor) and isinstance(W_bias, _MAYBE_TENSOR) and isinstance(activation, str)
             and isinstance(log, bool)):
-        _bad_arguments("ffnn", ("input", input, _TENSOR), ("V_weight", V_weight, _TENSOR),
-                       ("V_bias", V_bias, _MAYBE_TENSOR), ("W_weight", W_weight, _TENSOR),
+        _bad_arguments("ffnn", ("input", input, Tensor), ("V_weight", V_weight, Tensor),
+                       ("V_bias", V_bias, _MAYBE_TENSOR), ("W_weight", W_weight, Tensor),
                        ("W_bias", W_bias, _MAYBE_TENSOR), ("activation", activation, str), ("log", log, bool))
     ensure_loaded()
     input, V_weight, V_bias, W_weight, W_bias = _autocast(input, V_weight, V_bias, W_weight, W_bias)
@@ -205,9 +204,9 @@ def ffnn_nll(
     if not (isinstance(input, Tensor) and isinstance(V_weight, Tensor) and isinstance(V_bias, _MAYBE_TENSOR)
             and isinstance(W_weight, Tensor) and isinstance(W_bias, _MAYBE_TENSOR) and isinstance(target, Tensor)
             and isinstance(activation, str) and isinstance(reduction, str)):
-        _bad_arguments("ffnn_nll", ("input", input, _TENSOR), ("V_weight", V_weight, _TENSOR),
-                       ("V_bias", V_bias, _MAYBE_TENSOR), ("W_weight", W_weight, _TENSOR),
-                       ("W_bias", W_bias, _MAYBE_TENSOR), ("target", target, _TENSOR),
+        _bad_arguments("ffnn_nll", ("input", input, Tensor), ("V_weight", V_weight, Tensor),
+                       ("V_bias", V_bias, _MAYBE_TENSOR), ("W_weight", W_weight, Tensor),
+                       ("W_bias", W_bias, _MAYBE_TENSOR), ("target", target, Tensor),
                        ("activation", activation, str), ("reduction", reduction, str))
     ensure_loaded()
     input, V_weight, V_bias, W_weight, W_bias, target = _autocast(input, V_weight, V_bias, W_weight, W_bias, target)

@@ -114,10 +114,12 @@ class Adam(torch.optim.Optimizer):
         params = model._params()
         groups = self.param_groups
         group = groups[0]
-        key = (self.state, len(self.state), group["params"], group["amsgrad"], *params)
+
+        def key():
+            return (self.state, len(self.state), group["params"], group["amsgrad"], *params)
+
         cached = self.__dict__.get("_train_step_cache")
-        if cached is not None and len(groups) == 1 and len(cached[0]) == len(key) and all(
-                a is b for a, b in zip(cached[0], key)):
+        if cached is not None and len(groups) == 1 and all(a is b for a, b in zip(cached[0], key())):
             return cached[1]
         has_bias = params[1] is not None
         plist = [p for p in params if p is not None]
@@ -126,8 +128,7 @@ class Adam(torch.optim.Optimizer):
                              "(model.parameters()), in one param group")
         args = (plist, has_bias, *self._state_lists(group, plist))
         # the key's state count is read after _state_lists created any missing state
-        self.__dict__["_train_step_cache"] = ((self.state, len(self.state), group["params"], group["amsgrad"], *params),
-                                              args)
+        self.__dict__["_train_step_cache"] = (key(), args)
         return args
 
     def train_step(self, model: torch.nn.Module, input: torch.Tensor, target: torch.Tensor,
@@ -144,11 +145,10 @@ class Adam(torch.optim.Optimizer):
         indices or ``(..., out_size)`` probabilities. Returns a 0-d tensor.
         """
         if not (isinstance(input, torch.Tensor) and isinstance(target, torch.Tensor) and isinstance(reduction, str)):
-            for name, value, kind in (("input", input, torch.Tensor), ("target", target, torch.Tensor),
-                                      ("reduction", reduction, str)):
-                if not isinstance(value, kind):
-                    raise TypeError(f"fastffnn.optim.Adam.train_step: {name} must be {kind.__name__}, "
-                                    f"got {type(value).__name__}")
+            from .ops import _bad_arguments
+
+            _bad_arguments("optim.Adam.train_step", ("input", input, torch.Tensor), ("target", target, torch.Tensor),
+                           ("reduction", reduction, str))
         op = _train_step_op or _load_train_step_op()
         args = self._train_step_args(model)
         hyper = self._hyper(self.param_groups[0])

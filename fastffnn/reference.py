@@ -1,15 +1,17 @@
-"""Stock-PyTorch definitions of every fastffnn op.
+"""Stock-PyTorch definitions of every fastffnn op, and of the lecture's model and loss.
 
 These are the references the test suite and ``python -m fastffnn`` check the
 native kernels against (in float64), and the exact semantics each op promises.
 They take the same arguments as the functions in :mod:`fastffnn.ops`.
+:class:`LectureFFNN` and :func:`lecture_loss` are the stock peers that
+``python -m fastffnn bench`` and ``train --compare`` run against FastFFNN.
 """
 
 from __future__ import annotations
 
 import torch
 import torch.nn.functional as F
-from torch import Tensor
+from torch import Tensor, nn
 
 ACTIVATIONS = {"tanh": torch.tanh, "relu": torch.relu, "sigmoid": torch.sigmoid}
 
@@ -58,3 +60,27 @@ def ffnn_nll(
 ) -> Tensor:
     logits = F.linear(linear_act(input, V_weight, V_bias, activation), W_weight, W_bias)
     return softmax_nll(logits, target, reduction)
+
+
+class LectureFFNN(nn.Module):
+    """The lecture's FFNN, with the softmax over the last (class) dim so that it also takes batches."""
+
+    def __init__(self, inp: int, hid: int, out: int, activation: str = "tanh"):
+        super().__init__()
+        self.V = nn.Linear(inp, hid)
+        self.g = {"tanh": nn.Tanh, "relu": nn.ReLU, "sigmoid": nn.Sigmoid}[activation]()
+        self.W = nn.Linear(hid, out)
+        self.softmax = nn.Softmax(dim=-1)
+
+    def logits(self, x: Tensor) -> Tensor:
+        return self.W(self.g(self.V(x)))
+
+    def forward(self, x: Tensor) -> Tensor:
+        return self.softmax(self.logits(x))
+
+
+def lecture_loss(probs: Tensor, gold: Tensor) -> Tensor:
+    """The lecture's ``neg(log(probs)) . gold`` for one example; its mean over the rows of a batch."""
+    if probs.dim() == 1:
+        return torch.neg(torch.log(probs)).dot(gold)
+    return torch.neg(torch.log(probs)).mul(gold).sum(-1).mean()

@@ -12,7 +12,7 @@ import pytest
 import torch
 
 from fastffnn.train import cli
-from fastffnn.train.loop import LectureFFNN
+from fastffnn.reference import LectureFFNN
 
 ROOT = Path(__file__).resolve().parent.parent
 

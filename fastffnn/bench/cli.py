@@ -17,6 +17,7 @@ SHAPES = [(300, 100, 2), (300, 300, 5), (784, 256, 10), (1024, 1024, 16), (4096,
 BATCHES = [1, 32, 1024, 16384]
 GPU_BATCHES = BATCHES + [65536]
 
+DEFAULTS = dict(shapes=None, batches=None, block_s=0.1, blocks=7, idle_wait=30.0, skip="")
 QUICK = dict(shapes="300x100x2,784x256x10", batches="1,32,1024", block_s=0.02, blocks=3, idle_wait=2.0,
              skip="compile")
 SMOKE = dict(shapes="300x100x2", batches="1,32", block_s=0.002, blocks=2, idle_wait=0.0, skip="compile")
@@ -40,12 +41,12 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--modes", default="forward,train", help="forward and/or train (default both)")
     p.add_argument("--impls", default=None, help=f"comma-separated subset of {peers.STOCK + peers.FAST} "
                    "(default: all that apply; 'eager' is always timed, every ratio needs it)")
-    p.add_argument("--skip", default="", help="implementations to leave out, e.g. compile")
+    p.add_argument("--skip", default=None, help="implementations to leave out, e.g. compile")
     p.add_argument("--threads", type=int, default=None,
                    help=f"CPU threads (default: torch's, {torch.get_num_threads()} here)")
-    p.add_argument("--block-s", type=float, default=0.1, help="seconds per timed block (default 0.1)")
-    p.add_argument("--blocks", type=int, default=7, help="timed blocks per implementation (default 7)")
-    p.add_argument("--idle-wait", type=float, default=30.0,
+    p.add_argument("--block-s", type=float, default=None, help="seconds per timed block (default 0.1)")
+    p.add_argument("--blocks", type=int, default=None, help="timed blocks per implementation (default 7)")
+    p.add_argument("--idle-wait", type=float, default=None,
                    help="seconds to wait for other processes to leave the CPUs before each point (default 30)")
     p.add_argument("--max-gflop", type=float, default=None,
                    help="skip points whose training step needs more GFLOP (default 400 on the CPU, no limit on GPU)")
@@ -56,11 +57,11 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--quick", action="store_true", help="two shapes, batches 1-1024, no torch.compile: < 1 minute")
     p.add_argument("--smoke", action="store_true", help="one shape, two batches, a few calls each: checks it runs")
     args = p.parse_args(argv)
+    # An option given on the command line wins; else the preset's value; else the default.
     preset = SMOKE if args.smoke else QUICK if args.quick else {}
-    defaults = {"block_s": 0.1, "blocks": 7, "idle_wait": 30.0, "skip": ""}
-    for key, value in preset.items():
-        if getattr(args, key) is None or getattr(args, key) == defaults.get(key):
-            setattr(args, key, value)
+    for key, default in DEFAULTS.items():
+        if getattr(args, key) is None:
+            setattr(args, key, preset.get(key, default))
     return args
 
 

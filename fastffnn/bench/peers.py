@@ -38,36 +38,13 @@ from torch import Tensor, nn
 
 from ..module import FastFFNN
 from ..optim import Adam as FastAdam
+from ..reference import LectureFFNN, lecture_loss
 
 LR = 1e-3
 
 STOCK = ["eager", "eager-ce", "eager+fused", "eager-ce+fused", "compile"]
 FAST = ["fastffnn", "fastffnn+fused", "fastffnn+adam", "fastffnn-step"]
 FORWARD = ["eager", "compile", "fastffnn"]
-
-
-class LectureFFNN(nn.Module):
-    """The lecture's FFNN, with the softmax over the last (class) dim so that it also takes batches."""
-
-    def __init__(self, inp: int, hid: int, out: int):
-        super().__init__()
-        self.V = nn.Linear(inp, hid)
-        self.g = nn.Tanh()
-        self.W = nn.Linear(hid, out)
-        self.softmax = nn.Softmax(dim=-1)
-
-    def logits(self, x: Tensor) -> Tensor:
-        return self.W(self.g(self.V(x)))
-
-    def forward(self, x: Tensor) -> Tensor:
-        return self.softmax(self.logits(x))
-
-
-def lecture_loss(probs: Tensor, gold: Tensor) -> Tensor:
-    """The lecture's ``neg(log(probs)) . gold`` for one example; its mean over the rows of a batch."""
-    if probs.dim() == 1:
-        return torch.neg(torch.log(probs)).dot(gold)
-    return torch.neg(torch.log(probs)).mul(gold).sum(-1).mean()
 
 
 @dataclass

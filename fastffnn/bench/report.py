@@ -10,15 +10,15 @@ from .peers import STOCK
 from .timing import Stats
 
 
-def speedups(stats: dict[str, Stats]) -> dict[str, float]:
-    """For each implementation: how many times faster than each stock peer (peer time / its time)."""
+def peer_medians(stats: dict[str, Stats]) -> dict[str, float]:
+    """The median seconds per call of each stock peer timed at this point."""
     return {peer: stats[peer].median for peer in STOCK if peer in stats}
 
 
 def point_rows(meta: dict, point, stats: dict[str, Stats], compile_s: dict[str, float], busy: bool,
                load: float | None) -> list[dict]:
     """The CSV rows of one point: one per implementation, with its speedup over every stock peer."""
-    peers = speedups(stats)
+    peers = peer_medians(stats)
     rows = []
     for name, s in stats.items():
         row = dict(meta)

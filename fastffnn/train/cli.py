@@ -14,7 +14,8 @@ from .. import __version__
 from .._build import BuildError, ensure_loaded
 from ..module import FastFFNN
 from . import data as datasets
-from .loop import LectureFFNN, train
+from ..reference import LectureFFNN
+from .loop import train
 from .outputs import plot_curves, save_checkpoint, summary
 
 EXAMPLES = """
