@@ -12,7 +12,7 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 PY="${PYTHON:-python}"
-export FASTFFNN_SANITIZE=address,undefined FASTFFNN_BACKEND=cpu
+export FASTFFNN_SANITIZE=address,undefined FASTFFNN_BACKEND="${FASTFFNN_BACKEND:-cpu}"
 ASAN_LIB="$(${CXX:-c++} -print-file-name=libasan.so)"
 [ -f "$ASAN_LIB" ] || { echo "libasan.so not found (install the compiler's sanitizer runtime)"; exit 2; }
 # libstdc++ is preloaded too: python itself does not link it, and ASan's interceptor for

@@ -2,12 +2,14 @@
 
 #include <c10/util/Exception.h>
 
+#include "device.h"
+
 namespace fastffnn {
 
 void check_floating(const char* op, const char* name, const at::Tensor& t) {
   const auto dt = t.scalar_type();
   const bool reduced = dt == at::kHalf || dt == at::kBFloat16;
-  TORCH_CHECK_TYPE(dt == at::kFloat || dt == at::kDouble || (reduced && t.is_cuda()), "fastffnn.", op,
+  TORCH_CHECK_TYPE(dt == at::kFloat || dt == at::kDouble || (reduced && runs_cuda_kernels(t)), "fastffnn.", op,
                    ": ", name, " must be float32 or float64 (or float16/bfloat16 on CUDA), got ", dt,
                    " on ", t.device(), reduced ? " (convert it with .float())" : "");
 }

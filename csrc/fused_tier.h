@@ -14,11 +14,14 @@
 
 namespace fastffnn::cuda {
 
-// Whether the fused tier runs a network on x (rows, in): it must be a CUDA
-// float32, float16 or bfloat16 tensor with 1 <= hidden <= 256 and
-// 1 <= classes <= 64; then FASTFFNN_CUDA_TIER=fused always takes it,
-// =general never, and auto (the default) for rows <= 4096.
-bool fused_tier_applies(const at::Tensor& x, int64_t hidden, int64_t classes);
+// Whether the fused tier runs the network (in -> hidden -> classes) on a batch
+// whose rows and dtype are those of `x`: a CUDA float32, float16 or bfloat16
+// tensor, 1 <= hidden <= 256, 1 <= classes <= 64, and both kernels' shared
+// memory within the device's opt-in limit. Then the tier setting decides
+// (FASTFFNN_CUDA_TIER, or fastffnn.set_cuda_tier): 'fused' always takes it,
+// 'general' never, 'auto' (the default) by a prior on the batch and the work
+// per block (fused_mlp.cu).
+bool fused_tier_applies(const at::Tensor& x, int64_t in, int64_t hidden, int64_t classes);
 
 // (output, hidden) of softmax(W(act(V(x)))) (log_softmax if log) for a
 // contiguous-able x (rows, in), in one kernel.

@@ -4,6 +4,7 @@
 #include <ATen/ops/mm.h>
 
 #include "cpu/one_row_products.h"
+#include "device.h"
 #include "epilogues.h"
 #include "fused_tier.h"
 
@@ -11,7 +12,7 @@ namespace fastffnn {
 
 // The epilogue implementation for the tensors' device.
 #ifdef FASTFFNN_WITH_CUDA
-#define FASTFFNN_ON(t, fn, ...) ((t).is_cuda() ? cuda::fn(__VA_ARGS__) : cpu::fn(__VA_ARGS__))
+#define FASTFFNN_ON(t, fn, ...) (runs_cuda_kernels(t) ? cuda::fn(__VA_ARGS__) : cpu::fn(__VA_ARGS__))
 #else
 #define FASTFFNN_ON(t, fn, ...) cpu::fn(__VA_ARGS__)
 #endif
@@ -20,7 +21,7 @@ namespace {
 
 // x @ w^T into a new contiguous (rows, out) matrix, ready for an epilogue.
 at::Tensor linear_2d(const at::Tensor& x, const at::Tensor& w) {
-  if (cpu::one_row_applies(x, w)) return cpu::linear_one_row(x, w);
+  if (!runs_cuda_kernels(x) && cpu::one_row_applies(x, w)) return cpu::linear_one_row(x, w);
   auto z = at::empty({x.size(0), w.size(0)}, x.options());
   if (z.numel() != 0) at::mm_out(z, x, w.t());
   return z;
@@ -28,14 +29,14 @@ at::Tensor linear_2d(const at::Tensor& x, const at::Tensor& w) {
 
 // dz @ w: the gradient of a linear layer's input.
 at::Tensor input_grad_2d(const at::Tensor& dz, const at::Tensor& w) {
-  if (cpu::one_row_applies(dz, w)) return cpu::input_grad_one_row(dz, w);
+  if (!runs_cuda_kernels(dz) && cpu::one_row_applies(dz, w)) return cpu::input_grad_one_row(dz, w);
   return at::mm(dz, w);
 }
 
 // dz^T @ x: the gradient of a linear layer's weight. at::mm with an empty
 // inner dimension returns zeros, which is right for an empty batch.
 at::Tensor weight_grad_2d(const at::Tensor& dz, const at::Tensor& x) {
-  if (cpu::one_row_applies(dz)) return cpu::weight_grad_one_row(dz, x);
+  if (!runs_cuda_kernels(dz) && cpu::one_row_applies(dz)) return cpu::weight_grad_one_row(dz, x);
   return at::mm(dz.t(), x);
 }
 
@@ -105,10 +106,10 @@ std::pair<at::Tensor, at::Tensor> ffnn_forward_2d(const at::Tensor& x, const at:
                                                   const c10::optional<at::Tensor>& W_bias, Activation act,
                                                   bool log) {
 #ifdef FASTFFNN_WITH_CUDA
-  if (cuda::fused_tier_applies(x, V_weight.size(0), W_weight.size(0)))
+  if (cuda::fused_tier_applies(x, x.size(1), V_weight.size(0), W_weight.size(0)))
     return cuda::fused_ffnn_forward(x, V_weight, V_bias, W_weight, W_bias, act, log);
 #endif
-  if (cpu::one_row_applies(x, V_weight) && W_weight.is_contiguous())
+  if (!runs_cuda_kernels(x) && cpu::one_row_applies(x, V_weight) && W_weight.is_contiguous())
     return cpu::ffnn_forward_one_row(x, V_weight, V_bias, W_weight, W_bias, act, log);
   auto h = linear_act_2d(x, V_weight, V_bias, act);
   return {linear_softmax_2d(h, W_weight, W_bias, log), h};
@@ -136,7 +137,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor> network_b
   const at::Tensor& y = grad.output;
   at::Tensor gWb = mask[4] ? at::empty({y.size(1)}, y.options()) : no_grad_placeholder(y);
 #ifdef FASTFFNN_WITH_CUDA
-  if (grad.grad_target == nullptr && cuda::fused_tier_applies(y, hidden.size(1), y.size(1))) {
+  if (grad.grad_target == nullptr && cuda::fused_tier_applies(y, x.size(1), hidden.size(1), y.size(1))) {
     const bool lower = mask[0] || mask[1] || mask[2];
     at::Tensor gVb = mask[2] ? at::empty({hidden.size(1)}, hidden.options()) : no_grad_placeholder(y);
     auto [dz2, dz1] = cuda::fused_network_backward(grad, W_weight, hidden, act, mask[4] ? &gWb : nullptr,

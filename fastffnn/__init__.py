@@ -1,4 +1,4 @@
-"""fastffnn: fused CPU kernels for the lecture's feed-forward classifier.
+"""fastffnn: fused CPU and CUDA kernels for the lecture's feed-forward classifier.
 
 ``import fastffnn`` is cheap: the native extension is built (once, then
 cached) and loaded on the first op call. See README.md.
@@ -8,18 +8,21 @@ from . import optim
 from ._build import BuildError, ensure_loaded
 from .module import FastFFNN
 from .ops import ffnn, ffnn_nll, linear_act, linear_softmax, softmax_nll
+from .tier import cuda_tier, set_cuda_tier
 
 __version__ = "0.1.0"
 
 __all__ = [
     "BuildError",
     "FastFFNN",
+    "cuda_tier",
     "ensure_loaded",
     "ffnn",
     "ffnn_nll",
     "linear_act",
     "linear_softmax",
     "optim",
+    "set_cuda_tier",
     "softmax_nll",
     "__version__",
 ]

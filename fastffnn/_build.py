@@ -46,7 +46,16 @@ class BuildError(RuntimeError):
 
 
 def source_dir() -> Path:
-    """Where the C++ sources are: beside the package once installed, else the repository's csrc/."""
+    """Where the C++ sources are: beside the package once installed, else the repository's csrc/.
+
+    FASTFFNN_SOURCE_DIR names another copy (tests/test_cuda_emulated.py builds deliberately broken ones).
+    """
+    override = os.environ.get("FASTFFNN_SOURCE_DIR")
+    if override:
+        path = Path(override).resolve()
+        if not (path / "registration.cpp").is_file():
+            raise BuildError(f"fastffnn: FASTFFNN_SOURCE_DIR={override} holds no fastffnn sources (no registration.cpp)")
+        return path
     here = Path(__file__).resolve().parent
     for candidate in (here / "csrc", here.parent / "csrc"):
         if (candidate / "registration.cpp").is_file():
@@ -63,12 +72,19 @@ def sources() -> list[Path]:
     files = sorted(root.glob("*.cpp")) + sorted((root / "ops").glob("*.cpp")) + sorted((root / "cpu").glob("*.cpp"))
     if backend() == "cuda":
         files += sorted((root / "cuda").glob("*.cu"))
+    elif backend() == "emulated":
+        # the emulator, and csrc/cuda/*.cu compiled as host C++ (each wrapper includes its .cu)
+        files += sorted((root / "cuda" / "emulation").glob("*.cpp"))
     return files
 
 
 def _headers() -> list[Path]:
+    """The files the translation units include, which the stamp hashes too."""
     root = source_dir()
-    return sorted(root.rglob("*.h")) + sorted(root.rglob("*.cuh"))
+    included = sorted(root.rglob("*.h")) + sorted(root.rglob("*.cuh"))
+    if backend() == "emulated":
+        included += sorted((root / "cuda").glob("*.cu"))  # the emulation wrappers #include them
+    return included
 
 
 def cache_root() -> Path:
@@ -117,16 +133,19 @@ def nvcc_version(home: Path) -> str | None:
 
 
 def backend() -> str:
-    """'cuda' or 'cpu': the kernels this machine's build contains.
+    """'cuda', 'cpu' or 'emulated': the kernels this machine's build contains.
 
     FASTFFNN_BACKEND=cpu or =cuda forces one (a forced CUDA build needs no GPU,
     which is how CI compiles the CUDA kernels); the default, auto, builds CUDA
     kernels when torch has CUDA, a GPU is visible and a CUDA toolkit is found,
-    and otherwise the CPU kernels, saying why once.
+    and otherwise the CPU kernels, saying why once. FASTFFNN_BACKEND=emulated
+    is for testing: the CUDA kernels compiled as host C++ and run on the CPU
+    by the emulator in csrc/cuda/emulation/, CPU tensors taking the CUDA
+    route (tests/test_cuda_emulated.py); no GPU or nvcc needed.
     """
     choice = os.environ.get("FASTFFNN_BACKEND", "auto").lower()
-    if choice not in ("auto", "cpu", "cuda"):
-        raise BuildError(f"fastffnn: FASTFFNN_BACKEND must be auto, cpu or cuda, got {choice!r}")
+    if choice not in ("auto", "cpu", "cuda", "emulated"):
+        raise BuildError(f"fastffnn: FASTFFNN_BACKEND must be auto, cpu, cuda or emulated, got {choice!r}")
     if choice != "auto":
         return choice
     if torch.version.cuda is None:
@@ -175,8 +194,8 @@ _CAPABILITY_FLAGS = {
 
 
 def _backend_key() -> str:
-    if backend() == "cpu":
-        return "cpu"
+    if backend() in ("cpu", "emulated"):
+        return backend()
     archs = re.sub(r"[^0-9A-Za-z.]+", "_", cuda_arch_list())
     return f"cuda{torch.version.cuda}-sm{archs}"
 
@@ -224,7 +243,12 @@ def cflags() -> list[str]:
     # own kernels use too; without it every epilogue would run on one thread.
     # Without a CPU_CAPABILITY, at::vec falls back to scalar loops, and tanh
     # and exp become libm calls, several times slower than ATen's own.
-    return ["-O3", "-fopenmp", *_CAPABILITY_FLAGS.get(cpu_capability(), []), *_sanitizer_flags()]
+    flags = ["-O3", "-fopenmp", *_CAPABILITY_FLAGS.get(cpu_capability(), []), *_sanitizer_flags()]
+    if backend() == "emulated":
+        # the emulator's shim headers (cuda_runtime.h, c10/cuda/...) come before torch's
+        include = source_dir() / "cuda" / "emulation" / "include"
+        flags += ["-DFASTFFNN_WITH_CUDA", "-DFASTFFNN_CUDA_EMULATION", f"-I{include}"]
+    return flags
 
 
 def ldflags() -> list[str]:
@@ -374,7 +398,8 @@ def _build(expected_stamp: str) -> None:
         _log(f"removing the stale build lock {stale} left by an interrupted build")
         stale.unlink(missing_ok=True)
     cuda = backend() == "cuda"
-    kind = f"CPU + CUDA (sm {cuda_arch_list()})" if cuda else "CPU"
+    kind = f"CPU + CUDA (sm {cuda_arch_list()})" if cuda else (
+        "CPU + emulated CUDA" if backend() == "emulated" else "CPU")
     _log(f"building the {kind} extension in {directory} (first use; this takes a few minutes)")
     start = time.perf_counter()
     env_arch = os.environ.get("TORCH_CUDA_ARCH_LIST")

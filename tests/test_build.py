@@ -152,7 +152,7 @@ def test_backend_choice(monkeypatch):
     monkeypatch.setenv("FASTFFNN_BACKEND", "cuda")
     assert _build.backend() == "cuda"
     monkeypatch.setenv("FASTFFNN_BACKEND", "gpu")
-    with pytest.raises(fastffnn.BuildError, match="FASTFFNN_BACKEND must be auto, cpu or cuda"):
+    with pytest.raises(fastffnn.BuildError, match="FASTFFNN_BACKEND must be auto, cpu, cuda or emulated"):
         _build.backend()
     monkeypatch.delenv("FASTFFNN_BACKEND")
     if not torch.cuda.is_available():
@@ -220,6 +220,27 @@ def test_cuda_build_dir_names_cuda_version_and_arch(monkeypatch):
     monkeypatch.setattr(torch.version, "cuda", "13.0")
     assert "-cuda13.0-sm8.0_9.0-" in _build.build_dir().name
     assert any(p.suffix == ".cu" for p in _build.sources())
+
+
+def test_emulated_backend_compiles_the_cuda_sources_as_host_code(monkeypatch):
+    monkeypatch.setenv("FASTFFNN_BACKEND", "emulated")
+    assert _build.backend() == "emulated"
+    assert "-emulated-" in _build.build_dir().name
+    names = {p.name for p in _build.sources()}
+    assert {"emulator.cpp", "emulated_fused_mlp.cpp", "emulated_epilogues.cpp", "layers.cpp"} <= names
+    assert not any(p.suffix == ".cu" for p in _build.sources())  # nvcc never runs
+    flags = _build.cflags()
+    assert "-DFASTFFNN_CUDA_EMULATION" in flags and any(f.endswith("emulation/include") for f in flags)
+    # the wrappers #include the .cu files, so a change to a kernel must change the stamp
+    assert {"fused_mlp.cu", "epilogues.cu"} <= {p.name for p in _build._headers()}
+
+
+def test_source_dir_can_be_another_copy(monkeypatch, tmp_path):
+    monkeypatch.setenv("FASTFFNN_SOURCE_DIR", str(tmp_path))
+    with pytest.raises(fastffnn.BuildError, match="holds no fastffnn sources"):
+        _build.source_dir()
+    (tmp_path / "registration.cpp").write_text("")
+    assert _build.source_dir() == tmp_path.resolve()
 
 
 def test_corrupted_or_truncated_library_is_rebuilt_not_loaded(tmp_path):

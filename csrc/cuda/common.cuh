@@ -1,6 +1,11 @@
 // Device-side helpers shared by fastffnn's CUDA kernels: float/double math
 // overloads, deterministic warp reductions, the activations, and the launch
 // plumbing (current stream, launch checks).
+//
+// The same sources also compile as host C++ for the CUDA emulator
+// (FASTFFNN_CUDA_EMULATION, csrc/cuda/emulation/): kernels launch through
+// launch() and declare shared memory with the two macros below, which are the
+// only places the two builds differ, besides the inline PTX.
 #pragma once
 
 #include <ATen/OpMathType.h>
@@ -9,8 +14,23 @@
 #include <cuda_runtime.h>
 
 #include <cstdint>
+#include <mutex>
+#include <utility>
 
 #include "../activation.h"
+
+// `type name[]`: the block's dynamic shared memory, as `type`.
+// `type name dims` (dims like [8][33]): a static shared array.
+#ifdef FASTFFNN_CUDA_EMULATION
+#define FASTFFNN_DYNAMIC_SHARED(type, name) type* name = static_cast<type*>(::fastffnn::emu::dynamic_shared())
+#define FASTFFNN_STATIC_SHARED(type, name, dims) \
+  typedef type name##_shared_t dims;              \
+  static const char name##_shared_key = 0;        \
+  name##_shared_t& name = ::fastffnn::emu::static_shared_array<name##_shared_t>(&name##_shared_key)
+#else
+#define FASTFFNN_DYNAMIC_SHARED(type, name) extern __shared__ type name[]
+#define FASTFFNN_STATIC_SHARED(type, name, dims) __shared__ type name dims
+#endif
 
 namespace fastffnn::cuda {
 
@@ -99,6 +119,55 @@ struct Act<Activation::Sigmoid> {
 };
 
 inline cudaStream_t current_stream() { return c10::cuda::getCurrentCUDAStream(); }
+
+// What the host code asks of the current device, read once per device. (The
+// emulated build reads it every time: its tests change the emulated device.)
+struct DeviceInfo {
+  int major = 0;       // compute capability
+  int smem_optin = 0;  // the most dynamic shared memory a block may opt in to
+};
+
+inline DeviceInfo query_device_info(int device) {
+  DeviceInfo info;
+  C10_CUDA_CHECK(cudaDeviceGetAttribute(&info.major, cudaDevAttrComputeCapabilityMajor, device));
+  C10_CUDA_CHECK(cudaDeviceGetAttribute(&info.smem_optin, cudaDevAttrMaxSharedMemoryPerBlockOptin, device));
+  return info;
+}
+
+inline const DeviceInfo& current_device_info() {
+  int device = 0;
+  C10_CUDA_CHECK(cudaGetDevice(&device));
+#ifdef FASTFFNN_CUDA_EMULATION
+  thread_local DeviceInfo fresh;
+  fresh = query_device_info(device);
+  return fresh;
+#else
+  constexpr int kMaxDevices = 64;
+  static DeviceInfo cache[kMaxDevices];
+  static std::once_flag once[kMaxDevices];
+  if (device < 0 || device >= kMaxDevices) {
+    thread_local DeviceInfo uncached;
+    uncached = query_device_info(device);
+    return uncached;
+  }
+  std::call_once(once[device], [device] { cache[device] = query_device_info(device); });
+  return cache[device];
+#endif
+}
+
+// kernel<<<grid, block, dynamic_smem>>>(args...) on the current stream, then
+// the launch check. `name` is what the emulator's reports call the kernel.
+template <typename... Params, typename... Args>
+void launch(const char* name, void (*kernel)(Params...), dim3 grid, dim3 block, size_t dynamic_smem,
+            Args&&... args) {
+#ifdef FASTFFNN_CUDA_EMULATION
+  emu::launch(name, kernel, grid, block, dynamic_smem, std::forward<Args>(args)...);
+#else
+  (void)name;
+  kernel<<<grid, block, dynamic_smem, current_stream()>>>(std::forward<Args>(args)...);
+#endif
+  C10_CUDA_KERNEL_LAUNCH_CHECK();
+}
 
 inline int64_t ceil_div(int64_t a, int64_t b) { return (a + b - 1) / b; }
 

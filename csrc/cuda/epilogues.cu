@@ -178,7 +178,7 @@ int64_t colsum_chunk_rows(int64_t rows) { return std::max<int64_t>(64, ceil_div(
 // column sums there.
 template <typename Acc, typename Op>
 __global__ void rows_with_colsum_kernel(int64_t rows, int64_t n, int64_t chunk_rows, Op op, Acc* partial) {
-  __shared__ Acc tile[kRowThreads][kColTile + 1];
+  FASTFFNN_STATIC_SHARED(Acc, tile, [kRowThreads][kColTile + 1]);
   const int tx = threadIdx.x, ty = threadIdx.y;
   const int64_t col = static_cast<int64_t>(blockIdx.x) * kColTile + tx;
   const int64_t r0 = static_cast<int64_t>(blockIdx.y) * chunk_rows;
@@ -245,13 +245,11 @@ void launch_rows_with_colsum(int64_t rows, int64_t n, const Op& op, at::Tensor* 
   if (colsum) partial = at::empty({chunks, n}, options.dtype(acc_type(options.dtype().toScalarType())));
   const dim3 block(kColTile, kRowThreads);
   const dim3 grid(static_cast<unsigned>(ceil_div(n, kColTile)), static_cast<unsigned>(chunks));
-  rows_with_colsum_kernel<Acc, Op><<<grid, block, 0, current_stream()>>>(
-      rows, n, chunk_rows, op, colsum ? partial.data_ptr<Acc>() : nullptr);
-  C10_CUDA_KERNEL_LAUNCH_CHECK();
+  launch("rows_with_colsum_kernel", rows_with_colsum_kernel<Acc, Op>, grid, block, 0, rows, n, chunk_rows, op,
+         colsum ? partial.data_ptr<Acc>() : nullptr);
   if (colsum) {
-    finish_colsum_kernel<T, Acc><<<static_cast<unsigned>(ceil_div(n, 256)), 256, 0, current_stream()>>>(
-        partial.const_data_ptr<Acc>(), chunks, n, colsum->data_ptr<T>());
-    C10_CUDA_KERNEL_LAUNCH_CHECK();
+    launch("finish_colsum_kernel", finish_colsum_kernel<T, Acc>, dim3(static_cast<unsigned>(ceil_div(n, 256))),
+           dim3(256), 0, partial.const_data_ptr<Acc>(), chunks, n, colsum->data_ptr<T>());
   }
 }
 
@@ -275,9 +273,8 @@ void bias_act_(at::Tensor& z, const c10::optional<at::Tensor>& b, Activation act
   FASTFFNN_DISPATCH_CUDA_FLOATING(z.scalar_type(), "fastffnn.bias_act", [&] {
     dispatch_activation(act, [&](auto tag) {
       constexpr Activation A = decltype(tag)::value;
-      bias_act_kernel<scalar_t, A><<<grid, block, 0, current_stream()>>>(
-          z.data_ptr<scalar_t>(), data_or_null<scalar_t>(bc), rows, n);
-      C10_CUDA_KERNEL_LAUNCH_CHECK();
+      launch("bias_act_kernel", bias_act_kernel<scalar_t, A>, grid, block, 0, z.data_ptr<scalar_t>(),
+             data_or_null<scalar_t>(bc), rows, n);
     });
   });
 }
@@ -287,9 +284,8 @@ void bias_softmax_(at::Tensor& z, const c10::optional<at::Tensor>& b, bool log) 
   if (rows == 0 || n == 0) return;
   const auto bc = b.has_value() ? c10::optional<at::Tensor>(b->contiguous()) : c10::nullopt;
   FASTFFNN_DISPATCH_CUDA_FLOATING(z.scalar_type(), "fastffnn.bias_softmax", [&] {
-    bias_softmax_kernel<scalar_t><<<row_grid(rows), kRowBlock, 0, current_stream()>>>(
-        z.data_ptr<scalar_t>(), data_or_null<scalar_t>(bc), rows, n, log);
-    C10_CUDA_KERNEL_LAUNCH_CHECK();
+    launch("bias_softmax_kernel", bias_softmax_kernel<scalar_t>, row_grid(rows), kRowBlock, 0,
+           z.data_ptr<scalar_t>(), data_or_null<scalar_t>(bc), rows, n, log);
   });
 }
 
@@ -311,9 +307,8 @@ void softmax_backward(const at::Tensor& dout, const at::Tensor& y, bool log, at:
   const int64_t rows = y.size(0), n = y.size(1);
   FASTFFNN_DISPATCH_CUDA_FLOATING(y.scalar_type(), "fastffnn.softmax_backward", [&] {
     if (rows != 0 && n != 0) {
-      softmax_backward_kernel<scalar_t><<<row_grid(rows), kRowBlock, 0, current_stream()>>>(
-          dz.data_ptr<scalar_t>(), dout.const_data_ptr<scalar_t>(), y.const_data_ptr<scalar_t>(), rows, n, log);
-      C10_CUDA_KERNEL_LAUNCH_CHECK();
+      launch("softmax_backward_kernel", softmax_backward_kernel<scalar_t>, row_grid(rows), kRowBlock, 0,
+             dz.data_ptr<scalar_t>(), dout.const_data_ptr<scalar_t>(), y.const_data_ptr<scalar_t>(), rows, n, log);
     }
     if (grad_bias) {
       launch_rows_with_colsum<scalar_t>(rows, n, ReadOp<scalar_t>{dz.const_data_ptr<scalar_t>(), n}, grad_bias,
@@ -337,11 +332,10 @@ at::Tensor nll_rows(const char* op, const at::Tensor& z, const at::Tensor& targe
   if (rows == 0) return loss;
   FASTFFNN_DISPATCH_CUDA_FLOATING(z.scalar_type(), "fastffnn.nll", [&] {
     using Acc = acc_t<scalar_t>;
-    nll_rows_kernel<scalar_t><<<row_grid(rows), kRowBlock, 0, current_stream()>>>(
-        z.const_data_ptr<scalar_t>(), is_index ? target.const_data_ptr<int64_t>() : nullptr,
-        is_index ? nullptr : target.const_data_ptr<scalar_t>(), lse ? lse->data_ptr<Acc>() : nullptr,
-        loss.data_ptr<Acc>(), rows, n);
-    C10_CUDA_KERNEL_LAUNCH_CHECK();
+    launch("nll_rows_kernel", nll_rows_kernel<scalar_t>, row_grid(rows), kRowBlock, 0, z.const_data_ptr<scalar_t>(),
+           is_index ? target.const_data_ptr<int64_t>() : nullptr,
+           is_index ? nullptr : target.const_data_ptr<scalar_t>(), lse ? lse->data_ptr<Acc>() : nullptr,
+           loss.data_ptr<Acc>(), rows, n);
   });
   return loss;
 }
@@ -364,13 +358,12 @@ at::Tensor nll_backward(const at::Tensor& grad_loss, const at::Tensor& z,
     using Acc = acc_t<scalar_t>;
     if (rows != 0 && n != 0) {
       const Acc scale = reduction == Reduction::Mean ? Acc(1) / Acc(rows) : Acc(1);
-      nll_backward_kernel<scalar_t><<<row_grid(rows), kRowBlock, 0, current_stream()>>>(
-          dz.data_ptr<scalar_t>(), grad_target ? grad_target->data_ptr<scalar_t>() : nullptr,
-          z.const_data_ptr<scalar_t>(), shift ? shift->const_data_ptr<Acc>() : nullptr,
-          is_index ? target.const_data_ptr<int64_t>() : nullptr,
-          is_index ? nullptr : target.const_data_ptr<scalar_t>(), g.const_data_ptr<scalar_t>(),
-          reduction == Reduction::None, scale, rows, n);
-      C10_CUDA_KERNEL_LAUNCH_CHECK();
+      launch("nll_backward_kernel", nll_backward_kernel<scalar_t>, row_grid(rows), kRowBlock, 0,
+             dz.data_ptr<scalar_t>(), grad_target ? grad_target->data_ptr<scalar_t>() : nullptr,
+             z.const_data_ptr<scalar_t>(), shift ? shift->const_data_ptr<Acc>() : nullptr,
+             is_index ? target.const_data_ptr<int64_t>() : nullptr,
+             is_index ? nullptr : target.const_data_ptr<scalar_t>(), g.const_data_ptr<scalar_t>(),
+             reduction == Reduction::None, scale, rows, n);
     }
     if (grad_bias) {
       launch_rows_with_colsum<scalar_t>(rows, n, ReadOp<scalar_t>{dz.const_data_ptr<scalar_t>(), n}, grad_bias,

@@ -27,15 +27,19 @@
 #include <cuda_fp16.h>
 #include <ATen/ops/empty.h>
 
-#include <algorithm>
-#include <cstdlib>
-#include <cstring>
-#include <limits>
-#include <mutex>
-#include <set>
-#include <utility>
-#include <type_traits>
+#include <torch/library.h>
 
+#include <algorithm>
+#include <atomic>
+#include <cstdlib>
+#include <limits>
+#include <map>
+#include <mutex>
+#include <string>
+#include <type_traits>
+#include <utility>
+
+#include "../device.h"
 #include "../fused_tier.h"
 #include "common.cuh"
 
@@ -50,20 +54,6 @@ constexpr int kMaxHidden = 256;  // = 32 lanes x 8 columns per thread
 constexpr int kMaxOut = 64;      // = 32 lanes x 2 classes per lane
 constexpr int kRowsPerThread = 4;
 constexpr int kColsPerThread = 8;
-constexpr int64_t kAutoMaxRows = 4096;  // the auto heuristic's batch bound
-
-// Shared memory, in floats: the x stage, h, and a region that holds first the
-// V stage (kK x hidden) and then W^T (hidden x out).
-struct ForwardSmem {
-  int64_t x_stage, h, shared_region;
-  __host__ __device__ ForwardSmem(int hidden, int out)
-      : x_stage(kRows * (kK + 1)),
-        h(kRows * (hidden + 1)),
-        shared_region(kK * (hidden + 1) > static_cast<int64_t>(hidden) * (out + 1)
-                          ? kK * (hidden + 1)
-                          : static_cast<int64_t>(hidden) * (out + 1)) {}
-  __host__ __device__ int64_t floats() const { return x_stage + h + shared_region; }
-};
 
 // How the first layer's products are computed: exact float32 FMAs, or the
 // tensor cores (mma.sync, sm_80+) with TF32 operands for float32 (when
@@ -71,9 +61,46 @@ struct ForwardSmem {
 // for those dtypes, always accumulating in float32.
 enum class Mma { None, TF32, BF16, FP16 };
 
+// The smallest s >= n with s % 32 == residue.
+__host__ __device__ constexpr int pad_to(int n, int residue) { return n + ((residue - n) % 32 + 32) % 32; }
+
+// The forward kernel's shared memory, in floats: the x stage
+// [kRows][x_stride], h [kRows][hidden + 1], and a region that holds first
+// the V stage (V^T of kK input columns, [kK][v_stride]) and then W^T
+// [hidden][w_stride]. The strides are padded so that the accesses each mode
+// makes fall in distinct banks (32 banks of 4 bytes; g = lane / 4 and
+// t = lane % 4 in the mma fragments):
+// * x stage: a warp stores one row (any stride is conflict-free); the TF32 A
+//   fragments read rows g, columns t: banks 4g + t with x_stride = 4 (mod 32).
+//   The 16-bit fragments' column pairs (2t, 2t + 1) stay 2-way.
+// * V stage: TF32 B fragments read rows t, columns g: banks 8t + g with
+//   v_stride = 8 (mod 32); 16-bit ones read rows 2t and 2t + 1: banks 8t + g
+//   with v_stride = 4 (mod 32); the exact mode reads along rows (any stride).
+//   A warp stores kVRun consecutive k of 32 / kVRun rows of V (banks
+//   k * v_stride + c: distinct with these strides), each row's run one piece
+//   of global memory.
+// * W^T: a warp stores consecutive k of a class, banks k * w_stride: distinct
+//   with an odd w_stride.
+template <Mma M>
+struct ForwardSmem {
+  static constexpr int kVRun = M == Mma::TF32 ? 4 : 8;
+  int x_stride, v_stride, w_stride;
+  int64_t x_stage, h, region;
+  __host__ __device__ ForwardSmem(int hidden, int classes)
+      : x_stride(kK + 4),
+        v_stride(pad_to(hidden, M == Mma::TF32 ? 8 : 4)),
+        w_stride(classes | 1),
+        x_stage(static_cast<int64_t>(kRows) * x_stride),
+        h(static_cast<int64_t>(kRows) * (hidden + 1)),
+        region(static_cast<int64_t>(kK) * v_stride > static_cast<int64_t>(hidden) * w_stride
+                   ? static_cast<int64_t>(kK) * v_stride
+                   : static_cast<int64_t>(hidden) * w_stride) {}
+  __host__ __device__ int64_t floats() const { return x_stage + h + region; }
+};
+
 // Each thread accumulates 32 values of the block's (kRows x hidden) tile of
 // h; Tile<M> says which (row, column) value i is and computes one stage of kK
-// input columns. xs is [kRows][kK + 1], vs is V's stage as [kK][hidden + 1].
+// input columns. xs is [kRows][xs_stride], vs is V's stage as [kK][vs_stride].
 template <Mma M>
 struct Tile;
 
@@ -82,18 +109,19 @@ struct Tile<Mma::None> {
   // warp w owns rows 4w..4w+3; lane owns columns lane + 32j
   __device__ static int row(int i, int warp, int) { return warp * kRowsPerThread + i / kColsPerThread; }
   __device__ static int col(int i, int, int lane) { return lane + 32 * (i % kColsPerThread); }
-  __device__ static void stage(float (&acc)[32], const float* xs, const float* vs, int hidden, int warp, int lane) {
+  __device__ static void stage(float (&acc)[32], const float* xs, int xs_stride, const float* vs, int vs_stride,
+                               int hidden, int warp, int lane) {
 #pragma unroll 4
     for (int k = 0; k < kK; ++k) {
       float v[kColsPerThread];
 #pragma unroll
       for (int j = 0; j < kColsPerThread; ++j) {
         const int c = lane + 32 * j;
-        v[j] = c < hidden ? vs[k * (hidden + 1) + c] : 0.f;
+        v[j] = c < hidden ? vs[k * vs_stride + c] : 0.f;
       }
 #pragma unroll
       for (int i = 0; i < kRowsPerThread; ++i) {
-        const float xv = xs[(warp * kRowsPerThread + i) * (kK + 1) + k];
+        const float xv = xs[(warp * kRowsPerThread + i) * xs_stride + k];
 #pragma unroll
         for (int j = 0; j < kColsPerThread; ++j) acc[i * kColsPerThread + j] = fmaf(xv, v[j], acc[i * kColsPerThread + j]);
       }
@@ -102,9 +130,13 @@ struct Tile<Mma::None> {
 };
 
 __device__ __forceinline__ uint32_t tf32_bits(float x) {
+#ifdef FASTFFNN_CUDA_EMULATION
+  return emu::cvt_rna_tf32(x);
+#else
   uint32_t r;
   asm("cvt.rna.tf32.f32 %0, %1;" : "=r"(r) : "f"(x));
   return r;
+#endif
 }
 
 // Two values as the 16-bit pair an mma operand register holds, the first in
@@ -126,7 +158,15 @@ __device__ __forceinline__ uint32_t pack16(float lo, float hi) {
 // One m16n8 tile product c += a * b on the tensor cores: k = 8 (TF32) or 16.
 template <Mma M>
 __device__ __forceinline__ void mma(float (&c)[4], const uint32_t (&a)[4], const uint32_t (&b)[2]) {
-#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 800
+#if defined(FASTFFNN_CUDA_EMULATION)
+  if constexpr (M == Mma::TF32) {
+    emu::mma_m16n8k8_tf32(c, a, b, __FILE__, __LINE__);
+  } else if constexpr (M == Mma::BF16) {
+    emu::mma_m16n8k16_bf16(c, a, b, __FILE__, __LINE__);
+  } else {
+    emu::mma_m16n8k16_f16(c, a, b, __FILE__, __LINE__);
+  }
+#elif defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 800
   if constexpr (M == Mma::TF32) {
     asm volatile(
         "mma.sync.aligned.m16n8k8.row.col.f32.tf32.tf32.f32 {%0,%1,%2,%3}, {%4,%5,%6,%7}, {%8,%9}, "
@@ -164,10 +204,11 @@ struct Tile {
   __device__ static int col(int i, int warp, int lane) {
     return (warp + 8 * ((i / 4) % 4)) * 8 + 2 * (lane % 4) + (i % 2);
   }
-  __device__ static void stage(float (&acc)[32], const float* xs, const float* vs, int hidden, int warp, int lane) {
+  __device__ static void stage(float (&acc)[32], const float* xs, int xs_stride, const float* vs, int vs_stride,
+                               int hidden, int warp, int lane) {
     const int g = lane / 4, t = lane % 4;
-    auto x_at = [&](int r, int k) { return xs[r * (kK + 1) + k]; };
-    auto v_at = [&](int k, int n) { return n < hidden ? vs[k * (hidden + 1) + n] : 0.f; };
+    auto x_at = [&](int r, int k) { return xs[r * xs_stride + k]; };
+    auto v_at = [&](int k, int n) { return n < hidden ? vs[k * vs_stride + n] : 0.f; };
 #pragma unroll
     for (int kk = 0; kk < kK; kk += kStep) {
       uint32_t a[2][4];
@@ -217,11 +258,11 @@ __global__ void __launch_bounds__(kThreads, 1) fused_forward_kernel(
     const T* __restrict__ x, const T* __restrict__ Vw, const T* __restrict__ Vb, const T* __restrict__ Ww,
     const T* __restrict__ Wb, T* __restrict__ out, T* __restrict__ hidden_out, int64_t rows, int in, int hidden,
     int classes, bool log) {
-  extern __shared__ float smem[];
-  const ForwardSmem layout(hidden, classes);
-  float* xs = smem;                       // [kRows][kK + 1]
-  float* hs = xs + layout.x_stage;        // [kRows][hidden + 1]
-  float* region = hs + layout.h;          // V stage [kK][hidden + 1], then W^T [hidden][classes + 1]
+  FASTFFNN_DYNAMIC_SHARED(float, smem);
+  const ForwardSmem<M> layout(hidden, classes);
+  float* xs = smem;                 // [kRows][x_stride]
+  float* hs = xs + layout.x_stage;  // [kRows][hidden + 1]
+  float* region = hs + layout.h;    // V stage [kK][v_stride], then W^T [hidden][w_stride]
   const int tid = threadIdx.x, lane = tid % 32, warp = tid / 32;
   const int64_t row0 = static_cast<int64_t>(blockIdx.x) * kRows;
 
@@ -233,14 +274,19 @@ __global__ void __launch_bounds__(kThreads, 1) fused_forward_kernel(
     for (int e = tid; e < kRows * kK; e += kThreads) {
       const int r = e / kK, k = e % kK;
       const int64_t gr = row0 + r;
-      xs[r * (kK + 1) + k] = (gr < rows && k0 + k < in) ? static_cast<float>(x[gr * in + k0 + k]) : 0.f;
+      xs[r * layout.x_stride + k] = (gr < rows && k0 + k < in) ? static_cast<float>(x[gr * in + k0 + k]) : 0.f;
     }
-    for (int e = tid; e < hidden * kK; e += kThreads) {
-      const int c = e / kK, k = e % kK;  // consecutive threads read consecutive k of V's row c
-      region[k * (hidden + 1) + c] = (k0 + k < in) ? static_cast<float>(Vw[static_cast<int64_t>(c) * in + k0 + k]) : 0.f;
+    constexpr int kRun = ForwardSmem<M>::kVRun, kRowsPerPatch = 32 / kRun, kRunsPerRow = kK / kRun;
+    for (int e = tid; e < pad_to(hidden, 0) * kK; e += kThreads) {
+      const int patch = e / 32, l = e % 32;  // a warp's patch: kRun consecutive k of kRowsPerPatch rows of V
+      const int c = (patch / kRunsPerRow) * kRowsPerPatch + l / kRun, k = (patch % kRunsPerRow) * kRun + l % kRun;
+      if (c < hidden) {
+        region[k * layout.v_stride + c] =
+            (k0 + k < in) ? static_cast<float>(Vw[static_cast<int64_t>(c) * in + k0 + k]) : 0.f;
+      }
     }
     __syncthreads();
-    Tile<M>::stage(acc, xs, region, hidden, warp, lane);
+    Tile<M>::stage(acc, xs, layout.x_stride, region, layout.v_stride, hidden, warp, lane);
     __syncthreads();
   }
 
@@ -258,7 +304,7 @@ __global__ void __launch_bounds__(kThreads, 1) fused_forward_kernel(
   // W^T into the region the V stage used (the last stage's reads are behind the barrier above).
   for (int e = tid; e < classes * hidden; e += kThreads) {
     const int c = e / hidden, k = e % hidden;
-    region[k * (classes + 1) + c] = static_cast<float>(Ww[static_cast<int64_t>(c) * hidden + k]);
+    region[k * layout.w_stride + c] = static_cast<float>(Ww[static_cast<int64_t>(c) * hidden + k]);
   }
   __syncthreads();
 
@@ -273,7 +319,7 @@ __global__ void __launch_bounds__(kThreads, 1) fused_forward_kernel(
       const int c = lane + 32 * q;
       float s = (c < classes && Wb) ? static_cast<float>(Wb[c]) : 0.f;
       if (c < classes) {
-        for (int k = 0; k < hidden; ++k) s = fmaf(hs[r * (hidden + 1) + k], region[k * (classes + 1) + c], s);
+        for (int k = 0; k < hidden; ++k) s = fmaf(hs[r * (hidden + 1) + k], region[k * layout.w_stride + c], s);
       }
       z[q] = c < classes ? s : -std::numeric_limits<float>::infinity();
     }
@@ -317,7 +363,7 @@ __global__ void __launch_bounds__(kThreads, 1) fused_backward_kernel(
     OutputGradPtrs<T> grad, const T* __restrict__ Ww, const T* __restrict__ h, T* __restrict__ dz2,
     T* __restrict__ dz1, float* __restrict__ partial_W, float* __restrict__ partial_V, int64_t rows, int hidden,
     int classes, bool need_dz1) {
-  extern __shared__ float smem[];
+  FASTFFNN_DYNAMIC_SHARED(float, smem);
   float* ws = smem;                            // [classes][hidden]
   float* ds = ws + classes * hidden;           // [kRows][classes + 1]
   float* colsum = ds + kRows * (classes + 1);  // [kThreads / 32][hidden]
@@ -438,11 +484,8 @@ __global__ void finish_partials_kernel(const float* __restrict__ partial, int64_
 
 // The tensor cores need sm_80 or newer; float32 uses them (as TF32) only when
 // torch.backends.cuda.matmul.allow_tf32 is on, as cuBLAS does.
-Mma tensor_core_mode(at::ScalarType t) {
-  int device = 0, major = 0;
-  C10_CUDA_CHECK(cudaGetDevice(&device));
-  C10_CUDA_CHECK(cudaDeviceGetAttribute(&major, cudaDevAttrComputeCapabilityMajor, device));
-  if (major < 8) return Mma::None;
+Mma tensor_core_mode(at::ScalarType t, const DeviceInfo& device) {
+  if (device.major < 8) return Mma::None;
   if (t == at::kBFloat16) return Mma::BF16;
   if (t == at::kHalf) return Mma::FP16;
   return at::globalContext().allowTF32CuBLAS() ? Mma::TF32 : Mma::None;
@@ -452,26 +495,78 @@ bool eligible_dtype(at::ScalarType t) {
   return t == at::kFloat || t == at::kHalf || t == at::kBFloat16;
 }
 
-// Raises a kernel's dynamic shared-memory limit to what the largest eligible
-// shape needs (a block gets 48 KB without it), once per kernel and device.
-template <typename Kernel>
-void allow_shared_memory(Kernel kernel, size_t max_bytes) {
+// Raises a kernel's dynamic shared-memory limit (48 KB without it) to what a
+// launch needs, when it needs more than it has been given on this device.
+template <typename... Params>
+void allow_shared_memory(void (*kernel)(Params...), size_t bytes) {
+  if (bytes <= 48 * 1024) return;
   static std::mutex mutex;
-  static std::set<std::pair<const void*, int>> done;
+  static std::map<std::pair<const void*, int>, size_t> raised;
   int device = 0;
   C10_CUDA_CHECK(cudaGetDevice(&device));
   const std::lock_guard<std::mutex> lock(mutex);
-  const std::pair<const void*, int> key{reinterpret_cast<const void*>(kernel), device};
-  if (done.count(key)) return;
-  C10_CUDA_CHECK(cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize,
-                                      static_cast<int>(max_bytes)));
-  done.insert(key);
+  size_t& now = raised[{reinterpret_cast<const void*>(kernel), device}];
+  if (now >= bytes) return;
+  C10_CUDA_CHECK(cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, static_cast<int>(bytes)));
+  now = bytes;
 }
 
-size_t forward_smem_bytes(int hidden, int classes) { return ForwardSmem(hidden, classes).floats() * sizeof(float); }
+size_t forward_smem_bytes(int hidden, int classes, Mma mode) {
+  switch (mode) {
+    case Mma::TF32:
+      return ForwardSmem<Mma::TF32>(hidden, classes).floats() * sizeof(float);
+    case Mma::BF16:
+      return ForwardSmem<Mma::BF16>(hidden, classes).floats() * sizeof(float);
+    case Mma::FP16:
+      return ForwardSmem<Mma::FP16>(hidden, classes).floats() * sizeof(float);
+    case Mma::None:
+      break;
+  }
+  return ForwardSmem<Mma::None>(hidden, classes).floats() * sizeof(float);
+}
 
 size_t backward_smem_bytes(int hidden, int classes) {
   return (static_cast<size_t>(classes) * hidden + kRows * (classes + 1) + (kThreads / 32) * hidden) * sizeof(float);
+}
+
+// The auto heuristic's priors, until a GPU measures the crossover
+// (benchmarks/bench_gpu.py times both tiers). One launch instead of five, and
+// no round trip of the hidden matrix through memory, wins where a block's
+// work is short; but every block streams all of V, so a wide layer makes each
+// block long, and a few long blocks leave most of the GPU idle where cuBLAS
+// would spread the product. So: the fused tier while a block's first-layer
+// product, 2 * kRows * in * hidden FLOPs, takes at most about 10 us on one
+// SM, taking an SM at about 0.25 TFLOP/s in float32 FMAs and 1.5 TFLOP/s on
+// the tensor cores (mma.sync, roughly half of an H100 SM's peak each), and
+// for batches up to 4096 rows, beyond which cuBLAS's tiled products win.
+constexpr int64_t kAutoMaxRows = 4096;
+constexpr double kAutoBlockSeconds = 10e-6;
+constexpr double kSmFmaFlops = 0.25e12;
+constexpr double kSmTensorFlops = 1.5e12;
+
+bool auto_prefers_fused(int64_t rows, int64_t in, int64_t hidden, Mma mode) {
+  if (rows > kAutoMaxRows) return false;
+  const double block_flops = 2.0 * kRows * static_cast<double>(in) * static_cast<double>(hidden);
+  return block_flops / (mode == Mma::None ? kSmFmaFlops : kSmTensorFlops) <= kAutoBlockSeconds;
+}
+
+enum class Tier : int { Auto, General, Fused };
+
+Tier parse_tier(c10::string_view name) {
+  if (name == "auto") return Tier::Auto;
+  if (name == "general") return Tier::General;
+  if (name == "fused") return Tier::Fused;
+  TORCH_CHECK_VALUE(false, "fastffnn: the CUDA tier must be 'auto', 'general' or 'fused', got '", std::string(name),
+                    "'");
+}
+
+// FASTFFNN_CUDA_TIER, read once; fastffnn.set_cuda_tier() changes it.
+std::atomic<int>& tier_setting() {
+  static std::atomic<int> tier{[] {
+    const char* env = std::getenv("FASTFFNN_CUDA_TIER");
+    return static_cast<int>(env == nullptr || *env == '\0' ? Tier::Auto : parse_tier(env));
+  }()};
+  return tier;
 }
 
 // The fused tier's dtypes only (float64 always takes the general tier).
@@ -481,17 +576,23 @@ size_t backward_smem_bytes(int hidden, int classes) {
 
 }  // namespace
 
-bool fused_tier_applies(const at::Tensor& x, int64_t hidden, int64_t classes) {
-  const char* env = std::getenv("FASTFFNN_CUDA_TIER");
-  if (env != nullptr && std::strcmp(env, "general") == 0) return false;
-  const bool eligible = x.is_cuda() && eligible_dtype(x.scalar_type()) && hidden >= 1 && hidden <= kMaxHidden &&
-                        classes >= 1 && classes <= kMaxOut;
-  if (!eligible) return false;
-  if (env != nullptr && std::strcmp(env, "fused") == 0) return true;
-  // auto: where launches and memory passes dominate, one kernel beats five;
-  // at large batches cuBLAS's tiled products take over. A prior until the
-  // crossover is measured on a GPU (benchmarks/bench_gpu.py).
-  return x.size(0) <= kAutoMaxRows;
+bool fused_tier_applies(const at::Tensor& x, int64_t in, int64_t hidden, int64_t classes) {
+  const auto tier = static_cast<Tier>(tier_setting().load(std::memory_order_relaxed));
+  if (tier == Tier::General) return false;
+  if (!runs_cuda_kernels(x) || !eligible_dtype(x.scalar_type()) || hidden < 1 || hidden > kMaxHidden ||
+      classes < 1 || classes > kMaxOut) {
+    return false;
+  }
+  // Both kernels must fit the device's shared memory (227 KB per block on
+  // Hopper, 163 KB on sm_80/87, 99 KB on sm_86/89/120, 64 KB on sm_75).
+  const DeviceInfo& device = current_device_info();
+  const Mma mode = tensor_core_mode(x.scalar_type(), device);
+  const auto limit = static_cast<size_t>(device.smem_optin);
+  if (forward_smem_bytes(static_cast<int>(hidden), static_cast<int>(classes), mode) > limit ||
+      backward_smem_bytes(static_cast<int>(hidden), static_cast<int>(classes)) > limit) {
+    return false;
+  }
+  return tier == Tier::Fused || auto_prefers_fused(x.size(0), in, hidden, mode);
 }
 
 std::pair<at::Tensor, at::Tensor> fused_ffnn_forward(const at::Tensor& x, const at::Tensor& V_weight,
@@ -508,29 +609,27 @@ std::pair<at::Tensor, at::Tensor> fused_ffnn_forward(const at::Tensor& x, const 
   const auto xc = x.contiguous(), Vc = V_weight.contiguous(), Wc = W_weight.contiguous();
   const auto Vbc = V_bias ? c10::optional<at::Tensor>(V_bias->contiguous()) : c10::nullopt;
   const auto Wbc = W_bias ? c10::optional<at::Tensor>(W_bias->contiguous()) : c10::nullopt;
-  const size_t bytes = forward_smem_bytes(hidden, classes);
   const dim3 grid(static_cast<unsigned>(ceil_div(rows, kRows)));
-  const Mma mode = tensor_core_mode(x.scalar_type());
+  const Mma mode = tensor_core_mode(x.scalar_type(), current_device_info());
+  const size_t bytes = forward_smem_bytes(hidden, classes, mode);
   FASTFFNN_DISPATCH_FUSED_TYPES(x.scalar_type(), "fastffnn.fused_forward", [&] {
     dispatch_activation(act, [&](auto tag) {
       constexpr Activation A = decltype(tag)::value;
-      auto launch = [&](auto kernel) {
-        allow_shared_memory(kernel, forward_smem_bytes(kMaxHidden, kMaxOut));
-        kernel<<<grid, kThreads, bytes, current_stream()>>>(
-            xc.const_data_ptr<scalar_t>(), Vc.const_data_ptr<scalar_t>(),
-            Vbc ? Vbc->const_data_ptr<scalar_t>() : nullptr, Wc.const_data_ptr<scalar_t>(),
-            Wbc ? Wbc->const_data_ptr<scalar_t>() : nullptr, out.data_ptr<scalar_t>(), h.data_ptr<scalar_t>(),
-            rows, in, hidden, classes, log);
-        C10_CUDA_KERNEL_LAUNCH_CHECK();
+      auto run = [&](auto kernel) {
+        allow_shared_memory(kernel, bytes);
+        launch("fused_forward_kernel", kernel, grid, dim3(kThreads), bytes, xc.const_data_ptr<scalar_t>(),
+               Vc.const_data_ptr<scalar_t>(), Vbc ? Vbc->const_data_ptr<scalar_t>() : nullptr,
+               Wc.const_data_ptr<scalar_t>(), Wbc ? Wbc->const_data_ptr<scalar_t>() : nullptr,
+               out.data_ptr<scalar_t>(), h.data_ptr<scalar_t>(), rows, in, hidden, classes, log);
       };
       if (mode == Mma::None) {
-        launch(fused_forward_kernel<scalar_t, A, Mma::None>);
+        run(fused_forward_kernel<scalar_t, A, Mma::None>);
       } else if constexpr (std::is_same_v<scalar_t, float>) {
-        launch(fused_forward_kernel<scalar_t, A, Mma::TF32>);
+        run(fused_forward_kernel<scalar_t, A, Mma::TF32>);
       } else if constexpr (std::is_same_v<scalar_t, at::BFloat16>) {
-        launch(fused_forward_kernel<scalar_t, A, Mma::BF16>);
+        run(fused_forward_kernel<scalar_t, A, Mma::BF16>);
       } else {
-        launch(fused_forward_kernel<scalar_t, A, Mma::FP16>);
+        run(fused_forward_kernel<scalar_t, A, Mma::FP16>);
       }
     });
   });
@@ -572,17 +671,15 @@ std::pair<at::Tensor, at::Tensor> fused_network_backward(const OutputGradient& g
     dispatch_activation(act, [&](auto tag) {
       constexpr Activation A = decltype(tag)::value;
       auto kernel = fused_backward_kernel<scalar_t, A>;
-      allow_shared_memory(kernel, backward_smem_bytes(kMaxHidden, kMaxOut));
-      kernel<<<static_cast<unsigned>(blocks), kThreads, bytes, current_stream()>>>(
-          ptrs, Wc.const_data_ptr<scalar_t>(), hidden.const_data_ptr<scalar_t>(), dz2.data_ptr<scalar_t>(),
-          need_dz1 ? dz1.data_ptr<scalar_t>() : nullptr, partial_W.data_ptr<float>(),
-          need_dz1 ? partial_V.data_ptr<float>() : nullptr, rows, hid, classes, need_dz1);
-      C10_CUDA_KERNEL_LAUNCH_CHECK();
+      allow_shared_memory(kernel, bytes);
+      launch("fused_backward_kernel", kernel, dim3(static_cast<unsigned>(blocks)), dim3(kThreads), bytes, ptrs,
+             Wc.const_data_ptr<scalar_t>(), hidden.const_data_ptr<scalar_t>(), dz2.data_ptr<scalar_t>(),
+             need_dz1 ? dz1.data_ptr<scalar_t>() : nullptr, partial_W.data_ptr<float>(),
+             need_dz1 ? partial_V.data_ptr<float>() : nullptr, rows, hid, classes, need_dz1);
     });
     auto finish = [&](const at::Tensor& partial, int n, at::Tensor* out) {
-      finish_partials_kernel<scalar_t><<<static_cast<unsigned>(ceil_div(n, 256)), 256, 0, current_stream()>>>(
-          partial.const_data_ptr<float>(), blocks, n, out->data_ptr<scalar_t>());
-      C10_CUDA_KERNEL_LAUNCH_CHECK();
+      launch("finish_partials_kernel", finish_partials_kernel<scalar_t>, dim3(static_cast<unsigned>(ceil_div(n, 256))),
+             dim3(256), 0, partial.const_data_ptr<float>(), blocks, n, out->data_ptr<scalar_t>());
     };
     if (grad_W_bias) finish(partial_W, classes, grad_W_bias);
     if (grad_V_bias && need_dz1) finish(partial_V, hid, grad_V_bias);
@@ -591,3 +688,21 @@ std::pair<at::Tensor, at::Tensor> fused_network_backward(const OutputGradient& g
 }
 
 }  // namespace fastffnn::cuda
+
+// fastffnn.set_cuda_tier(name) and fastffnn.cuda_tier(), in CUDA builds.
+TORCH_LIBRARY_FRAGMENT(fastffnn, m) {
+  m.def("_set_cuda_tier(str tier) -> ()", [](c10::string_view name) {
+    fastffnn::cuda::tier_setting().store(static_cast<int>(fastffnn::cuda::parse_tier(name)));
+  });
+  m.def("_cuda_tier() -> str", []() -> std::string {
+    switch (static_cast<fastffnn::cuda::Tier>(fastffnn::cuda::tier_setting().load())) {
+      case fastffnn::cuda::Tier::General:
+        return "general";
+      case fastffnn::cuda::Tier::Fused:
+        return "fused";
+      case fastffnn::cuda::Tier::Auto:
+        break;
+    }
+    return "auto";
+  });
+}

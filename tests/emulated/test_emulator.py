@@ -1,0 +1,137 @@
+"""What only the emulator can test: the fused tier on GPUs with less shared memory or no tensor cores, the
+launches' shared-memory requests, and the code path a CUDA graph capture takes."""
+
+from __future__ import annotations
+
+import contextlib
+
+import pytest
+import torch
+
+import fastffnn
+from fastffnn import reference as ref
+
+from cuda_harness import check, launched_kernels, precision, ref_ffnn
+
+emu = torch.ops.fastffnn
+
+# (compute capability, cudaDevAttrMaxSharedMemoryPerBlockOptin) of each GPU generation
+ARCHS = {
+    "sm_75": (7, 5, 64 * 1024),
+    "sm_80": (8, 0, 163 * 1024),
+    "sm_86": (8, 6, 99 * 1024),
+    "sm_89": (8, 9, 99 * 1024),
+    "sm_90": (9, 0, 227 * 1024),
+    "sm_120": (12, 0, 99 * 1024),
+}
+
+
+@contextlib.contextmanager
+def device(arch):
+    major, minor, optin = ARCHS[arch]
+    for key, value in (("cc_major", major), ("cc_minor", minor), ("smem_optin", optin)):
+        emu._emu_configure(key, value)
+    try:
+        yield optin
+    finally:
+        for key, value in (("cc_major", 9), ("cc_minor", 0), ("smem_optin", 227 * 1024)):
+            emu._emu_configure(key, value)
+
+
+@contextlib.contextmanager
+def tier(name):
+    previous = fastffnn.set_cuda_tier(name)
+    try:
+        yield
+    finally:
+        fastffnn.set_cuda_tier(previous)
+
+
+def run_training_step(in_f, hid, out, dtype, batch=40):
+    model = fastffnn.FastFFNN(in_f, hid, out).to(dtype)
+    x = torch.randn(batch, in_f, dtype=dtype, requires_grad=True)
+    y = torch.randint(0, out, (batch,))
+    emu._emu_launches(True)
+    loss = model.nll_loss(x, y)
+    loss.backward()
+    return [line.split() for line in emu._emu_launches(True)]
+
+
+@pytest.mark.parametrize("arch", list(ARCHS))
+@pytest.mark.parametrize("mode", ["float32", "tf32", "bfloat16"])
+@pytest.mark.parametrize("hid,out", [(256, 64), (256, 10), (200, 63), (128, 64), (31, 31)])
+def test_fused_tier_fits_every_gpus_shared_memory(arch, mode, hid, out):
+    # Every launch asks for no more shared memory than the device allows (the emulator refuses a launch
+    # over the kernel's limit, and cudaFuncSetAttribute over the device's, as a GPU does); where the fused
+    # kernels do not fit, the general tier runs instead, and nothing raises.
+    dtype = torch.bfloat16 if mode == "bfloat16" else torch.float32
+    with device(arch) as optin, tier("fused"), precision(mode):
+        launches = run_training_step(50, hid, out, dtype)
+    fused = [l for l in launches if l[0].startswith("fused_")]
+    for name, *_, smem in launches:
+        assert int(smem.split("=")[1]) <= optin, (name, smem)
+    if optin >= 163 * 1024 or (hid, out) in ((128, 64), (31, 31)):
+        assert len(fused) == 2, launches  # fits everywhere
+    if optin <= 99 * 1024 and (hid, out) == (256, 64):
+        assert not fused, launches  # ~102 KB: too much for sm_75/86/89/120
+
+
+def test_at_the_shared_memory_limit_the_fused_kernels_still_run_and_agree():
+    # sm_86: the largest eligible shape that fits, checked against the reference like any other
+    x = torch.randn(45, 70, dtype=torch.float64)
+    params = [torch.randn(200, 70, dtype=torch.float64) / 70**0.5, torch.randn(200, dtype=torch.float64),
+              torch.randn(63, 200, dtype=torch.float64) / 200**0.5, torch.randn(63, dtype=torch.float64)]
+    with device("sm_86"), tier("fused"):
+        names = launched_kernels(lambda: fastffnn.ffnn(x.float(), *[p.float() for p in params]))
+        assert names == ["fused_forward_kernel"]
+        check(lambda *a: fastffnn.ffnn(*a), lambda *a, **k: ref_ffnn(*a, **k), [x, *params], "tf32", K=200)
+
+
+@pytest.mark.parametrize("mode", ["bfloat16", "float16", "tf32"])
+@pytest.mark.parametrize("activation", ["tanh", "relu", "sigmoid"])
+def test_without_tensor_cores_the_fused_tier_uses_exact_fmas(mode, activation):
+    # sm_75 has no mma.sync for these types: float16/bfloat16/TF32 take the FMA path (Mma::None), which
+    # no Hopper test reaches for the 16-bit dtypes
+    x = torch.randn(37, 45, dtype=torch.float64)
+    params = [torch.randn(60, 45, dtype=torch.float64) / 45**0.5, torch.randn(60, dtype=torch.float64),
+              torch.randn(9, 60, dtype=torch.float64) / 60**0.5, torch.randn(9, dtype=torch.float64)]
+    hidden = (lambda x, Vw, Vb, Ww, Wb: torch.ops.fastffnn.ffnn(x, Vw, Vb, Ww, Wb, activation, False)[1])
+    with device("sm_75"), tier("fused"):
+        check(lambda *a: fastffnn.ffnn(*a, activation=activation),
+              lambda *a, **k: ref_ffnn(*a, activation=activation, **k), [x, *params], mode, K=60,
+              relu_hidden=hidden if activation == "relu" else None)
+
+
+def test_under_graph_capture_a_bad_class_index_gives_nan_instead_of_a_host_check():
+    z = torch.randn(4, 5)
+    bad = torch.tensor([0, 7, 2, 1])
+    with pytest.raises(IndexError, match="class index 7"):
+        fastffnn.softmax_nll(z, bad)
+    emu._emu_configure("capturing", 1)
+    try:
+        loss = fastffnn.softmax_nll(z, bad, reduction="none")
+    finally:
+        emu._emu_configure("capturing", 0)
+    assert torch.isnan(loss[1]) and torch.isfinite(loss[[0, 2, 3]]).all()
+    torch.testing.assert_close(loss[[0, 2, 3]], ref.softmax_nll(z, bad.clamp(max=4), "none")[[0, 2, 3]])
+
+
+def test_the_emulator_refuses_unknown_settings():
+    with pytest.raises(ValueError, match="unknown setting"):
+        emu._emu_configure("warp_size", 64)
+    with pytest.raises(ValueError, match="schedule must be"):
+        emu._emu_configure("schedule", 3)
+
+
+def test_the_tier_starts_as_the_environment_says_and_a_bad_one_is_refused():
+    import os
+    import subprocess
+    import sys
+
+    code = "import fastffnn, torch; print(fastffnn.cuda_tier()); fastffnn.ffnn(torch.randn(2, 3), torch.randn(4, 3), None, torch.randn(5, 4), None)"
+    env = dict(os.environ, FASTFFNN_CUDA_TIER="general")
+    r = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=300)
+    assert r.returncode == 0 and r.stdout.strip() == "general", r.stderr
+    env["FASTFFNN_CUDA_TIER"] = "fastest"
+    r = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=300)
+    assert r.returncode != 0 and "the CUDA tier must be 'auto', 'general' or 'fused', got 'fastest'" in r.stderr

@@ -1,0 +1,56 @@
+"""benchmarks/gpu_check.sh where no GPU is: it must say why it stopped, never claim a pass, and fit its budget."""
+
+from __future__ import annotations
+
+import os
+import re
+import subprocess
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+SCRIPT = ROOT / "benchmarks" / "gpu_check.sh"
+
+
+def run(tmp_path, path_dirs):
+    env = dict(os.environ, OUT=str(tmp_path / "out"), PATH=os.pathsep.join(map(str, path_dirs)),
+               PYTHON=os.environ.get("PYTHON", __import__("sys").executable), CUDA_HOME=str(tmp_path / "no-cuda"))
+    return subprocess.run(["bash", str(SCRIPT)], cwd=tmp_path, env=env, capture_output=True, text=True, timeout=120)
+
+
+def test_without_a_gpu_it_stops_and_says_so(tmp_path):
+    r = run(tmp_path, ["/usr/bin", "/bin"])
+    assert r.returncode == 2, r.stdout + r.stderr
+    steps = (tmp_path / "out" / "steps.txt").read_text()
+    assert "environment|not run|" in steps and "no GPU visible" in steps
+    assert "passed" not in steps
+    assert "no GPU visible" in (tmp_path / "out" / "SUMMARY.md").read_text()
+
+
+def test_without_nvcc_it_refuses_to_build_a_cpu_only_extension(tmp_path):
+    fake = tmp_path / "bin"
+    fake.mkdir()
+    smi = fake / "nvidia-smi"
+    smi.write_text("#!/bin/sh\necho 'name, driver_version, memory.total [MiB], compute_cap'\necho 'Fake GPU, 1.0, 1 MiB, 9.0'\n")
+    smi.chmod(0o755)
+    r = run(tmp_path, [fake, "/usr/bin", "/bin"])
+    assert r.returncode == 2, r.stdout + r.stderr
+    steps = (tmp_path / "out" / "steps.txt").read_text()
+    assert "environment|failed|" in steps and "nvcc not found" in steps
+    assert not (tmp_path / "out" / "build.log").exists()
+
+
+def test_the_step_budgets_fit_one_call_of_the_gpu_machine():
+    # one command may run 10 minutes; the steps' timeouts must leave room for starting up and the summary
+    text = SCRIPT.read_text()
+    full = quick = 0
+    for m in re.finditer(r"run_limited (\d+|\"\$\(budget (\d+) (\d+)\)\")", text):
+        if m.group(2):
+            a, b = int(m.group(2)), int(m.group(3))
+        else:
+            a = b = int(m.group(1))
+        # the sanitizer's timeout runs once per tool: twice in a full run, once with --quick
+        times = 2 if "SANITIZER" in text[max(0, m.start() - 200):m.start()] else 1
+        full += a * times
+        quick += b
+    assert 0 < full < 540, full
+    assert 0 < quick < 540, quick
