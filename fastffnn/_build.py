@@ -48,11 +48,13 @@ class BuildError(RuntimeError):
 def source_dir() -> Path:
     """Where the C++ sources are: beside the package once installed, else the repository's csrc/.
 
-    FASTFFNN_SOURCE_DIR names another copy (tests/test_cuda_emulated.py builds deliberately broken ones).
+    FASTFFNN_SOURCE_DIR names another place (tests/test_cuda_emulated.py builds deliberately broken
+    copies); it is taken as given, symbolic links unresolved, so that the build's paths stay the same
+    when a link there is replaced by a copy.
     """
     override = os.environ.get("FASTFFNN_SOURCE_DIR")
     if override:
-        path = Path(override).resolve()
+        path = Path(override).absolute()
         if not (path / "registration.cpp").is_file():
             raise BuildError(f"fastffnn: FASTFFNN_SOURCE_DIR={override} holds no fastffnn sources (no registration.cpp)")
         return path

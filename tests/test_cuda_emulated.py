@@ -4,13 +4,15 @@
    FASTFFNN_BACKEND=emulated: the kernel sources of csrc/cuda/ compiled as host C++ against the emulator in
    csrc/cuda/emulation/ (threads as fibers, barriers, warp shuffles, mma.sync and cvt.rna.tf32 to the PTX
    ISA's layouts, poisoned shared memory), every case under three thread schedules.
-2. Mutants: a copy of csrc/ with one bug planted (a dropped __syncthreads, swapped mma fragment registers, a
-   partial shuffle, an output element never written, threads exiting before a barrier) must fail the tests
-   that cover it, each with the failure the harness promises; the unmutated copy passes the same tests.
+2. Mutants: csrc/ with one bug planted (a dropped __syncthreads, swapped mma fragment registers, a partial
+   shuffle, an output element never written, threads exiting before a barrier) must fail the tests that
+   cover it, each with the failure the harness promises.
 
-A subprocess, because the emulated library registers the same `fastffnn` ops as the CPU one this process
-has loaded. What the emulation cannot show: timing, the tensor cores' own rounding and summation order, and
-what ptxas makes of the code (README, "CUDA emulator").
+The build is made through a symbolic link to csrc/ (the real files); for the mutants the link is replaced by
+a copy at the same path, with the files' times kept, so that each mutant recompiles only what its file
+reaches. A subprocess, because the emulated library registers the same `fastffnn` ops as the CPU one this
+process has loaded. What the emulation cannot show: timing, the tensor cores' own rounding and summation
+order, and what ptxas makes of the code (README, "CUDA emulator").
 """
 
 from __future__ import annotations
@@ -44,8 +46,17 @@ def passed_count(r: subprocess.CompletedProcess) -> int:
     return int(m.group(1)) if m else 0
 
 
-def test_the_cuda_tests_pass_on_the_emulator():
-    r = run_pytest(["tests/test_cuda.py", "tests/emulated"], timeout=1800)
+@pytest.fixture(scope="module")
+def sources(tmp_path_factory):
+    """base/csrc, a link to the real csrc/, and a build cache of its own: (path, environment)."""
+    base = tmp_path_factory.mktemp("emulated")
+    (base / "csrc").symlink_to(CSRC, target_is_directory=True)
+    return base / "csrc", {"FASTFFNN_SOURCE_DIR": str(base / "csrc"), "TORCH_EXTENSIONS_DIR": str(base / "cache")}
+
+
+def test_the_cuda_tests_pass_on_the_emulator(sources):
+    _, env = sources
+    r = run_pytest(["tests/test_cuda.py", "tests/emulated"], timeout=1800, **env)
     assert r.returncode == 0, report(r)
     # every CUDA test ran (none skipped for want of a GPU, but the four that need real CUDA graphs or devices)
     assert passed_count(r) >= 1100, report(r)
@@ -81,18 +92,14 @@ SELECTION = " or ".join(f"({s})" for s in SELECTIONS)
 
 
 @pytest.fixture(scope="module")
-def mutable_copy(tmp_path_factory):
-    """A copy of csrc/ and a build cache of its own, built and checked unmutated first.
-
-    Each mutant then recompiles only the translation units its file reaches.
-    """
-    base = tmp_path_factory.mktemp("mutants")
-    src = base / "csrc"
-    shutil.copytree(CSRC, src)
-    env = {"FASTFFNN_SOURCE_DIR": str(src), "TORCH_EXTENSIONS_DIR": str(base / "extensions")}
+def mutable_copy(sources):
+    """The link replaced by a copy of csrc/ at the same path (the files' times kept), checked unmutated."""
+    link, env = sources
+    link.unlink()
+    shutil.copytree(CSRC, link, copy_function=shutil.copy2)
     r = run_pytest(["tests/test_cuda.py", "-k", SELECTION], timeout=1200, **env)
     assert r.returncode == 0 and passed_count(r) == len(SELECTIONS), "the unmutated copy fails:\n" + report(r)
-    return src, env
+    return link, env
 
 
 @pytest.mark.parametrize("name,file,original,bug,selection,failure", MUTANTS, ids=[m[0] for m in MUTANTS])
