@@ -277,7 +277,8 @@ __global__ void __launch_bounds__(kThreads, 1) fused_forward_kernel(
       xs[r * layout.x_stride + k] = (gr < rows && k0 + k < in) ? static_cast<float>(x[gr * in + k0 + k]) : 0.f;
     }
     constexpr int kRun = ForwardSmem<M>::kVRun, kRowsPerPatch = 32 / kRun, kRunsPerRow = kK / kRun;
-    for (int e = tid; e < pad_to(hidden, 0) * kK; e += kThreads) {
+    const int patch_rows = (hidden + kRowsPerPatch - 1) / kRowsPerPatch * kRowsPerPatch;
+    for (int e = tid; e < patch_rows * kK; e += kThreads) {
       const int patch = e / 32, l = e % 32;  // a warp's patch: kRun consecutive k of kRowsPerPatch rows of V
       const int c = (patch / kRunsPerRow) * kRowsPerPatch + l / kRun, k = (patch % kRunsPerRow) * kRun + l % kRun;
       if (c < hidden) {
