@@ -13,7 +13,8 @@
 #   5. $OUT/SUMMARY.md: GPU, versions, tests, sanitizer verdicts, the benchmark table
 #
 # Budgets sum to 520 s (--quick: 320 s); each is a timeout that interrupts with SIGINT, so pytest still
-# writes its summary and XML. About 5 minutes on an H100 (--quick under 3 with the build cached). A missing
+# writes its summary and XML. Sized for about 5 minutes on an H100 (--quick under 3 with the build cached;
+# estimates: not yet run on a GPU). A missing
 # tool is reported as "not run", never as a pass. The build cache lives in the working tree
 # (.gpu-build/, git-ignored), so a rerun on a warm machine reuses it. Exit status: 0 when every step that
 # ran passed, 1 otherwise, 2 when the build failed or nvcc/the GPU is missing.

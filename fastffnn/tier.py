@@ -14,6 +14,8 @@ op) and holds for the whole process. It has no effect on the CPU.
 
 from __future__ import annotations
 
+import os
+
 import torch
 
 from ._build import backend, ensure_loaded
@@ -37,10 +39,17 @@ def cuda_tier() -> str:
 
 
 def set_cuda_tier(tier: str) -> str:
-    """Sets the CUDA tier (``"auto"``, ``"general"`` or ``"fused"``) and returns the previous setting."""
+    """Sets the CUDA tier (``"auto"``, ``"general"`` or ``"fused"``) and returns the previous setting.
+
+    It also replaces a bad ``$FASTFFNN_CUDA_TIER`` (which makes CUDA ops raise); the previous setting is
+    then that bad value.
+    """
     global _cpu_only_setting
     _check(tier)
-    previous = cuda_tier()
+    try:
+        previous = cuda_tier()
+    except ValueError:
+        previous = os.environ.get("FASTFFNN_CUDA_TIER", "")
     if backend() == "cpu":
         _cpu_only_setting = tier
     else:

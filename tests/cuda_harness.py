@@ -226,7 +226,7 @@ def check(ours_fn, ref_fn, inputs64, mode, *, K, grad=True, constant=(), relu_hi
                             **ref_kwargs)
             finite_abs = on_abs[torch.isfinite(on_abs)]
             magnitude = finite_abs.abs().max().item() if finite_abs.numel() else 0.0
-        seed = torch.randn_like(expected)
+        seed = torch.randn_like(expected).to(dtype).double()  # the device gets it rounded to its dtype
         leaves_ref = [t for t in ref_in if t is not None and t.requires_grad]
         g_ref = torch.autograd.grad(expected, leaves_ref, seed) if grad and leaves_ref else ()
         runs = []

@@ -561,13 +561,32 @@ Tier parse_tier(c10::string_view name) {
                     "'");
 }
 
-// FASTFFNN_CUDA_TIER, read once; fastffnn.set_cuda_tier() changes it.
-std::atomic<int>& tier_setting() {
-  static std::atomic<int> tier{[] {
+// The tier setting: FASTFFNN_CUDA_TIER, read at the first use, or what
+// fastffnn.set_cuda_tier() stored (which also replaces a bad environment value).
+constexpr int kTierUnread = -1;
+std::atomic<int> g_tier{kTierUnread};
+
+Tier current_tier() {
+  int tier = g_tier.load(std::memory_order_relaxed);
+  if (tier == kTierUnread) {
     const char* env = std::getenv("FASTFFNN_CUDA_TIER");
-    return static_cast<int>(env == nullptr || *env == '\0' ? Tier::Auto : parse_tier(env));
-  }()};
-  return tier;
+    int parsed = static_cast<int>(env == nullptr || *env == '\0' ? Tier::Auto : parse_tier(env));
+    g_tier.compare_exchange_strong(tier, parsed);  // a concurrent set_cuda_tier wins
+    tier = g_tier.load(std::memory_order_relaxed);
+  }
+  return static_cast<Tier>(tier);
+}
+
+const char* tier_name(Tier tier) {
+  switch (tier) {
+    case Tier::General:
+      return "general";
+    case Tier::Fused:
+      return "fused";
+    case Tier::Auto:
+      break;
+  }
+  return "auto";
 }
 
 // The fused tier's dtypes only (float64 always takes the general tier).
@@ -578,12 +597,12 @@ std::atomic<int>& tier_setting() {
 }  // namespace
 
 bool fused_tier_applies(const at::Tensor& x, int64_t in, int64_t hidden, int64_t classes) {
-  const auto tier = static_cast<Tier>(tier_setting().load(std::memory_order_relaxed));
-  if (tier == Tier::General) return false;
   if (!runs_cuda_kernels(x) || !eligible_dtype(x.scalar_type()) || hidden < 1 || hidden > kMaxHidden ||
       classes < 1 || classes > kMaxOut) {
     return false;
   }
+  const Tier tier = current_tier();
+  if (tier == Tier::General) return false;
   // Both kernels must fit the device's shared memory (227 KB per block on
   // Hopper, 163 KB on sm_80/87, 99 KB on sm_86/89/120, 64 KB on sm_75).
   const DeviceInfo& device = current_device_info();
@@ -693,17 +712,8 @@ std::pair<at::Tensor, at::Tensor> fused_network_backward(const OutputGradient& g
 // fastffnn.set_cuda_tier(name) and fastffnn.cuda_tier(), in CUDA builds.
 TORCH_LIBRARY_FRAGMENT(fastffnn, m) {
   m.def("_set_cuda_tier(str tier) -> ()", [](c10::string_view name) {
-    fastffnn::cuda::tier_setting().store(static_cast<int>(fastffnn::cuda::parse_tier(name)));
+    fastffnn::cuda::g_tier.store(static_cast<int>(fastffnn::cuda::parse_tier(name)));
   });
-  m.def("_cuda_tier() -> str", []() -> std::string {
-    switch (static_cast<fastffnn::cuda::Tier>(fastffnn::cuda::tier_setting().load())) {
-      case fastffnn::cuda::Tier::General:
-        return "general";
-      case fastffnn::cuda::Tier::Fused:
-        return "fused";
-      case fastffnn::cuda::Tier::Auto:
-        break;
-    }
-    return "auto";
-  });
+  m.def("_cuda_tier() -> str",
+        []() -> std::string { return fastffnn::cuda::tier_name(fastffnn::cuda::current_tier()); });
 }

@@ -135,3 +135,7 @@ def test_the_tier_starts_as_the_environment_says_and_a_bad_one_is_refused():
     env["FASTFFNN_CUDA_TIER"] = "fastest"
     r = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=300)
     assert r.returncode != 0 and "the CUDA tier must be 'auto', 'general' or 'fused', got 'fastest'" in r.stderr
+    # set_cuda_tier repairs it, reporting the bad value as the previous setting
+    repair = "import fastffnn, torch; print(fastffnn.set_cuda_tier('fused'), fastffnn.cuda_tier())"
+    r = subprocess.run([sys.executable, "-c", repair], env=env, capture_output=True, text=True, timeout=300)
+    assert r.returncode == 0 and r.stdout.split() == ["fastest", "fused"], r.stderr

@@ -91,7 +91,7 @@ struct Context {
 
 extern "C" void fastffnn_emu_switch(void** save_sp, void* new_sp);
 asm(R"(
-  .text
+  .pushsection .text
   .globl fastffnn_emu_switch
   .hidden fastffnn_emu_switch
   .type fastffnn_emu_switch,@function
@@ -118,16 +118,23 @@ fastffnn_emu_switch:
   popq %rbp
   ret
   .size fastffnn_emu_switch, .-fastffnn_emu_switch
+  .popsection
 )");
 
 // A new fiber's stack, laid out as fastffnn_emu_switch leaves a suspended
-// one, returning into entry() with the stack aligned as after a call.
+// one, returning into entry() with the stack aligned as after a call, and
+// with the creating thread's floating-point control words (rounding mode,
+// flush-to-zero), as the ucontext path would have.
 void make_context(Context& c, char* stack, size_t size, void (*entry)()) {
+  uint32_t mxcsr = 0;
+  uint16_t fpu_cw = 0;
+  asm volatile("stmxcsr %0" : "=m"(mxcsr));
+  asm volatile("fnstcw %0" : "=m"(fpu_cw));
   auto* top = reinterpret_cast<uint64_t*>((reinterpret_cast<uintptr_t>(stack + size) & ~uintptr_t(15)));
   *--top = 0;  // entry()'s would-be return address: it never returns
   *--top = reinterpret_cast<uint64_t>(entry);
   for (int i = 0; i < 6; ++i) *--top = 0;  // rbp, rbx, r12-r15
-  *--top = 0x037Full << 32 | 0x1F80u;      // default MXCSR, x87 control word
+  *--top = static_cast<uint64_t>(fpu_cw) << 32 | mxcsr;
   c.sp = top;
 }
 void switch_context(Context& from, Context& to) { fastffnn_emu_switch(&from.sp, to.sp); }
@@ -270,11 +277,18 @@ void fiber_main() {
 #ifdef FASTFFNN_EMU_ASAN
   __sanitizer_finish_switch_fiber(nullptr, &r.scheduler_stack_bottom, &r.scheduler_stack_size);
 #endif
-  // An exception must not unwind past the bottom of a fiber's stack: it becomes the launch's error.
+  // An exception must not unwind past the bottom of a fiber's stack: it becomes the launch's error
+  // (recorded inside the handler, acted on after it, so that the exception is freed before the switch).
+  std::string thrown;
   try {
     r.body(r.ctx);
   } catch (const std::exception& e) {
-    if (r.error.empty()) r.error = std::string("an exception in ") + where(r, f) + ": " + e.what();
+    thrown = e.what();
+  } catch (...) {
+    thrown = "an exception that is not a std::exception";
+  }
+  if (!thrown.empty()) {
+    if (r.error.empty()) r.error = "an exception in " + where(r, f) + ": " + thrown;
     f.wait = Wait::Failed;
     switch_to_scheduler(r, f, true);
     std::abort();
@@ -728,8 +742,11 @@ void run_grid(const char* name, const void* kernel, dim3 grid, dim3 block, size_
     g_last_error = cudaErrorInvalidConfiguration;
     return;
   }
+  // Within the kernel's attribute, and the device's limit (the emulated device may have been changed
+  // since the attribute was set).
   const auto limit = g_max_dynamic_smem.find(kernel);
-  if (dynamic_smem > static_cast<size_t>(limit == g_max_dynamic_smem.end() ? kDefaultDynamicSmem : limit->second)) {
+  if (dynamic_smem > static_cast<size_t>(limit == g_max_dynamic_smem.end() ? kDefaultDynamicSmem : limit->second) ||
+      dynamic_smem > static_cast<size_t>(g_settings.smem_optin)) {
     g_last_error = cudaErrorInvalidValue;
     return;
   }
@@ -752,12 +769,14 @@ void run_grid(const char* name, const void* kernel, dim3 grid, dim3 block, size_
   }
   std::vector<int> block_order;
   make_order(block_order, static_cast<int>(blocks.size()), g_settings.schedule, rng);
-  t_runner = &r;
+  struct Current {  // t_runner for this grid, cleared however it ends
+    explicit Current(Runner* r) { t_runner = r; }
+    ~Current() { t_runner = nullptr; }
+  } current(&r);
   for (int b : block_order) {
     run_block(r, blocks[b], rng);
     if (!r.error.empty()) break;
   }
-  t_runner = nullptr;
   TORCH_CHECK(r.error.empty(), "fastffnn emulator: kernel ", name, " (grid ", format_dim(grid), ", block ",
               format_dim(block), "): ", r.error);
 }
