@@ -15,6 +15,7 @@ import torch
 import fastffnn
 from fastffnn import reference as ref
 
+from cuda_harness import MODES as MODE_SETTINGS
 from cuda_harness import (AVAILABLE, DEVICE, EMULATED, SKIP_REASON, assert_close, check, launched_kernels,
                           precision, ref_ffnn, ref_ffnn_nll, ref_linear_act, tolerance)
 
@@ -22,7 +23,6 @@ pytestmark = pytest.mark.skipif(not AVAILABLE, reason=SKIP_REASON)
 
 ACTIVATIONS = ["tanh", "relu", "sigmoid"]
 MODES = ["float32", "tf32", "bfloat16", "float16"]
-MODES_DTYPE = {"float32": torch.float32, "tf32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 
 
 def rows(gpu: int, emulated: int) -> int:
@@ -46,10 +46,6 @@ def network(in_f, hid, out, bias=True):
 
 def ffnn_hidden(activation, log=False):
     return lambda x, Vw, Vb, Ww, Wb, *_: torch.ops.fastffnn.ffnn(x, Vw, Vb, Ww, Wb, activation, log)[1]
-
-
-def ffnn_nll_hidden(activation, reduction):
-    return lambda x, Vw, Vb, Ww, Wb, y: torch.ops.fastffnn.ffnn_nll(x, Vw, Vb, Ww, Wb, y, activation, reduction)[1]
 
 
 @pytest.mark.parametrize("mode", MODES)
@@ -144,7 +140,7 @@ def test_extreme_values(tier, mode, activation):
     Vw, Vb, Ww, Wb = network(20, 40, 7)
     Ww = Ww * 1e-2
     Wb = torch.tensor([1e4, -1e4, 0.0, 1e4 - 3, -1e4 + 1, 5.0, -5.0], dtype=torch.float64)  # logits of +-1e4
-    dtype = MODES_DTYPE[mode]
+    dtype = MODE_SETTINGS[mode][0]
     dev = [t.to(dtype).to(DEVICE) for t in (x, Vw, Vb, Ww, Wb)]
     with precision(mode):
         out = fastffnn.ffnn(*dev, activation=activation).double().cpu()

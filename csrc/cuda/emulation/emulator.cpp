@@ -11,7 +11,6 @@
 #include <ucontext.h>
 
 #include <algorithm>
-#include <cmath>
 #include <cstdlib>
 #include <filesystem>
 #include <map>
