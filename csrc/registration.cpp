@@ -1,7 +1,8 @@
-// The operator schemas of the `fastffnn` namespace. Backends attach their
-// kernels with TORCH_LIBRARY_IMPL in their own files (csrc/cpu/*.cpp); the fake
-// (meta) kernels and autograd formulas are registered from Python
-// (fastffnn/_fake.py, fastffnn/autograd.py) once this library is loaded.
+// The operator schemas of the `fastffnn` namespace. Each backend registers its
+// kernels in its own files (the CPU and CUDA kernels: csrc/ops/<op>.cpp), the
+// first-order autograd of the forward ops and their differentiable backward
+// formulas are in csrc/autograd.cpp, and the fake (meta) kernels for
+// torch.compile in fastffnn/_fake.py.
 //
 // Conventions shared by every op:
 // * `input` has shape (..., in_features); a 1-D input is one example.
@@ -52,6 +53,29 @@ TORCH_LIBRARY(fastffnn, m) {
       "ffnn_nll_backward(Tensor grad_loss, Tensor input, Tensor V_weight, Tensor W_weight, "
       "Tensor hidden, Tensor log_probs, Tensor target, str activation, str reduction, "
       "bool[6] output_mask) -> (Tensor, Tensor, Tensor, Tensor, Tensor, Tensor)");
+
+  // The closed-form gradients of the forward ops composed of differentiable
+  // ATen ops (CompositeImplicitAutograd): what a backward that records a
+  // graph computes, so that double backward and torch.func transforms of a
+  // gradient are exact. Arguments as the forward op's, after the gradient of
+  // its first output; output_mask as the *_backward ops'.
+  m.def(
+      "linear_act_backward_differentiable(Tensor grad_output, Tensor input, Tensor weight, Tensor? bias, "
+      "str activation, bool[3] output_mask) -> (Tensor, Tensor, Tensor)");
+  m.def(
+      "linear_softmax_backward_differentiable(Tensor grad_output, Tensor input, Tensor weight, Tensor? bias, "
+      "bool log, bool[3] output_mask) -> (Tensor, Tensor, Tensor)");
+  m.def(
+      "softmax_nll_backward_differentiable(Tensor grad_loss, Tensor logits, Tensor target, str reduction, "
+      "bool[2] output_mask) -> (Tensor, Tensor)");
+  m.def(
+      "ffnn_backward_differentiable(Tensor grad_output, Tensor input, Tensor V_weight, Tensor? V_bias, "
+      "Tensor W_weight, Tensor? W_bias, str activation, bool log, bool[5] output_mask) "
+      "-> (Tensor, Tensor, Tensor, Tensor, Tensor)");
+  m.def(
+      "ffnn_nll_backward_differentiable(Tensor grad_loss, Tensor input, Tensor V_weight, Tensor? V_bias, "
+      "Tensor W_weight, Tensor? W_bias, Tensor target, str activation, str reduction, bool[6] output_mask) "
+      "-> (Tensor, Tensor, Tensor, Tensor, Tensor, Tensor)");
 
   // One Adam step over every parameter in one call, the update of
   // torch.optim.Adam (single-tensor form). `steps` are the per-parameter step

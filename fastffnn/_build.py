@@ -10,8 +10,7 @@
    processes building at once take turns, and a lock held by a killed process
    vanishes with it), builds with ``torch.utils.cpp_extension`` and ninja,
    writes the stamp and loads the result;
-3. then registers the Python side of the ops: their fake kernels and autograd
-   formulas.
+3. then registers the ops' fake kernels (fastffnn/_fake.py).
 
 The cache directory is ``$TORCH_EXTENSIONS_DIR`` (default
 ``~/.cache/torch_extensions``) / ``fastffnn-<python>-<torch>-<backend>-<simd>``,
@@ -505,10 +504,9 @@ def ensure_loaded() -> None:
                         _build(expected)  # cpp_extension.load also loads it
                 finally:
                     fcntl.flock(lock_file, fcntl.LOCK_UN)
-        from . import _fake, autograd
+        from . import _fake
 
         _fake.register()
-        autograd.register()
         _loaded_from = aot if aot is not None else library_path()
 
 

@@ -1,29 +1,31 @@
-"""Autograd for the fused ops: one torch.autograd.Function per forward op.
+"""The fused ops as torch.autograd.Function subclasses: the Python-level layer of their autograd.
 
-Each Function's forward is the native op. Its derivatives come in three kinds:
+Every op's first-order autograd is registered in C++ (csrc/autograd.cpp), so
+``torch.ops.fastffnn.<op>`` and the functions of :mod:`fastffnn.ops`
+differentiate with one C++ node and no Python. These Functions carry what
+that node does not, and :mod:`fastffnn.ops` routes a call through them when
+a forward-mode dual level or a ``torch.func`` transform is active:
 
 * **backward** (reverse mode): the op's native ``*_backward``, asked only for
-  the gradients autograd needs (``ctx.needs_input_grad``). Under
-  ``create_graph=True`` (gradient penalties, Hessian-vector products, double
-  backward) the gradients must themselves be differentiable, so they are
-  formed instead by stock PyTorch ops from :mod:`fastffnn.reference`, whose
-  autograd graph then carries the higher derivatives. The fast native path
-  is the one every ordinary ``.backward()`` takes.
-* **jvp** (forward mode: ``torch.autograd.forward_ad``, ``torch.func.jvp``):
-  the formulas of :mod:`fastffnn._jvp`, from the saved inputs and outputs.
+  the gradients autograd needs (``ctx.needs_input_grad``). When the backward
+  records a graph (``create_graph=True``, and always under ``torch.func``
+  transforms, which may differentiate or vmap the gradient again) the
+  gradients come from ``*_backward_differentiable``, the closed-form
+  formulas composed of differentiable ATen ops, so higher derivatives,
+  ``jacrev`` and ``hessian`` are exact.
+* **jvp** (forward mode: ``torch.autograd.forward_ad``, ``torch.func.jvp``,
+  ``jacfwd``): the formulas of :mod:`fastffnn._jvp`, from the saved inputs
+  and outputs.
 * **vmap** (``torch.func.vmap``): a batch of inputs folds into the ops'
   leading dims, which they take anyway, in one native call (a loss with a
   mean or sum is taken per example and reduced per vmapped sample); a vmapped
   weight or bias (an ensemble of networks) runs one call per sample.
 
-:func:`register` also attaches the same ``setup_context``/``backward`` pair
-to the dispatcher op itself (``torch.library.register_autograd``), so
-``torch.ops.fastffnn.*`` called directly differentiates the same way.
-
-Per-call overhead matters here (at batch 1 the kernels take microseconds), so
-the forwards call the native op below the autograd dispatch key, where the
-Function has already taken care of autograd, and ``apply`` skips the
-per-call ``inspect.signature`` binding of ``torch.autograd.Function.apply``.
+They are public: call ``FFNN.apply(input, V_weight, V_bias, W_weight,
+W_bias, activation, log)`` and friends with every argument positional, or
+subclass them. Their forwards call the native op below the autograd key,
+where the Function has already taken care of autograd, and ``apply`` skips
+the per-call ``inspect.signature`` binding of ``torch.autograd.Function.apply``.
 """
 
 from __future__ import annotations
@@ -33,7 +35,7 @@ from typing import Callable, Sequence
 import torch
 from torch import Tensor
 
-from . import _jvp, reference
+from . import _jvp
 
 _ops = torch.ops.fastffnn
 
@@ -58,38 +60,9 @@ class _FusedFunction(torch.autograd.Function):
         return super(torch.autograd.Function, cls).apply(*args)
 
 
-def differentiable_call(name: str, *args):
-    """The op ``name`` through its Function (``FUNCTIONS[name].apply(*args)``); under torch.compile, the op itself.
-
-    Dynamo refuses to trace a Function with a custom jvp, but the op carries
-    the same setup_context/backward (register_autograd), which it traces.
-    """
-    if torch.compiler.is_compiling():
-        return getattr(_ops, name).default(*args)
-    return FUNCTIONS[name].apply(*args)
-
-
 def _wanted(mask, *grads):
     """The gradients autograd asked for; None for the rest."""
     return tuple(g if want else None for want, g in zip(mask, grads))
-
-
-def _reference_vjp(ctx, fn: Callable, tensors: Sequence[Tensor | None], args: tuple, grad: Tensor | None):
-    """Gradients of ``fn(*tensors, *args)`` against ``grad`` for the inputs that need them, by stock ops.
-
-    Used under ``create_graph=True``: the result keeps its autograd history, so
-    it can be differentiated again.
-    """
-    wanted = [i for i, t in enumerate(tensors) if t is not None and ctx.needs_input_grad[i]]
-    result: list[Tensor | None] = [None] * len(tensors)
-    if grad is None or not wanted:
-        return tuple(result)
-    with torch.enable_grad():
-        out = fn(*tensors, *args)
-        grads = torch.autograd.grad(out, [tensors[i] for i in wanted], grad, create_graph=True, allow_unused=True)
-    for i, g in zip(wanted, grads):
-        result[i] = torch.zeros_like(tensors[i]) if g is None else g
-    return tuple(result)
 
 
 def _vmapped_size(args, in_dims) -> int:
@@ -151,11 +124,12 @@ def _vmap_loss(fn_class, args, in_dims, input_index: int, target_index: int, red
     return (loss, *rest), (0,) * (1 + len(rest))
 
 
-def _layer_function(name: str, doc: str, reference_fn: Callable, epilogue_jvp: Callable) -> type:
+def _layer_function(name: str, doc: str, epilogue_jvp: Callable) -> type:
     """The Function of a one-layer op ``y = f(input @ weight^T + bias)``, whose one option (the
-    activation's name, or softmax's ``log`` flag) goes to the op, its backward, its reference and
+    activation's name, or softmax's ``log`` flag) goes to the op, its backwards and
     ``epilogue_jvp(output, dz, option)``."""
     backward_name = name + "_backward"
+    differentiable_name = name + "_backward_differentiable"
 
     class LayerFunction(_FusedFunction):
         @staticmethod
@@ -172,10 +146,11 @@ def _layer_function(name: str, doc: str, reference_fn: Callable, epilogue_jvp: C
         @staticmethod
         def backward(ctx, grad_output):
             input, weight, bias, output = ctx.saved_tensors
-            if torch.is_grad_enabled():  # create_graph: a differentiable gradient
-                return (*_reference_vjp(ctx, reference_fn, (input, weight, bias), (ctx.option,), grad_output), None)
-            mask = ctx.needs_input_grad[:3]
-            grads = getattr(_ops, backward_name).default(grad_output, input, weight, output, ctx.option, list(mask))
+            mask = list(ctx.needs_input_grad[:3])
+            if torch.is_grad_enabled():  # the gradient records a graph: the differentiable formula
+                grads = getattr(_ops, differentiable_name).default(grad_output, input, weight, bias, ctx.option, mask)
+            else:
+                grads = getattr(_ops, backward_name).default(grad_output, input, weight, output, ctx.option, mask)
             return (*_wanted(mask, *grads), None)
 
         @staticmethod
@@ -194,10 +169,10 @@ def _layer_function(name: str, doc: str, reference_fn: Callable, epilogue_jvp: C
 
 
 LinearAct = _layer_function("linear_act", "h = act(input @ weight^T + bias): fastffnn::linear_act.",
-                            reference.linear_act, _jvp.activation)
+                            _jvp.activation)
 LinearSoftmax = _layer_function(
     "linear_softmax", "p = softmax(input @ weight^T + bias) (log_softmax if log): fastffnn::linear_softmax.",
-    reference.linear_softmax, _jvp.softmax)
+    _jvp.softmax)
 
 
 class SoftmaxNLL(_FusedFunction):
@@ -222,10 +197,11 @@ class SoftmaxNLL(_FusedFunction):
         if grad_loss is None:
             return None, None, None
         logits, target, lse = ctx.saved_tensors
+        mask = [ctx.needs_input_grad[0], ctx.needs_input_grad[1] and target.is_floating_point()]
         if torch.is_grad_enabled():
-            return (*_reference_vjp(ctx, reference.softmax_nll, (logits, target), (ctx.reduction,), grad_loss), None)
-        mask = ctx.needs_input_grad[:2]
-        grads = _ops.softmax_nll_backward.default(grad_loss, logits, target, lse, ctx.reduction, list(mask))
+            grads = _ops.softmax_nll_backward_differentiable.default(grad_loss, logits, target, ctx.reduction, mask)
+        else:
+            grads = _ops.softmax_nll_backward.default(grad_loss, logits, target, lse, ctx.reduction, mask)
         return (*_wanted(mask, *grads), None)
 
     @staticmethod
@@ -263,12 +239,13 @@ class FFNN(_FusedFunction):
         if grad_output is None:
             return (None,) * 7
         input, V_weight, V_bias, W_weight, W_bias, hidden, out = ctx.saved_tensors
+        mask = list(ctx.needs_input_grad[:5])
         if torch.is_grad_enabled():
-            return (*_reference_vjp(ctx, reference.ffnn, (input, V_weight, V_bias, W_weight, W_bias),
-                                    (ctx.activation, ctx.log), grad_output), None, None)
-        mask = ctx.needs_input_grad[:5]
-        grads = _ops.ffnn_backward.default(grad_output, input, V_weight, W_weight, hidden, out, ctx.activation,
-                                           ctx.log, list(mask))
+            grads = _ops.ffnn_backward_differentiable.default(grad_output, input, V_weight, V_bias, W_weight, W_bias,
+                                                              ctx.activation, ctx.log, mask)
+        else:
+            grads = _ops.ffnn_backward.default(grad_output, input, V_weight, W_weight, hidden, out, ctx.activation,
+                                               ctx.log, mask)
         return (*_wanted(mask, *grads), None, None)
 
     @staticmethod
@@ -308,12 +285,14 @@ class FFNNNLL(_FusedFunction):
         if grad_loss is None:
             return (None,) * 8
         input, V_weight, V_bias, W_weight, W_bias, hidden, log_probs, target = ctx.saved_tensors
+        mask = list(ctx.needs_input_grad[:6])
+        mask[5] = mask[5] and target.is_floating_point()
         if torch.is_grad_enabled():
-            return (*_reference_vjp(ctx, reference.ffnn_nll, (input, V_weight, V_bias, W_weight, W_bias, target),
-                                    (ctx.activation, ctx.reduction), grad_loss), None, None)
-        mask = ctx.needs_input_grad[:6]
-        grads = _ops.ffnn_nll_backward.default(grad_loss, input, V_weight, W_weight, hidden, log_probs, target,
-                                               ctx.activation, ctx.reduction, list(mask))
+            grads = _ops.ffnn_nll_backward_differentiable.default(grad_loss, input, V_weight, V_bias, W_weight,
+                                                                  W_bias, target, ctx.activation, ctx.reduction, mask)
+        else:
+            grads = _ops.ffnn_nll_backward.default(grad_loss, input, V_weight, W_weight, hidden, log_probs, target,
+                                                   ctx.activation, ctx.reduction, mask)
         return (*_wanted(mask, *grads), None, None)
 
     @staticmethod
@@ -337,9 +316,3 @@ FUNCTIONS = {
     "ffnn": FFNN,
     "ffnn_nll": FFNNNLL,
 }
-
-
-def register() -> None:
-    """Makes each forward op differentiable at the dispatcher, with its Function's formula."""
-    for name, fn in FUNCTIONS.items():
-        torch.library.register_autograd(f"fastffnn::{name}", fn.backward, setup_context=fn.setup_context)

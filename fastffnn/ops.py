@@ -23,7 +23,6 @@ from torch import Tensor
 
 from . import autograd as _autograd
 from ._build import ensure_loaded
-from .autograd import call_native
 
 _ops = torch.ops.fastffnn
 
@@ -40,14 +39,18 @@ def _bad_arguments(op: str, *named: tuple[str, object, type | tuple[type, ...]])
 _MAYBE_TENSOR = (Tensor, type(None))
 
 
-def _needs_grad(*tensors: Tensor | None) -> bool:
-    # Without a derivative to record, skip the autograd.Function and its
-    # per-call cost, and run the native op directly. Derivatives are recorded
-    # for inputs that require grad, inside a forward-AD dual level (dual
-    # tensors need not require grad) and under torch.func transforms.
-    if torch.is_grad_enabled() and any(t is not None and t.requires_grad for t in tensors):
-        return True
-    return _forward_ad._current_level >= 0 or torch._C._are_functorch_transforms_active()
+def _python_route() -> bool:
+    """Whether this call goes through the Python autograd.Function (fastffnn.autograd) instead of the op.
+
+    The op differentiates in C++ (first order, and exactly at any order
+    through ``create_graph``); only the Functions carry forward-mode AD and
+    vmap rules. So they take the call inside a forward-AD dual level (dual
+    tensors need not require grad) and under ``torch.func`` transforms; every
+    other call, with or without autograd recording, is one op call. Under
+    torch.compile the op is traced as it is.
+    """
+    return ((_forward_ad._current_level >= 0 or torch._C._are_functorch_transforms_active())
+            and not torch.compiler.is_compiling())
 
 
 def _autocast(*tensors: Tensor | None) -> tuple:
@@ -92,9 +95,9 @@ def linear_act(input: Tensor, weight: Tensor, bias: Tensor | None = None, activa
                        ("bias", bias, _MAYBE_TENSOR), ("activation", activation, str))
     ensure_loaded()
     input, weight, bias = _autocast(input, weight, bias)
-    if not _needs_grad(input, weight, bias):
-        return call_native(_ops.linear_act.default, input, weight, bias, activation)
-    return _autograd.differentiable_call("linear_act", input, weight, bias, activation)
+    if _python_route():
+        return _autograd.LinearAct.apply(input, weight, bias, activation)
+    return _ops.linear_act.default(input, weight, bias, activation)
 
 
 def linear_softmax(input: Tensor, weight: Tensor, bias: Tensor | None = None, log: bool = False) -> Tensor:
@@ -116,9 +119,9 @@ def linear_softmax(input: Tensor, weight: Tensor, bias: Tensor | None = None, lo
                        ("bias", bias, _MAYBE_TENSOR), ("log", log, bool))
     ensure_loaded()
     input, weight, bias = _autocast(input, weight, bias)
-    if not _needs_grad(input, weight, bias):
-        return call_native(_ops.linear_softmax.default, input, weight, bias, log)
-    return _autograd.differentiable_call("linear_softmax", input, weight, bias, log)
+    if _python_route():
+        return _autograd.LinearSoftmax.apply(input, weight, bias, log)
+    return _ops.linear_softmax.default(input, weight, bias, log)
 
 
 def softmax_nll(logits: Tensor, target: Tensor, reduction: str = "mean") -> Tensor:
@@ -143,10 +146,9 @@ def softmax_nll(logits: Tensor, target: Tensor, reduction: str = "mean") -> Tens
                        ("reduction", reduction, str))
     ensure_loaded()
     logits, target = _autocast(logits, target)
-    if not _needs_grad(logits, target):
-        return call_native(_ops.softmax_nll.default, logits, target, reduction)[0]
-    loss, _lse = _autograd.differentiable_call("softmax_nll", logits, target, reduction)
-    return loss
+    if _python_route():
+        return _autograd.SoftmaxNLL.apply(logits, target, reduction)[0]
+    return _ops.softmax_nll.default(logits, target, reduction)[0]
 
 
 def ffnn(
@@ -179,11 +181,9 @@ def ffnn(
                        ("W_bias", W_bias, _MAYBE_TENSOR), ("activation", activation, str), ("log", log, bool))
     ensure_loaded()
     input, V_weight, V_bias, W_weight, W_bias = _autocast(input, V_weight, V_bias, W_weight, W_bias)
-    args = (input, V_weight, V_bias, W_weight, W_bias, activation, log)
-    if not _needs_grad(input, V_weight, V_bias, W_weight, W_bias):
-        return call_native(_ops.ffnn.default, *args)[0]
-    out, _hidden = _autograd.differentiable_call("ffnn", *args)
-    return out
+    if _python_route():
+        return _autograd.FFNN.apply(input, V_weight, V_bias, W_weight, W_bias, activation, log)[0]
+    return _ops.ffnn.default(input, V_weight, V_bias, W_weight, W_bias, activation, log)[0]
 
 
 def ffnn_nll(
@@ -210,8 +210,6 @@ def ffnn_nll(
                        ("activation", activation, str), ("reduction", reduction, str))
     ensure_loaded()
     input, V_weight, V_bias, W_weight, W_bias, target = _autocast(input, V_weight, V_bias, W_weight, W_bias, target)
-    args = (input, V_weight, V_bias, W_weight, W_bias, target, activation, reduction)
-    if not _needs_grad(input, V_weight, V_bias, W_weight, W_bias, target):
-        return call_native(_ops.ffnn_nll.default, *args)[0]
-    loss, _hidden, _log_probs = _autograd.differentiable_call("ffnn_nll", *args)
-    return loss
+    if _python_route():
+        return _autograd.FFNNNLL.apply(input, V_weight, V_bias, W_weight, W_bias, target, activation, reduction)[0]
+    return _ops.ffnn_nll.default(input, V_weight, V_bias, W_weight, W_bias, target, activation, reduction)[0]

@@ -115,7 +115,27 @@ def _backward_cases():
         yield "ffnn_nll_backward", (torch.randn((), dtype=torch.float64), x, Vw, Ww, h, lp, y, "relu", "sum", mask + [True])
 
 
-@pytest.mark.parametrize("name,args", list(_forward_cases()) + list(_backward_cases()),
+def _differentiable_cases():
+    """The closed-form gradients that a backward recording a graph uses, with inputs that require grad."""
+    x, Vw, Vb, Ww, Wb = _network()
+    g = torch.randn(4, 6, dtype=torch.float64, requires_grad=True)
+    gout = torch.randn(4, 5, dtype=torch.float64, requires_grad=True)
+    for mask in ([True, True, True], [False, True, False]):
+        yield "linear_act_backward_differentiable", (g, x, Vw, Vb, "sigmoid", mask)
+        yield "linear_softmax_backward_differentiable", (g, x, Vw, None, True, mask)
+        yield "ffnn_backward_differentiable", (gout, x, Vw, Vb, Ww, Wb, "tanh", False, mask + [True, False])
+    z = input_of((4, 5))
+    for kind in ("index", "probs"):
+        y = targets(kind, (4,), 5)
+        if kind == "probs":
+            y.requires_grad_(True)
+        yield "softmax_nll_backward_differentiable", (torch.randn(4, dtype=torch.float64), z, y, "none",
+                                                      [True, kind == "probs"])
+        yield "ffnn_nll_backward_differentiable", (torch.randn((), dtype=torch.float64, requires_grad=True), x, Vw,
+                                                   Vb, Ww, Wb, y, "relu", "mean", [True] * 6)
+
+
+@pytest.mark.parametrize("name,args", list(_forward_cases()) + list(_backward_cases()) + list(_differentiable_cases()),
                          ids=lambda v: v if isinstance(v, str) else "")
 def test_opcheck(name, args):
     torch.library.opcheck(getattr(ops, name).default, args)
@@ -123,6 +143,6 @@ def test_opcheck(name, args):
 
 def test_every_registered_op_is_opchecked():
     registered = {name for name in torch._C._dispatch_get_all_op_names() if name.startswith("fastffnn::")}
-    checked = {f"fastffnn::{name}" for name, _ in [*_forward_cases(), *_backward_cases()]}
+    checked = {f"fastffnn::{name}" for name, _ in [*_forward_cases(), *_backward_cases(), *_differentiable_cases()]}
     checked |= {"fastffnn::adam_step_", "fastffnn::ffnn_nll_adam_step_"}  # in test_optim.py
     assert registered == checked

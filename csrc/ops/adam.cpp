@@ -10,10 +10,10 @@
 // ffnn_nll_adam_step_ is a whole training step as one native call: the
 // network's forward and loss (fastffnn::ffnn_nll), its backward
 // (fastffnn::ffnn_nll_backward, asked for the parameters' gradients only) and
-// adam_step_, with no Python and no autograd graph in between.
+// adam_step_, with no Python and no autograd graph in between: the kernels
+// are called as C++ functions, not through the dispatcher.
 #include <ATen/Dispatch.h>
 #include <ATen/Parallel.h>
-#include <ATen/core/dispatch/Dispatcher.h>
 #include <ATen/cpu/vec/vec.h>
 #include <ATen/ops/ones.h>
 #include <ATen/ops/scalar_tensor.h>
@@ -25,6 +25,7 @@
 #include "../activation.h"
 #include "../checks.h"
 #include "../cpu/one_row.h"
+#include "kernels.h"
 
 namespace fastffnn {
 namespace {
@@ -286,23 +287,12 @@ at::Tensor ffnn_nll_adam_step_(const at::Tensor& input, const at::Tensor& target
     return at::scalar_tensor(loss, input.options());
   }
 
-  // Below autograd: this is the whole step, nothing records a graph.
+  // The CPU kernels themselves, called directly, below autograd: this is the
+  // whole step, so the matrix products inside must record no graph.
   at::AutoDispatchBelowADInplaceOrView below_autograd;
-  static auto forward =
-      c10::Dispatcher::singleton()
-          .findSchemaOrThrow("fastffnn::ffnn_nll", "")
-          .typed<std::tuple<at::Tensor, at::Tensor, at::Tensor>(
-              const at::Tensor&, const at::Tensor&, const c10::optional<at::Tensor>&, const at::Tensor&,
-              const c10::optional<at::Tensor>&, const at::Tensor&, c10::string_view, c10::string_view)>();
-  static auto backward =
-      c10::Dispatcher::singleton()
-          .findSchemaOrThrow("fastffnn::ffnn_nll_backward", "")
-          .typed<std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor>(
-              const at::Tensor&, const at::Tensor&, const at::Tensor&, const at::Tensor&, const at::Tensor&,
-              const at::Tensor&, const at::Tensor&, c10::string_view, c10::string_view, std::array<bool, 6>)>();
-  auto [loss, hidden, log_probs] = forward.call(input, Vw, Vb, Ww, Wb, target, activation, reduction);
+  auto [loss, hidden, log_probs] = ffnn_nll(input, Vw, Vb, Ww, Wb, target, activation, reduction);
   const auto grad_loss = at::ones({}, loss.options());
-  auto [gx, gVw, gVb, gWw, gWb, gt] = backward.call(grad_loss, input, Vw, Ww, hidden, log_probs, target, activation,
+  auto [gx, gVw, gVb, gWw, gWb, gt] = ffnn_nll_backward(grad_loss, input, Vw, Ww, hidden, log_probs, target, activation,
                                                     reduction, {false, true, has_bias, true, has_bias, false});
   std::vector<at::Tensor> grads = has_bias ? std::vector<at::Tensor>{gVw, gVb, gWw, gWb}
                                            : std::vector<at::Tensor>{gVw, gWw};

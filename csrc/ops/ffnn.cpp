@@ -12,9 +12,9 @@
 #include "../checks.h"
 #include "../layers.h"
 #include "device_guard.h"
+#include "kernels.h"
 
 namespace fastffnn {
-namespace {
 
 std::tuple<at::Tensor, at::Tensor> ffnn(const at::Tensor& input, const at::Tensor& V_weight,
                                         const c10::optional<at::Tensor>& V_bias,
@@ -50,12 +50,11 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor> ffnn_back
   return grads;
 }
 
-void register_kernels(torch::Library& m) {
+static void register_kernels(torch::Library& m) {
   m.impl("ffnn", &ffnn);
   m.impl("ffnn_backward", &ffnn_backward);
 }
 
-}  // namespace
 
 FASTFFNN_IMPL(register_kernels)
 

@@ -11,9 +11,9 @@
 #include "../checks.h"
 #include "../layers.h"
 #include "device_guard.h"
+#include "kernels.h"
 
 namespace fastffnn {
-namespace {
 
 std::tuple<at::Tensor, at::Tensor, at::Tensor> ffnn_nll(
     const at::Tensor& input, const at::Tensor& V_weight, const c10::optional<at::Tensor>& V_bias,
@@ -72,12 +72,11 @@ ffnn_nll_backward(const at::Tensor& grad_loss, const at::Tensor& input, const at
   return {gx, gVw, gVb, gWw, gWb_out, gt};
 }
 
-void register_kernels(torch::Library& m) {
+static void register_kernels(torch::Library& m) {
   m.impl("ffnn_nll", &ffnn_nll);
   m.impl("ffnn_nll_backward", &ffnn_nll_backward);
 }
 
-}  // namespace
 
 FASTFFNN_IMPL(register_kernels)
 

@@ -7,9 +7,9 @@
 #include "../checks.h"
 #include "../layers.h"
 #include "device_guard.h"
+#include "kernels.h"
 
 namespace fastffnn {
-namespace {
 
 at::Tensor linear_act(const at::Tensor& input, const at::Tensor& weight,
                       const c10::optional<at::Tensor>& bias, c10::string_view activation) {
@@ -30,12 +30,11 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> linear_act_backward(
                               at::Tensor* gb) { act_backward_2d(dy, y, act, dz, gb); });
 }
 
-void register_kernels(torch::Library& m) {
+static void register_kernels(torch::Library& m) {
   m.impl("linear_act", &linear_act);
   m.impl("linear_act_backward", &linear_act_backward);
 }
 
-}  // namespace
 
 FASTFFNN_IMPL(register_kernels)
 

@@ -8,9 +8,9 @@
 #include "../checks.h"
 #include "../layers.h"
 #include "device_guard.h"
+#include "kernels.h"
 
 namespace fastffnn {
-namespace {
 
 at::Tensor linear_softmax(const at::Tensor& input, const at::Tensor& weight,
                           const c10::optional<at::Tensor>& bias, bool log) {
@@ -29,12 +29,11 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> linear_softmax_backward(
                               at::Tensor* gb) { softmax_backward_2d(dy, y, log, dz, gb); });
 }
 
-void register_kernels(torch::Library& m) {
+static void register_kernels(torch::Library& m) {
   m.impl("linear_softmax", &linear_softmax);
   m.impl("linear_softmax_backward", &linear_softmax_backward);
 }
 
-}  // namespace
 
 FASTFFNN_IMPL(register_kernels)
 

@@ -10,12 +10,12 @@
 #include "../checks.h"
 #include "../layers.h"
 #include "device_guard.h"
+#include "kernels.h"
 
 namespace fastffnn {
-namespace {
 
 // Validates logits (..., classes) and returns (rows, classes).
-std::pair<int64_t, int64_t> check_logits(const char* op, const at::Tensor& logits) {
+static std::pair<int64_t, int64_t> check_logits(const char* op, const at::Tensor& logits) {
   check_floating(op, "logits", logits);
   TORCH_CHECK_VALUE(logits.dim() >= 1 && logits.size(-1) >= 1, "fastffnn.", op,
                     ": logits must have shape (..., classes) with at least one class, got ",
@@ -67,12 +67,11 @@ std::tuple<at::Tensor, at::Tensor> softmax_nll_backward(
   return {output_mask[0] ? dz.view(logits.sizes()) : no_grad_placeholder(z), gt};
 }
 
-void register_kernels(torch::Library& m) {
+static void register_kernels(torch::Library& m) {
   m.impl("softmax_nll", &softmax_nll);
   m.impl("softmax_nll_backward", &softmax_nll_backward);
 }
 
-}  // namespace
 
 FASTFFNN_IMPL(register_kernels)
 
