@@ -38,7 +38,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--shapes", default=None, help="comma-separated INxHIDxOUT (default: the five issue shapes)")
     p.add_argument("--batches", default=None, help="comma-separated batch sizes; 1 is a 1-D input "
                    "(default 1,32,1024,16384, plus 65536 on a GPU)")
-    p.add_argument("--modes", default="forward,train", help="forward and/or train (default both)")
+    p.add_argument("--modes", default=",".join(peers.MODES),
+                   help="any of " + ", ".join(peers.MODES) + " (default all; see the modes above)")
     p.add_argument("--impls", default=None, help=f"comma-separated subset of {peers.STOCK + peers.FAST} "
                    "(default: all that apply; 'eager' is always timed, every ratio needs it)")
     p.add_argument("--skip", default=None, help="implementations to leave out, e.g. compile")
@@ -89,8 +90,8 @@ def main(argv: list[str] | None = None) -> int:
     batches = _parse_list(args.batches or ",".join(map(str, GPU_BATCHES if device.type == "cuda" else BATCHES)),
                           "batches", int)
     modes = _parse_list(args.modes, "modes", str)
-    if any(b < 1 for b in batches) or not set(modes) <= {"forward", "train"}:
-        print("fastffnn bench: batches must be >= 1 and modes forward/train", file=sys.stderr)
+    if any(b < 1 for b in batches) or not set(modes) <= set(peers.MODES):
+        print(f"fastffnn bench: batches must be >= 1 and modes among {', '.join(peers.MODES)}", file=sys.stderr)
         return 2
     wanted = set(_parse_list(args.impls, "impls", str)) if args.impls else None
     skipped = set(_parse_list(args.skip, "skip", str))

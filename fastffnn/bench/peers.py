@@ -21,8 +21,18 @@ FastFFNN, from the least to the most change to the user's code:
   the same hyper-parameters as ``eager``'s;
 * ``fastffnn-step`` (CPU): ``FastFFNN.train_step``, the whole step in one call.
 
-A step is ``zero_grad``, forward, loss, ``backward``, ``optimizer.step()``;
-the forward mode runs the model under ``torch.no_grad()``.
+The modes:
+
+* ``forward``: the model under ``torch.no_grad()``;
+* ``grad-forward``: the model's forward with autograd recording (its
+  parameters require grad), the graph then dropped;
+* ``forward-backward``: ``zero_grad``, forward, the lecture's loss and
+  ``backward``, no optimizer;
+* ``train``: a whole step: ``zero_grad``, forward, loss, ``backward``,
+  ``optimizer.step()``.
+
+``grad-forward`` and ``forward-backward`` compare the drop-in (``fastffnn``)
+with ``eager`` alone: they are the two halves of the drop-in's step.
 """
 
 from __future__ import annotations
@@ -45,6 +55,8 @@ LR = 1e-3
 STOCK = ["eager", "eager-ce", "eager+fused", "eager-ce+fused", "compile"]
 FAST = ["fastffnn", "fastffnn+fused", "fastffnn+adam", "fastffnn-step"]
 FORWARD = ["eager", "compile", "fastffnn"]
+HALVES = ["eager", "fastffnn"]
+MODES = ["forward", "grad-forward", "forward-backward", "train"]
 
 
 @dataclass
@@ -53,7 +65,7 @@ class Point:
 
     shape: tuple[int, int, int]
     batch: int
-    mode: str  # "forward" or "train"
+    mode: str  # one of MODES
     device: torch.device
     dtype: torch.dtype = torch.float32
 
@@ -82,6 +94,8 @@ def available(point: Point) -> list[str]:
     """The implementations that apply to a point, in report order."""
     if point.mode == "forward":
         return list(FORWARD)
+    if point.mode in ("grad-forward", "forward-backward"):
+        return list(HALVES)
     names = STOCK + ["fastffnn", "fastffnn+fused"]
     if point.device.type == "cpu":
         names += ["fastffnn+adam", "fastffnn-step"]
@@ -113,6 +127,14 @@ def build(name: str, point: Point, stock: LectureFFNN, x: Tensor, y: Tensor, gol
             runner = Runner(lambda: _no_grad(compiled, x), model, compile_s=time.perf_counter() - t0)
             return runner
         return Runner(lambda: _no_grad(model, x), model)
+    if point.mode == "grad-forward":
+        return Runner(lambda: model(x), model)
+    if point.mode == "forward-backward":
+        def forward_backward():
+            model.zero_grad()
+            lecture_loss(model(x), gold).backward()
+
+        return Runner(forward_backward, model)
 
     if name in ("eager", "eager+fused", "fastffnn", "fastffnn+adam"):
         def loss_fn():
@@ -173,12 +195,22 @@ def check(name: str, runner: Runner, reference: Runner, point: Point, initial: l
     must match the reference's to 1e-3 of its total size, summed over all
     elements (a wrong gradient moves most of Adam's first, sign-like update).
     """
-    if point.mode == "forward":
+    if point.mode in ("forward", "grad-forward"):
         out, ref = runner.fn(), reference.fn()
         try:
-            torch.testing.assert_close(out, ref, rtol=1e-4, atol=1e-5)
+            torch.testing.assert_close(out.detach(), ref.detach(), rtol=1e-4, atol=1e-5)
         except AssertionError as e:
             return str(e).splitlines()[0]
+        return None
+    if point.mode == "forward-backward":
+        runner.fn()
+        reference.fn()
+        for label, p, r in zip(("V.weight", "V.bias", "W.weight", "W.bias"), _params(runner.model),
+                               _params(reference.model)):
+            try:
+                torch.testing.assert_close(p.grad, r.grad, rtol=1e-4, atol=1e-5)
+            except AssertionError as e:
+                return f"{label}.grad: " + str(e).splitlines()[0]
         return None
     if not runner.extra.get("stepped"):
         runner.fn()
