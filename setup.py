@@ -23,6 +23,7 @@ from setuptools.command.build_py import build_py
 
 ROOT = Path(__file__).resolve().parent
 SOURCE_SUFFIXES = {".cpp", ".h", ".cu", ".cuh"}
+CLI_EXTRAS = ["scikit-learn", "tqdm", "matplotlib"]
 VERSION = re.search(r'^__version__ = "([^"]+)"', (ROOT / "fastffnn" / "__init__.py").read_text(), re.M).group(1)
 
 
@@ -77,9 +78,12 @@ setup(
     python_requires=">=3.9",
     # scikit-learn ships the digits dataset `python -m fastffnn train` learns by default (no download), tqdm
     # draws its progress bar and matplotlib its curves (and the benchmark's plot).
-    install_requires=["torch>=2.4", "numpy", "ninja", "pybind11", "scikit-learn", "tqdm", "matplotlib"],
+    # The kernel library needs torch, numpy and ninja (the JIT build); the
+    # command line (train: the digits data, progress bars, plots; bench: plots)
+    # adds the "cli" extra.
+    install_requires=["torch>=2.4", "numpy", "ninja"],
     # hypothesis generates the property tests' random shapes, dtypes, values and strides
-    extras_require={"test": ["pytest", "hypothesis"]},
+    extras_require={"cli": CLI_EXTRAS, "test": ["pytest", "hypothesis", *CLI_EXTRAS]},
     ext_modules=ext_modules,
     cmdclass=cmdclass,
     zip_safe=False,

@@ -1,6 +1,6 @@
 // The hidden-layer activations fastffnn fuses into its linear layers, and the
-// reductions its losses support. Shared by the CPU and (later) CUDA kernels so
-// that every backend accepts exactly the same spellings.
+// reductions its losses support. Shared by the CPU and CUDA kernels and the
+// autograd layer, so that every backend accepts exactly the same spellings.
 #pragma once
 
 #include <c10/util/Exception.h>

@@ -7,11 +7,14 @@ import pytest
 import bad_inputs
 
 
-@pytest.mark.parametrize("function,what,call", bad_inputs.CASES, ids=[f"{f}: {w}" for f, w, _ in bad_inputs.CASES])
-def test_bad_input_raises_a_clear_error(function, what, call):
+@pytest.mark.parametrize("function,what,call,expected,words", bad_inputs.CASES,
+                         ids=[f"{case[0]}: {case[1]}" for case in bad_inputs.CASES])
+def test_bad_input_raises_a_clear_error(function, what, call, expected, words):
     kind, message = bad_inputs.outcome(call)
     assert kind != "no error", f"{function} accepted {what}"
-    assert len(message) > 20, message
+    assert kind == expected.__name__, f"{function} with {what}: {kind}: {message}"
+    missing = [w for w in words if w not in message]
+    assert not missing, f"{function} with {what}: the message does not name {missing}: {message}"
 
 
 def test_the_table_is_up_to_date():

@@ -18,14 +18,45 @@ def test_main_prints_environment_and_self_check():
     assert "11 passed, 0 failed" in proc.stdout
 
 
-def test_self_check_detects_a_wrong_kernel(monkeypatch):
-    import fastffnn.reference as reference
+def test_self_check_detects_a_wrong_kernel():
+    # Two broken kernels, registered over the real ones at the dispatcher's
+    # CPU key for the duration of the test: linear_act's forward is off by
+    # 1e-6 for relu, and linear_act_backward's input gradient is off for
+    # sigmoid. The self-check reaches them through the real op and must fail
+    # exactly those cases.
+    import warnings
 
-    monkeypatch.setitem(reference.ACTIVATIONS, "relu", lambda z: torch_relu_off_by_a_bit(z))
-    results = {r.op: r.ok for r in selfcheck.run()}
+    import torch
+    import torch.nn.functional as F
+
+    from fastffnn import reference
+
+    torch.ops.fastffnn.linear_act  # noqa: B018: the library is loaded by selfcheck's first op call anyway
+    lib = torch.library.Library("fastffnn", "IMPL")
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # "overriding a previously registered kernel"
+
+            def forward(input, weight, bias=None, activation="tanh"):  # the dispatcher drops defaults
+                z = F.linear(input, weight, bias)
+                return reference.ACTIVATIONS[activation](z) + (1e-6 if activation == "relu" else 0.0)
+
+            def backward(grad_output, input, weight, output, activation, output_mask):
+                dz = grad_output * {"tanh": 1 - output * output, "relu": (output > 0).to(output.dtype),
+                                    "sigmoid": output * (1 - output)}[activation]
+                gx = dz @ weight
+                if activation == "sigmoid":
+                    gx = gx * 1.001
+                return gx, dz.reshape(-1, dz.shape[-1]).T @ input.reshape(-1, input.shape[-1]), dz.reshape(
+                    -1, dz.shape[-1]).sum(0)
+
+            lib.impl("linear_act", forward, "CPU")
+            lib.impl("linear_act_backward", backward, "CPU")
+        results = {r.op: r.ok for r in selfcheck.run()}
+    finally:
+        lib._destroy()
     assert results["linear_act[relu]"] is False
+    assert results["linear_act[sigmoid]"] is False
     assert results["linear_act[tanh]"] is True
-
-
-def torch_relu_off_by_a_bit(z):
-    return z.clamp_min(0) + 1e-6
+    # the real kernels are back
+    assert all(r.ok for r in selfcheck.run())

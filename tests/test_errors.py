@@ -70,12 +70,84 @@ def test_unsupported_input_dtype(dtype):
 
 
 def test_mismatched_devices():
-    # With no GPU here, the meta device stands in for "another device": the
-    # dispatcher then runs the fake kernel, which checks devices the same way.
+    # With no GPU here, the meta device stands in for "another device". A plain
+    # call dispatches to the fake kernel (meta outranks CPU); redispatching to
+    # the CPU key runs the C++ kernel's own check. Both must refuse, alike.
     x = input_of((3, 7))
-    Vw, Vb, Ww, Wb = net()
-    with pytest.raises(ValueError, match="V_weight is on meta but input is on cpu"):
-        fastffnn.ffnn(x, Vw.detach().to("meta"), Vb, Ww, Wb)
+    Vw, Vb, Ww, Wb = (p.detach() for p in net())
+    args = (x.detach(), Vw.to("meta"), Vb, Ww, Wb, "tanh", False)
+    message = "fastffnn.ffnn: V_weight is on meta but input is on cpu; move them to one device"
+    with pytest.raises(ValueError) as fake:
+        fastffnn.ffnn(*args[:5])
+    with pytest.raises(ValueError) as kernel:
+        ops.ffnn.default.redispatch(torch._C.DispatchKeySet(torch._C.DispatchKey.CPU), *args)
+    assert str(fake.value) == message
+    assert str(kernel.value).splitlines()[0] == message
+
+
+def _t(*shape, dtype=torch.float32):
+    return torch.randn(shape, dtype=dtype) if shape else torch.tensor(1.0, dtype=dtype)
+
+
+# Bad inputs whose error depends only on metadata, so the fake kernel
+# (torch.compile, FakeTensor) must raise it exactly as the C++ kernel does.
+PARITY = {
+    "weight dtype": ("linear_act", lambda: (_t(3, 4), _t(5, 4, dtype=torch.float64), None, "tanh")),
+    "bias dtype": ("linear_act", lambda: (_t(3, 4), _t(5, 4), _t(5, dtype=torch.float64), "tanh")),
+    "bias shape": ("linear_act", lambda: (_t(3, 4), _t(5, 4), _t(4), "tanh")),
+    "bias 2-D": ("linear_softmax", lambda: (_t(3, 4), _t(5, 4), _t(1, 5), False)),
+    "in features": ("linear_act", lambda: (_t(3, 6), _t(5, 4), None, "tanh")),
+    "weight 1-D": ("linear_act", lambda: (_t(3, 4), _t(4), None, "tanh")),
+    "input 0-d": ("linear_act", lambda: (_t(), _t(5, 4), None, "tanh")),
+    "integer input": ("linear_act", lambda: (torch.ones(3, 4, dtype=torch.int64),
+                                             torch.ones(5, 4, dtype=torch.int64), None, "tanh")),
+    "float16 on the CPU": ("linear_act", lambda: (_t(3, 4, dtype=torch.float16), _t(5, 4, dtype=torch.float16),
+                                                  None, "tanh")),
+    "bfloat16 on the CPU": ("ffnn", lambda: (_t(3, 4, dtype=torch.bfloat16), _t(5, 4, dtype=torch.bfloat16), None,
+                                             _t(2, 5, dtype=torch.bfloat16), None, "tanh", False)),
+    "activation": ("linear_act", lambda: (_t(3, 4), _t(5, 4), None, "gelu")),
+    "network activation": ("ffnn", lambda: (_t(2, 4), _t(5, 4), None, _t(3, 5), None, "gelu", False)),
+    "reduction": ("softmax_nll", lambda: (_t(2, 3), torch.tensor([0, 1]), "avg")),
+    "index target shape": ("softmax_nll", lambda: (_t(2, 3), torch.tensor([0, 1, 2]), "mean")),
+    "probability target shape": ("softmax_nll", lambda: (_t(2, 3), _t(2, 4), "mean")),
+    "probability target dtype": ("softmax_nll", lambda: (_t(2, 3), _t(2, 3, dtype=torch.float64), "mean")),
+    "bool target": ("softmax_nll", lambda: (_t(2, 3), torch.ones(2, dtype=torch.bool), "mean")),
+    "zero classes": ("softmax_nll", lambda: (_t(2, 0), torch.tensor([0, 0]), "mean")),
+    "hidden features": ("ffnn", lambda: (_t(2, 4), _t(5, 4), None, _t(3, 6), None, "tanh", False)),
+    "W_bias shape": ("ffnn", lambda: (_t(2, 4), _t(5, 4), None, _t(3, 5), _t(4), "tanh", False)),
+    "network target": ("ffnn_nll", lambda: (_t(2, 4), _t(5, 4), _t(5), _t(3, 5), _t(3), torch.tensor([0, 1, 2]),
+                                            "tanh", "mean")),
+    "network with no class": ("ffnn_nll", lambda: (_t(2, 4), _t(5, 4), _t(5), _t(0, 5), None, torch.tensor([0, 1]),
+                                                   "tanh", "mean")),
+}
+
+
+def _error(call):
+    try:
+        call()
+    except Exception as e:  # noqa: BLE001: which exception is what is compared
+        return e
+    raise AssertionError("no error")
+
+
+@pytest.mark.parametrize("case", list(PARITY))
+def test_eager_and_fake_give_the_same_error(case):
+    from torch._subclasses.fake_tensor import FakeTensorMode
+
+    name, make = PARITY[case]
+    op = getattr(ops, name).default
+    args = make()
+    eager = _error(lambda: op(*args))
+    with FakeTensorMode() as mode:
+        fake_args = tuple(mode.from_tensor(a) if isinstance(a, torch.Tensor) else a for a in args)
+        fake = _error(lambda: op(*fake_args))
+    assert type(fake) is type(eager), (eager, fake)
+    assert str(fake).splitlines()[0] == str(eager).splitlines()[0]
+    # torch.compile traces with the fake kernel and reports its error inside its own
+    torch._dynamo.reset()
+    compiled = _error(lambda: torch.compile(lambda *a: op(*a), backend="eager", fullgraph=True)(*args))
+    assert isinstance(compiled, torch._dynamo.exc.TorchRuntimeError), compiled  # raised while tracing
+    assert str(eager).splitlines()[0] in str(compiled)
 
 
 def test_unknown_activation_and_reduction():

@@ -144,16 +144,26 @@ def test_hessian_vector_product_matches_stock():
 
 
 # ---------------------------------------------------------------- vmap
+def _native_calls(fn, *args):
+    """fn(*args), and how many times each fastffnn op ran, counted at the dispatcher."""
+    with torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CPU]) as prof:
+        out = fn(*args)
+    counts = {e.key: e.count for e in prof.key_averages() if e.key.startswith("fastffnn::")}
+    return out, counts
+
+
 def test_vmap_over_inputs_is_one_batched_call():
     Vw, Vb, Ww, Wb = (p.detach() for p in network(7, 10, 4))
     xs = input_of((6, 3, 7), requires_grad=False)
     ys = targets("index", (6, 3), 4)
-    for fn, args in [
-        (lambda x: fastffnn.linear_act(x, Vw, Vb, "relu"), (xs,)),
-        (lambda x: fastffnn.linear_softmax(x, Vw, Vb, True), (xs,)),
-        (lambda x: fastffnn.ffnn(x, Vw, Vb, Ww, Wb), (xs,)),
+    for name, fn, args in [
+        ("linear_act", lambda x: fastffnn.linear_act(x, Vw, Vb, "relu"), (xs,)),
+        ("linear_softmax", lambda x: fastffnn.linear_softmax(x, Vw, Vb, True), (xs,)),
+        ("ffnn", lambda x: fastffnn.ffnn(x, Vw, Vb, Ww, Wb), (xs,)),
     ]:
-        torch.testing.assert_close(torch.func.vmap(fn)(*args), torch.stack([fn(x) for x in xs]))
+        out, calls = _native_calls(torch.func.vmap(fn), *args)
+        assert calls == {f"fastffnn::{name}": 1}
+        torch.testing.assert_close(out, torch.stack([fn(x) for x in xs]))
     for red in ("mean", "sum", "none"):
         def loss(x, y, red=red):
             return fastffnn.ffnn_nll(x, Vw, Vb, Ww, Wb, y, reduction=red)
@@ -161,12 +171,17 @@ def test_vmap_over_inputs_is_one_batched_call():
         def nll(z, y, red=red):
             return fastffnn.softmax_nll(z, y, red)
 
-        torch.testing.assert_close(torch.func.vmap(loss)(xs, ys), torch.stack([loss(x, y) for x, y in zip(xs, ys)]))
+        out, calls = _native_calls(torch.func.vmap(loss), xs, ys)
+        assert calls == {"fastffnn::ffnn_nll": 1}
+        torch.testing.assert_close(out, torch.stack([loss(x, y) for x, y in zip(xs, ys)]))
         zs = input_of((6, 3, 4), requires_grad=False)
-        torch.testing.assert_close(torch.func.vmap(nll)(zs, ys), torch.stack([nll(z, y) for z, y in zip(zs, ys)]))
+        out, calls = _native_calls(torch.func.vmap(nll), zs, ys)
+        assert calls == {"fastffnn::softmax_nll": 1}
+        torch.testing.assert_close(out, torch.stack([nll(z, y) for z, y in zip(zs, ys)]))
         # an unbatched target, shared by every sample
-        torch.testing.assert_close(torch.func.vmap(nll, in_dims=(0, None))(zs, ys[0]),
-                                   torch.stack([nll(z, ys[0]) for z in zs]))
+        out, calls = _native_calls(torch.func.vmap(nll, in_dims=(0, None)), zs, ys[0])
+        assert calls == {"fastffnn::softmax_nll": 1}
+        torch.testing.assert_close(out, torch.stack([nll(z, ys[0]) for z in zs]))
 
 
 def test_vmap_over_weights_runs_an_ensemble():

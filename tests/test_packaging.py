@@ -56,11 +56,15 @@ def test_pip_install_ships_sources_and_types(tmp_path):
 
 
 def test_version_is_one_number_everywhere():
-    import re
-
-    setup_py = (ROOT / "setup.py").read_text()
-    assert "VERSION" in setup_py and re.search(r'^__version__ = "([^"]+)"', (ROOT / "fastffnn/__init__.py").read_text(),
-                                               re.M).group(1) == fastffnn.__version__
+    # The version a wheel gets is what setup.py reports; it must be the
+    # package's __version__, and no other file may spell out a version of its own.
+    reported = subprocess.run([sys.executable, "setup.py", "--version"], cwd=ROOT, capture_output=True, text=True,
+                              check=True).stdout.strip().splitlines()[-1]
+    assert reported == fastffnn.__version__
+    for path in [ROOT / "setup.py", *(ROOT / "fastffnn").rglob("*.py")]:
+        if path.name == "__init__.py" and path.parent.name == "fastffnn":
+            continue
+        assert fastffnn.__version__ not in path.read_text(), f"{path} spells out the version"
 
 
 @pytest.mark.skipif(sys.platform != "linux", reason="the ahead-of-time build is exercised on Linux")

@@ -171,6 +171,18 @@ void launch(const char* name, void (*kernel)(Params...), dim3 grid, dim3 block, 
 
 inline int64_t ceil_div(int64_t a, int64_t b) { return (a + b - 1) / b; }
 
+// The last step of every column sum (bias gradients): out[c] = the sum over
+// `chunks` rows of per-block partial sums (chunks, n), one thread per column,
+// in a fixed order so that the result is deterministic.
+template <typename T, typename Acc>
+__global__ void finish_colsum_kernel(const Acc* __restrict__ partial, int64_t chunks, int64_t n, T* __restrict__ out) {
+  const int64_t col = static_cast<int64_t>(blockIdx.x) * blockDim.x + threadIdx.x;
+  if (col >= n) return;
+  Acc s = 0;
+  for (int64_t k = 0; k < chunks; ++k) s += partial[k * n + col];
+  out[col] = static_cast<T>(s);
+}
+
 // The most blocks a grid may have along y and z.
 constexpr int64_t kMaxGridYZ = 65535;
 

@@ -198,15 +198,6 @@ __global__ void rows_with_colsum_kernel(int64_t rows, int64_t n, int64_t chunk_r
   }
 }
 
-template <typename T, typename Acc>
-__global__ void finish_colsum_kernel(const Acc* __restrict__ partial, int64_t chunks, int64_t n, T* __restrict__ out) {
-  const int64_t col = static_cast<int64_t>(blockIdx.x) * blockDim.x + threadIdx.x;
-  if (col >= n) return;
-  Acc s = 0;
-  for (int64_t k = 0; k < chunks; ++k) s += partial[k * n + col];
-  out[col] = static_cast<T>(s);
-}
-
 template <typename T, Activation A>
 struct ActBackwardOp {
   const T* dy;

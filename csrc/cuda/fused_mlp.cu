@@ -473,16 +473,6 @@ __global__ void __launch_bounds__(kThreads, 1) fused_backward_kernel(
   }
 }
 
-template <typename T>
-__global__ void finish_partials_kernel(const float* __restrict__ partial, int64_t blocks, int hidden,
-                                       T* __restrict__ out) {
-  const int c = blockIdx.x * blockDim.x + threadIdx.x;
-  if (c >= hidden) return;
-  float s = 0.f;
-  for (int64_t b = 0; b < blocks; ++b) s += partial[b * hidden + c];
-  out[c] = static_cast<T>(s);
-}
-
 // The tensor cores need sm_80 or newer; float32 uses them (as TF32) only when
 // torch.backends.cuda.matmul.allow_tf32 is on, as cuBLAS does.
 Mma tensor_core_mode(at::ScalarType t, const DeviceInfo& device) {
@@ -698,8 +688,9 @@ std::pair<at::Tensor, at::Tensor> fused_network_backward(const OutputGradient& g
              need_dz1 ? partial_V.data_ptr<float>() : nullptr, rows, hid, classes, need_dz1);
     });
     auto finish = [&](const at::Tensor& partial, int n, at::Tensor* out) {
-      launch("finish_partials_kernel", finish_partials_kernel<scalar_t>, dim3(static_cast<unsigned>(ceil_div(n, 256))),
-             dim3(256), 0, partial.const_data_ptr<float>(), blocks, n, out->data_ptr<scalar_t>());
+      launch("finish_colsum_kernel", finish_colsum_kernel<scalar_t, float>,
+             dim3(static_cast<unsigned>(ceil_div(n, 256))), dim3(256), 0, partial.const_data_ptr<float>(),
+             static_cast<int64_t>(blocks), static_cast<int64_t>(n), out->data_ptr<scalar_t>());
     };
     if (grad_W_bias) finish(partial_W, classes, grad_W_bias);
     if (grad_V_bias && need_dz1) finish(partial_V, hid, grad_V_bias);
