@@ -72,8 +72,12 @@ class FastFFNN(nn.Module):
             return activation_name(self.g)
         return activation_name(self._modules["g"])
 
-    def _params(self):
-        """``(V.weight, V.bias, W.weight, W.bias)``, read fresh on every call."""
+    def layer_parameters(self) -> tuple:
+        """``(V.weight, V.bias, W.weight, W.bias)`` (a bias is None without biases), read fresh on every call.
+
+        What the fused ops and :meth:`fastffnn.optim.Adam.train_step` take, in
+        their order, without ``nn.Module.__getattr__``'s per-attribute cost.
+        """
         if torch.compiler.is_compiling():
             return self.V.weight, self.V.bias, self.W.weight, self.W.bias
         # nn.Module.__getattr__ costs microseconds per attribute, comparable to
@@ -84,11 +88,11 @@ class FastFFNN(nn.Module):
 
     def forward(self, x: Tensor) -> Tensor:
         """Probabilities ``(..., out_size)`` for ``x`` of shape ``(..., input_size)``."""
-        return ops.ffnn(x, *self._params(), activation=self.activation)
+        return ops.ffnn(x, *self.layer_parameters(), activation=self.activation)
 
     def log_probs(self, x: Tensor) -> Tensor:
         """Log-probabilities ``(..., out_size)``, computed as ``z - logsumexp(z)``, never ``log(p)``."""
-        return ops.ffnn(x, *self._params(), activation=self.activation, log=True)
+        return ops.ffnn(x, *self.layer_parameters(), activation=self.activation, log=True)
 
     def nll_loss(self, x: Tensor, target: Tensor, reduction: str = "mean") -> Tensor:
         """The fused cross-entropy of the network's prediction for ``x``.
@@ -99,7 +103,7 @@ class FastFFNN(nn.Module):
                 labels ``(..., out_size)`` in ``x``'s dtype.
             reduction: ``"mean"``, ``"sum"`` or ``"none"``.
         """
-        return ops.ffnn_nll(x, *self._params(), target, activation=self.activation, reduction=reduction)
+        return ops.ffnn_nll(x, *self.layer_parameters(), target, activation=self.activation, reduction=reduction)
 
     def train_step(self, x: Tensor, target: Tensor, optimizer, reduction: str = "mean") -> Tensor:
         """A whole training step in one native call: forward, loss, backward and the Adam update.
@@ -123,7 +127,7 @@ class FastFFNN(nn.Module):
         # nn.Module names the key and both shapes for a size mismatch and lists
         # missing keys, but silently casts a tensor of another dtype; a
         # checkpoint in the wrong precision is refused here instead.
-        for name, param in zip(("V.weight", "V.bias", "W.weight", "W.bias"), self._params()):
+        for name, param in zip(("V.weight", "V.bias", "W.weight", "W.bias"), self.layer_parameters()):
             incoming = state_dict.get(prefix + name)
             if param is None or not isinstance(incoming, torch.Tensor) or incoming.dtype == param.dtype:
                 continue

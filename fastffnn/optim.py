@@ -111,7 +111,7 @@ class Adam(torch.optim.Optimizer):
         replaces it), its param group, the amsgrad flag, the number of
         states, and the model's four parameters.
         """
-        params = model._params()
+        params = model.layer_parameters()
         groups = self.param_groups
         group = groups[0]
 

@@ -39,7 +39,7 @@ def test_module_under_autocast_matches_float32(device, dtype):
         loss = model.nll_loss(x, y)
         assert probs.dtype == _expected_dtype(device)
     torch.testing.assert_close(probs.float(), full, **TOL[dtype])
-    torch.testing.assert_close(loss.float(), ref.ffnn_nll(x, *model._params(), y).detach(), **TOL[dtype])
+    torch.testing.assert_close(loss.float(), ref.ffnn_nll(x, *model.layer_parameters(), y).detach(), **TOL[dtype])
     loss.backward()
     for p in model.parameters():
         assert p.grad is not None and p.grad.dtype == torch.float32 and torch.isfinite(p.grad).all()
@@ -59,7 +59,7 @@ def test_low_precision_activations_from_a_stock_layer(device, dtype):
         out = fastffnn.linear_act(features, model.V.weight, model.V.bias)
         assert out.dtype == _expected_dtype(device)
     with torch.no_grad():
-        reference = ref.ffnn_nll(stem(x), *model._params(), y)
+        reference = ref.ffnn_nll(stem(x), *model.layer_parameters(), y)
     torch.testing.assert_close(loss.float(), reference, **TOL[dtype])
     loss.backward()
     assert stem.weight.grad is not None and stem.weight.grad.dtype == torch.float32
@@ -72,4 +72,4 @@ def test_float64_is_left_alone_under_cpu_autocast():
     with torch.autocast("cpu", dtype=torch.bfloat16):
         out = model(x)
     assert out.dtype == torch.float64
-    torch.testing.assert_close(out, ref.ffnn(x, *model._params()))
+    torch.testing.assert_close(out, ref.ffnn(x, *model.layer_parameters()))
