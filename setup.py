@@ -15,6 +15,7 @@
 import json
 import os
 import re
+import shutil
 import sys
 from pathlib import Path
 
@@ -35,6 +36,9 @@ class BuildPyWithSources(build_py):
         if getattr(self, "editable_mode", False):
             return  # an editable install reads the repository's csrc/
         target = Path(self.build_lib) / "fastffnn" / "csrc"
+        # build/ outlives a build: a source file removed or renamed since the
+        # last one would otherwise be shipped, and compiled, with the new ones
+        shutil.rmtree(target, ignore_errors=True)
         for src in sorted((ROOT / "csrc").rglob("*")):
             if src.is_file() and src.suffix in SOURCE_SUFFIXES:
                 dst = target / src.relative_to(ROOT / "csrc")

@@ -23,7 +23,7 @@
 #include <torch/library.h>
 
 #include "activation.h"
-#include "ops/kernels.h"
+#include "signatures.h"
 
 namespace fastffnn {
 
@@ -160,14 +160,14 @@ ffnn_nll_backward_differentiable(const at::Tensor& grad_loss, const at::Tensor& 
 namespace autograd {
 namespace {
 
-// The op `name`, typed by its kernel's declaration (ops/kernels.h).
+// The op `name`, typed by its kernels' signature (csrc/signatures.h).
 template <typename Fn>
 c10::TypedOperatorHandle<Fn> op_handle(const char* name) {
   return c10::Dispatcher::singleton().findSchemaOrThrow(name, "").typed<Fn>();
 }
 
 #define FASTFFNN_OP(name) \
-  ([]() -> const auto& { static const auto h = op_handle<decltype(::fastffnn::name)>("fastffnn::" #name); return h; }())
+  ([]() -> const auto& { static const auto h = op_handle<signature::name>("fastffnn::" #name); return h; }())
 
 bool tracks(const at::Tensor& t) {
   // A dual tensor goes to the node, whose missing jvp then raises, rather

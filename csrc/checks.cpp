@@ -2,14 +2,13 @@
 
 #include <c10/util/Exception.h>
 
-#include "device.h"
 
 namespace fastffnn {
 
-void check_floating(const char* op, const char* name, const at::Tensor& t) {
+void check_floating(const char* op, bool reduced_precision, const char* name, const at::Tensor& t) {
   const auto dt = t.scalar_type();
   const bool reduced = dt == at::kHalf || dt == at::kBFloat16;
-  TORCH_CHECK_TYPE(dt == at::kFloat || dt == at::kDouble || (reduced && runs_cuda_kernels(t)), "fastffnn.", op,
+  TORCH_CHECK_TYPE(dt == at::kFloat || dt == at::kDouble || (reduced && reduced_precision), "fastffnn.", op,
                    ": ", name, " must be float32 or float64 (or float16/bfloat16 on CUDA), got ", dt,
                    " on ", t.device(), reduced ? " (convert it with .float())" : "");
 }
@@ -42,10 +41,10 @@ int64_t check_layer(const char* op, const char* in_name, const at::Tensor& ref, 
   return out;
 }
 
-LinearShape check_linear(const char* op, const char* input_name, const at::Tensor& input,
+LinearShape check_linear(const char* op, bool reduced_precision, const char* input_name, const at::Tensor& input,
                          const char* weight_name, const at::Tensor& weight, const char* bias_name,
                          const c10::optional<at::Tensor>& bias) {
-  check_floating(op, input_name, input);
+  check_floating(op, reduced_precision, input_name, input);
   TORCH_CHECK_VALUE(input.dim() >= 1, "fastffnn.", op, ": ", input_name,
                     " must have at least 1 dimension (..., in_features), got a 0-d tensor");
   const int64_t in = input.size(-1);
@@ -54,10 +53,10 @@ LinearShape check_linear(const char* op, const char* input_name, const at::Tenso
   return LinearShape{c10::multiply_integers(lead.begin(), lead.end()), in, out};
 }
 
-NetworkShape check_network(const char* op, const at::Tensor& input, const at::Tensor& V_weight,
+NetworkShape check_network(const char* op, bool reduced_precision, const at::Tensor& input, const at::Tensor& V_weight,
                            const c10::optional<at::Tensor>& V_bias, const at::Tensor& W_weight,
                            const c10::optional<at::Tensor>& W_bias) {
-  const auto s = check_linear(op, "input", input, "V_weight", V_weight, "V_bias", V_bias);
+  const auto s = check_linear(op, reduced_precision, "input", input, "V_weight", V_weight, "V_bias", V_bias);
   const int64_t out =
       check_layer(op, "the hidden layer", input, s.out, "W_weight", W_weight, "W_bias", W_bias);
   return NetworkShape{s.rows, s.in, s.out, out};

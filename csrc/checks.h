@@ -18,9 +18,10 @@ struct LinearShape {
   int64_t out;
 };
 
-// A floating input fastffnn computes in: float32 or float64, and on CUDA
-// also float16 or bfloat16 (computed in float32 between the matrix products).
-void check_floating(const char* op, const char* name, const at::Tensor& t);
+// A floating input fastffnn computes in: float32 or float64, and where the
+// backend takes them (`reduced_precision`: CUDA) also float16 or bfloat16,
+// computed in float32 between the matrix products.
+void check_floating(const char* op, bool reduced_precision, const char* name, const at::Tensor& t);
 
 // `t` has the same dtype and device as `ref` (named `ref_name`).
 void check_like(const char* op, const char* name, const at::Tensor& t, const char* ref_name,
@@ -34,7 +35,7 @@ int64_t check_layer(const char* op, const char* in_name, const at::Tensor& ref, 
                     const c10::optional<at::Tensor>& bias);
 
 // Validates input (..., in), weight (out, in) and an optional bias (out,).
-LinearShape check_linear(const char* op, const char* input_name, const at::Tensor& input,
+LinearShape check_linear(const char* op, bool reduced_precision, const char* input_name, const at::Tensor& input,
                          const char* weight_name, const at::Tensor& weight, const char* bias_name,
                          const c10::optional<at::Tensor>& bias);
 
@@ -50,7 +51,7 @@ struct NetworkShape {
 
 // Validates input (..., in), V_weight (hidden, in), W_weight (out, hidden)
 // and their optional biases.
-NetworkShape check_network(const char* op, const at::Tensor& input, const at::Tensor& V_weight,
+NetworkShape check_network(const char* op, bool reduced_precision, const at::Tensor& input, const at::Tensor& V_weight,
                            const c10::optional<at::Tensor>& V_bias, const at::Tensor& W_weight,
                            const c10::optional<at::Tensor>& W_bias);
 

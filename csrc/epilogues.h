@@ -1,7 +1,8 @@
 // The fused single-pass work between fastffnn's matrix products, declared
 // once for each backend: fastffnn::cpu (csrc/cpu/epilogues.cpp) and
-// fastffnn::cuda (csrc/cuda/epilogues.cu). csrc/layers.cpp picks one by the
-// tensors' device. Every matrix is contiguous (rows, n); column sums (bias
+// fastffnn::cuda (csrc/cuda/epilogues.cu), each backend's policy
+// (csrc/cpu/backend.h, csrc/cuda/register_cuda.cpp) naming its own. Every matrix
+// is contiguous (rows, n); column sums (bias
 // gradients) are deterministic on both backends: partial sums per fixed chunk
 // of rows, added in chunk order, never atomics.
 #pragma once

@@ -1,8 +1,9 @@
 // The operator schemas of the `fastffnn` namespace. Each backend registers its
-// kernels in its own files (the CPU and CUDA kernels: csrc/ops/<op>.cpp), the
-// first-order autograd of the forward ops and their differentiable backward
-// formulas are in csrc/autograd.cpp, and the fake (meta) kernels for
-// torch.compile in fastffnn/_fake.py.
+// kernels (csrc/ops.h) for its own dispatch key from its own folder
+// (csrc/cpu/register_cpu.cpp, csrc/cuda/register_cuda.cpp); the first-order
+// autograd of the forward ops and their differentiable backward formulas are in
+// csrc/autograd.cpp, and the fake (meta) kernels for torch.compile in
+// fastffnn/_fake.py.
 //
 // Conventions shared by every op:
 // * `input` has shape (..., in_features); a 1-D input is one example.

@@ -70,12 +70,13 @@ def source_dir() -> Path:
 def sources() -> list[Path]:
     """The translation units of this machine's build: the CPU kernels, plus the CUDA ones in a CUDA build."""
     root = source_dir()
-    files = sorted(root.glob("*.cpp")) + sorted((root / "ops").glob("*.cpp")) + sorted((root / "cpu").glob("*.cpp"))
+    files = sorted(root.glob("*.cpp")) + sorted((root / "cpu").glob("*.cpp"))
     if backend() == "cuda":
-        files += sorted((root / "cuda").glob("*.cu"))
+        files += sorted((root / "cuda").glob("*.cpp")) + sorted((root / "cuda").glob("*.cu"))
     elif backend() == "emulated":
-        # the emulator, and csrc/cuda/*.cu compiled as host C++ (each wrapper includes its .cu)
-        files += sorted((root / "cuda" / "emulation").glob("*.cpp"))
+        # the CUDA backend, the emulator, and csrc/cuda/*.cu compiled as host
+        # C++ (each wrapper includes its .cu)
+        files += sorted((root / "cuda").glob("*.cpp")) + sorted((root / "cuda" / "emulation").glob("*.cpp"))
     return files
 
 

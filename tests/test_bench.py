@@ -31,7 +31,9 @@ def test_smoke_run_writes_tagged_csv_and_plot(tmp_path, capsys):
                  "fastffnn-step"}
     assert {r["impl"] for r in rows if r["mode"] == "train"} == cpu_impls  # compile is left out of --smoke
     assert {r["impl"] for r in rows if r["mode"] == "forward"} == {"eager", "fastffnn"}
-    assert {(r["batch"], r["mode"]) for r in rows} == {(b, m) for b in ("1", "32") for m in ("forward", "train")}
+    for mode in ("grad-forward", "forward-backward"):  # the drop-in's two halves, against eager alone
+        assert {r["impl"] for r in rows if r["mode"] == mode} == {"eager", "fastffnn"}
+    assert {(r["batch"], r["mode"]) for r in rows} == {(b, m) for b in ("1", "32") for m in peers.MODES}
     for r in rows:
         assert r["device"] == "cpu" and r["torch"] == torch.__version__ and r["fastffnn"] == fastffnn.__version__
         assert r["timestamp"] and r["device_name"] and int(r["threads"]) >= 1

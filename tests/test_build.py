@@ -219,15 +219,22 @@ def test_cuda_build_dir_names_cuda_version_and_arch(monkeypatch):
     monkeypatch.setenv("TORCH_CUDA_ARCH_LIST", "8.0;9.0")
     monkeypatch.setattr(torch.version, "cuda", "13.0")
     assert "-cuda13.0-sm8.0_9.0-" in _build.build_dir().name
-    assert any(p.suffix == ".cu" for p in _build.sources())
+    rel = {p.relative_to(_build.source_dir()).as_posix() for p in _build.sources()}
+    assert {"cuda/register_cuda.cpp", "cuda/fused_mlp.cu", "cuda/epilogues.cu", "cpu/register_cpu.cpp"} <= rel
+    assert not any(r.startswith("cuda/emulation/") for r in rel)
+    monkeypatch.setenv("FASTFFNN_BACKEND", "cpu")
+    assert not any(p.relative_to(_build.source_dir()).parts[0] == "cuda" for p in _build.sources())
 
 
 def test_emulated_backend_compiles_the_cuda_sources_as_host_code(monkeypatch):
     monkeypatch.setenv("FASTFFNN_BACKEND", "emulated")
     assert _build.backend() == "emulated"
     assert "-emulated-" in _build.build_dir().name
-    names = {p.name for p in _build.sources()}
-    assert {"emulator.cpp", "emulated_fused_mlp.cpp", "emulated_epilogues.cpp", "layers.cpp"} <= names
+    rel = {p.relative_to(_build.source_dir()).as_posix() for p in _build.sources()}
+    # the CUDA backend's registration and the emulator; the CPU backend's too (its
+    # registration compiles to nothing under emulation; the CPU training step remains)
+    assert {"cuda/register_cuda.cpp", "cuda/emulation/emulator.cpp", "cuda/emulation/emulated_fused_mlp.cpp",
+            "cuda/emulation/emulated_epilogues.cpp", "cpu/register_cpu.cpp"} <= rel
     assert not any(p.suffix == ".cu" for p in _build.sources())  # nvcc never runs
     flags = _build.cflags()
     assert "-DFASTFFNN_CUDA_EMULATION" in flags and any(f.endswith("emulation/include") for f in flags)
@@ -273,3 +280,12 @@ def test_a_torch_upgrade_changes_the_build_and_its_stamp(monkeypatch):
     monkeypatch.setattr(torch, "__version__", torch.__version__ + ".post1")
     after = (_build.build_dir(), _build.stamp())
     assert before[0] != after[0] and before[1] != after[1]
+
+
+@pytest.mark.parametrize("backend", ["cpu", "cuda", "emulated"])
+def test_no_two_sources_make_the_same_object_file(monkeypatch, backend):
+    # cpp_extension names each object after its file's stem (x.cpp -> x.o, x.cu -> x.cuda.o), whatever
+    # its folder, and ninja refuses a build where two files would make one object.
+    monkeypatch.setenv("FASTFFNN_BACKEND", backend)
+    objects = [p.stem + (".cuda.o" if p.suffix == ".cu" else ".o") for p in _build.sources()]
+    assert len(objects) == len(set(objects)), sorted(objects)

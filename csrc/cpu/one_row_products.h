@@ -1,5 +1,5 @@
 // The CPU's matrix products for a batch of one row (csrc/cpu/one_row.h says
-// why they skip at::mm). csrc/layers.cpp uses them when one_row_applies().
+// why they skip at::mm). The CPU backend (backend.h) uses them when one_row_applies().
 #pragma once
 
 #include <ATen/core/Tensor.h>

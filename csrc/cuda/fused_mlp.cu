@@ -39,8 +39,7 @@
 #include <type_traits>
 #include <utility>
 
-#include "../device.h"
-#include "../fused_tier.h"
+#include "fused_tier.h"
 #include "common.cuh"
 
 namespace fastffnn::cuda {
@@ -587,7 +586,7 @@ const char* tier_name(Tier tier) {
 }  // namespace
 
 bool fused_tier_applies(const at::Tensor& x, int64_t in, int64_t hidden, int64_t classes) {
-  if (!runs_cuda_kernels(x) || !eligible_dtype(x.scalar_type()) || hidden < 1 || hidden > kMaxHidden ||
+  if (!eligible_dtype(x.scalar_type()) || hidden < 1 || hidden > kMaxHidden ||
       classes < 1 || classes > kMaxOut) {
     return false;
   }

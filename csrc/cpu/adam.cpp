@@ -1,4 +1,4 @@
-// fastffnn::adam_step_ and fastffnn::ffnn_nll_adam_step_ on the CPU.
+// fastffnn::adam_step_ and fastffnn::ffnn_nll_adam_step_: the CPU's training step.
 //
 // adam_step_ applies torch.optim.Adam's update (its single-tensor form, the
 // one it uses for CPU tensors) to every parameter in one call: one pass over
@@ -24,8 +24,9 @@
 
 #include "../activation.h"
 #include "../checks.h"
-#include "../cpu/one_row.h"
-#include "kernels.h"
+#include "../ops.h"
+#include "backend.h"
+#include "one_row.h"
 
 namespace fastffnn {
 namespace {
@@ -141,7 +142,7 @@ AdamConfig check_adam(at::TensorList params, at::TensorList grads, at::TensorLis
     TORCH_CHECK_VALUE(p.device().is_cpu() && p.is_contiguous(), "fastffnn.adam_step_: params[", i,
                       "] must be a contiguous CPU tensor (use torch.optim.Adam(fused=True) on CUDA), got ",
                       p.device(), p.is_contiguous() ? "" : " non-contiguous");
-    check_floating("adam_step_", "params", p);
+    check_floating("adam_step_", cpu::Backend::kReducedPrecision, "params", p);
     if (!grads.empty()) check_state("grads", grads[i], p, i);
     check_state("exp_avgs", exp_avgs[i], p, i);
     check_state("exp_avg_sqs", exp_avg_sqs[i], p, i);
@@ -252,7 +253,7 @@ at::Tensor ffnn_nll_adam_step_(const at::Tensor& input, const at::Tensor& target
   const c10::optional<at::Tensor> Vb = has_bias ? c10::optional<at::Tensor>(params[1]) : c10::nullopt;
   const c10::optional<at::Tensor> Wb = has_bias ? c10::optional<at::Tensor>(params[3]) : c10::nullopt;
 
-  const auto s = check_network(op, input, Vw, Vb, Ww, Wb);
+  const auto s = check_network(op, cpu::Backend::kReducedPrecision, input, Vw, Vb, Ww, Wb);
   if (s.rows == 1 && input.device().is_cpu() && s.out >= 1) {
     // One example: the whole step as direct loops (see one_row_step).
     const bool is_index = check_target(op, linear_output_sizes(input, s.out), input, target);
@@ -290,9 +291,9 @@ at::Tensor ffnn_nll_adam_step_(const at::Tensor& input, const at::Tensor& target
   // The CPU kernels themselves, called directly, below autograd: this is the
   // whole step, so the matrix products inside must record no graph.
   at::AutoDispatchBelowADInplaceOrView below_autograd;
-  auto [loss, hidden, log_probs] = ffnn_nll(input, Vw, Vb, Ww, Wb, target, activation, reduction);
+  auto [loss, hidden, log_probs] = ops::ffnn_nll<cpu::Backend>(input, Vw, Vb, Ww, Wb, target, activation, reduction);
   const auto grad_loss = at::ones({}, loss.options());
-  auto [gx, gVw, gVb, gWw, gWb, gt] = ffnn_nll_backward(grad_loss, input, Vw, Ww, hidden, log_probs, target, activation,
+  auto [gx, gVw, gVb, gWw, gWb, gt] = ops::ffnn_nll_backward<cpu::Backend>(grad_loss, input, Vw, Ww, hidden, log_probs, target, activation,
                                                     reduction, {false, true, has_bias, true, has_bias, false});
   std::vector<at::Tensor> grads = has_bias ? std::vector<at::Tensor>{gVw, gVb, gWw, gWb}
                                            : std::vector<at::Tensor>{gVw, gWw};

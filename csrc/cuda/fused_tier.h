@@ -9,8 +9,8 @@
 
 #include <utility>
 
-#include "activation.h"
-#include "layers.h"
+#include "../activation.h"
+#include "../layers.h"
 
 namespace fastffnn::cuda {
 

@@ -1,0 +1,62 @@
+// The CPU backend (see csrc/layers.h for what a backend provides): its
+// strategy for the products and the whole network.
+//
+// A batch of one row (the lecture's one example at a time) takes the direct
+// loops of one_row.h, for each product and for the whole forward network in
+// one pass; anything larger takes at::mm (MKL / oneDNN) followed by one
+// vectorised epilogue pass (epilogues.cpp over row_ops.h).
+#pragma once
+
+#include <ATen/ops/empty.h>
+#include <ATen/ops/mm.h>
+#include <c10/core/DeviceGuard.h>
+
+#include "../epilogues.h"
+#include "../layers.h"
+#include "one_row_products.h"
+
+namespace fastffnn::cpu {
+
+struct Backend {
+  static constexpr bool kReducedPrecision = false;  // float16/bfloat16 compute only on CUDA
+
+  static c10::OptionalDeviceGuard guard(const at::Tensor&) { return c10::OptionalDeviceGuard(); }
+
+  static at::Tensor linear(const at::Tensor& x, const at::Tensor& w) {
+    if (one_row_applies(x, w)) return linear_one_row(x, w);
+    auto z = at::empty({x.size(0), w.size(0)}, x.options());
+    if (z.numel() != 0) at::mm_out(z, x, w.t());
+    return z;
+  }
+  static at::Tensor input_grad(const at::Tensor& dz, const at::Tensor& w) {
+    return one_row_applies(dz, w) ? input_grad_one_row(dz, w) : at::mm(dz, w);
+  }
+  // at::mm with an empty inner dimension returns zeros: right for an empty batch.
+  static at::Tensor weight_grad(const at::Tensor& dz, const at::Tensor& x) {
+    return one_row_applies(dz) ? weight_grad_one_row(dz, x) : at::mm(dz.t(), x);
+  }
+
+  static constexpr auto bias_act_ = &cpu::bias_act_;
+  static constexpr auto bias_softmax_ = &cpu::bias_softmax_;
+  static constexpr auto act_backward = &cpu::act_backward;
+  static constexpr auto softmax_backward = &cpu::softmax_backward;
+  static constexpr auto nll_rows = &cpu::nll_rows;
+  static constexpr auto nll_backward = &cpu::nll_backward;
+  static constexpr auto reduce_loss = &cpu::reduce_loss;
+
+  static c10::optional<std::pair<at::Tensor, at::Tensor>> ffnn_forward(
+      const at::Tensor& x, const at::Tensor& V_weight, const c10::optional<at::Tensor>& V_bias,
+      const at::Tensor& W_weight, const c10::optional<at::Tensor>& W_bias, Activation act, bool log) {
+    if (one_row_applies(x, V_weight) && W_weight.is_contiguous())
+      return ffnn_forward_one_row(x, V_weight, V_bias, W_weight, W_bias, act, log);
+    return c10::nullopt;
+  }
+  static c10::optional<NetworkGrads> network_backward(const OutputGradient&, const at::Tensor&, const at::Tensor&,
+                                                      const at::Tensor&, const at::Tensor&, Activation,
+                                                      c10::ArrayRef<bool>) {
+    return c10::nullopt;
+  }
+};
+
+}  // namespace fastffnn::cpu
+
