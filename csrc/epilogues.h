@@ -1,5 +1,5 @@
 // The fused single-pass work between fastffnn's matrix products, declared
-// once for each backend: fastffnn::cpu (csrc/cpu/epilogues.cpp) and
+// once for each backend: fastffnn::cpu (csrc/cpu/kernels.cpp) and
 // fastffnn::cuda (csrc/cuda/epilogues.cu), each backend's policy
 // (csrc/cpu/backend.h, csrc/cuda/register_cuda.cpp) naming its own. Every matrix
 // is contiguous (rows, n); column sums (bias
@@ -11,6 +11,8 @@
 #include <c10/util/Optional.h>
 
 #include "activation.h"
+
+#include <tuple>
 
 // One list, so the backends cannot drift apart.
 #define FASTFFNN_DECLARE_EPILOGUES                                                                 \
@@ -35,6 +37,29 @@
                           at::Tensor* grad_target);                                                \
   /* 'none' keeps the per-row losses; 'sum'/'mean' add them in a fixed order. */                   \
   at::Tensor reduce_loss(const at::Tensor& row_loss, Reduction reduction);
+
+namespace fastffnn {
+
+// What a backend's whole-network backward (its network_backward, csrc/ops.h)
+// takes and returns.
+// Where the output layer's gradient dz2 = dL/dz (z the logits) comes from:
+// softmax's output and its gradient (ffnn), or the NLL loss of log-softmax
+// output against a target (ffnn_nll). All matrices 2-D and contiguous.
+struct OutputGradient {
+  bool nll = false;
+  at::Tensor output;       // (rows, classes): probabilities, or log-probabilities if log or nll
+  at::Tensor grad_output;  // softmax: dL/d(output)
+  bool log = false;        // softmax: the output is log_softmax
+  at::Tensor grad_loss;    // nll: dL/d(loss), per row for reduction 'none'
+  at::Tensor target;       // nll: int64 (rows,) class indices or (rows, classes) probabilities
+  bool is_index = false;
+  Reduction reduction = Reduction::Mean;
+  at::Tensor* grad_target = nullptr;  // nll with probability targets: where the target's gradient goes
+};
+
+using NetworkGrads = std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor>;
+
+}  // namespace fastffnn
 
 namespace fastffnn::cpu {
 FASTFFNN_DECLARE_EPILOGUES

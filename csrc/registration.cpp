@@ -1,6 +1,6 @@
 // The operator schemas of the `fastffnn` namespace. Each backend registers its
 // kernels (csrc/ops.h) for its own dispatch key from its own folder
-// (csrc/cpu/register_cpu.cpp, csrc/cuda/register_cuda.cpp); the first-order
+// (csrc/cpu/kernels.cpp, csrc/cuda/register_cuda.cpp); the first-order
 // autograd of the forward ops and their differentiable backward formulas are in
 // csrc/autograd.cpp, and the fake (meta) kernels for torch.compile in
 // fastffnn/_fake.py.

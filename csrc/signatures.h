@@ -1,6 +1,6 @@
 // The C++ signature of each op's backend kernel, one per schema in
 // csrc/registration.cpp, as function types. Every backend's kernels
-// (csrc/ops.h, instantiated in csrc/cpu/register_cpu.cpp and
+// (csrc/ops.h, instantiated in csrc/cpu/kernels.cpp and
 // csrc/cuda/register_cuda.cpp) are checked against them at compile time, and the
 // autograd layer (csrc/autograd.cpp) calls the ops through dispatcher handles
 // typed by them, so no signature is typed twice.

@@ -220,7 +220,7 @@ def test_cuda_build_dir_names_cuda_version_and_arch(monkeypatch):
     monkeypatch.setattr(torch.version, "cuda", "13.0")
     assert "-cuda13.0-sm8.0_9.0-" in _build.build_dir().name
     rel = {p.relative_to(_build.source_dir()).as_posix() for p in _build.sources()}
-    assert {"cuda/register_cuda.cpp", "cuda/fused_mlp.cu", "cuda/epilogues.cu", "cpu/register_cpu.cpp"} <= rel
+    assert {"cuda/register_cuda.cpp", "cuda/fused_mlp.cu", "cuda/epilogues.cu", "cpu/kernels.cpp"} <= rel
     assert not any(r.startswith("cuda/emulation/") for r in rel)
     monkeypatch.setenv("FASTFFNN_BACKEND", "cpu")
     assert not any(p.relative_to(_build.source_dir()).parts[0] == "cuda" for p in _build.sources())
@@ -234,7 +234,7 @@ def test_emulated_backend_compiles_the_cuda_sources_as_host_code(monkeypatch):
     # the CUDA backend's registration and the emulator; the CPU backend's too (its
     # registration compiles to nothing under emulation; the CPU training step remains)
     assert {"cuda/register_cuda.cpp", "cuda/emulation/emulator.cpp", "cuda/emulation/emulated_fused_mlp.cpp",
-            "cuda/emulation/emulated_epilogues.cpp", "cpu/register_cpu.cpp"} <= rel
+            "cuda/emulation/emulated_epilogues.cpp", "cpu/kernels.cpp"} <= rel
     assert not any(p.suffix == ".cu" for p in _build.sources())  # nvcc never runs
     flags = _build.cflags()
     assert "-DFASTFFNN_CUDA_EMULATION" in flags and any(f.endswith("emulation/include") for f in flags)

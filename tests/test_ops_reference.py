@@ -239,7 +239,7 @@ def test_float32_against_float64_reference(in_f, hid, out, batch, activation):
 
 # ------------------------------------------------------------ one example
 # On the CPU a batch of one skips at::mm for direct matrix-vector loops
-# (csrc/cpu/one_row.h), split across threads above ~128k multiply-adds;
+# (csrc/cpu/row_ops.h), split across threads above ~128k multiply-adds;
 # strided weights fall back to at::mm. Both paths, every op that has them.
 ONE_ROW_SIZES = [(1, 1, 1), (7, 100, 5), (300, 257, 2), (1025, 300, 5), (257, 513, 1000)]
 

@@ -46,7 +46,7 @@ def test_pip_install_ships_sources_and_types(tmp_path):
     target = tmp_path / "site"
     _pip_install(target)
     pkg = target / "fastffnn"
-    for rel in ("csrc/registration.cpp", "csrc/ops.h", "csrc/cpu/one_row.h", "csrc/cuda/register_cuda.cpp",
+    for rel in ("csrc/registration.cpp", "csrc/ops.h", "csrc/cpu/row_ops.h", "csrc/cuda/register_cuda.cpp",
                 "csrc/cuda/fused_mlp.cu", "py.typed"):
         assert (pkg / rel).is_file(), rel
     assert list(target.glob("fastffnn-*.dist-info"))

@@ -26,7 +26,7 @@
 #include "../checks.h"
 #include "../ops.h"
 #include "backend.h"
-#include "one_row.h"
+#include "row_ops.h"
 
 namespace fastffnn {
 namespace {

@@ -1,10 +1,10 @@
-// The CPU backend (see csrc/layers.h for what a backend provides): its
-// strategy for the products and the whole network.
+// The CPU backend (csrc/ops.h says what a backend provides): its strategy
+// for the products and the whole network.
 //
 // A batch of one row (the lecture's one example at a time) takes the direct
-// loops of one_row.h, for each product and for the whole forward network in
+// loops of row_ops.h, for each product and for the whole forward network in
 // one pass; anything larger takes at::mm (MKL / oneDNN) followed by one
-// vectorised epilogue pass (epilogues.cpp over row_ops.h).
+// vectorised epilogue pass (kernels.cpp over row_ops.h).
 #pragma once
 
 #include <ATen/ops/empty.h>
@@ -12,10 +12,38 @@
 #include <c10/core/DeviceGuard.h>
 
 #include "../epilogues.h"
-#include "../layers.h"
-#include "one_row_products.h"
 
 namespace fastffnn::cpu {
+
+// ------------------------------------------ the one-row products (kernels.cpp)
+// row_ops.h says why they skip at::mm.
+
+// Whether a product whose left operand is the (rows, k) matrix `x` can take
+// the one-row loops: a CPU matrix with one row (and, for the products that
+// read a weight matrix `w`, a contiguous w).
+bool one_row_applies(const at::Tensor& x);
+bool one_row_applies(const at::Tensor& x, const at::Tensor& w);
+
+// x @ w^T for x (1, in) and w (out, in): a new contiguous (1, out).
+at::Tensor linear_one_row(const at::Tensor& x, const at::Tensor& w);
+
+// dz @ w for dz (1, out) and w (out, in): the input gradient, (1, in).
+at::Tensor input_grad_one_row(const at::Tensor& dz, const at::Tensor& w);
+
+// dz^T @ x for dz (1, out) and x (1, in): the weight gradient, (out, in).
+at::Tensor weight_grad_one_row(const at::Tensor& dz, const at::Tensor& x);
+
+// The whole network's forward for x (1, in): (softmax(W act(V x + b) + c), the
+// hidden activations act(V x + b)), each a new contiguous (1, n). Needs
+// contiguous weights; one native pass with two allocations, where the general
+// path makes two products, two epilogue passes and their dispatches.
+std::pair<at::Tensor, at::Tensor> ffnn_forward_one_row(const at::Tensor& x, const at::Tensor& V_weight,
+                                                       const c10::optional<at::Tensor>& V_bias,
+                                                       const at::Tensor& W_weight,
+                                                       const c10::optional<at::Tensor>& W_bias, Activation act,
+                                                       bool log);
+
+// ------------------------------------------------------------ the policy
 
 struct Backend {
   static constexpr bool kReducedPrecision = false;  // float16/bfloat16 compute only on CUDA

@@ -10,7 +10,7 @@
 #include <utility>
 
 #include "../activation.h"
-#include "../layers.h"
+#include "../epilogues.h"
 
 namespace fastffnn::cuda {
 

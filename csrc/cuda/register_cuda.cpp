@@ -1,4 +1,4 @@
-// The CUDA backend (see csrc/layers.h for what a backend provides) and the
+// The CUDA backend (csrc/ops.h says what a backend provides) and the
 // registration of every op's kernel (csrc/ops.h) with it.
 //
 // Strategy: the network ops take the fused tier (fused_mlp.cu: the whole
