@@ -48,7 +48,7 @@ at::Tensor act_forward(const at::Tensor& z, Activation a) {
 }
 
 // dL/dz from dL/dh for h = act(z), with the derivative taken from h as the
-// native kernels take it (ReLU's: 1 where z > 0, as torch's threshold_backward).
+// native kernels take it (ReLU's: 1 where z > 0, 0 at z = 0 as in torch).
 at::Tensor act_backward(const at::Tensor& dh, const at::Tensor& z, const at::Tensor& h, Activation a) {
   switch (a) {
     case Activation::Tanh: return dh * (1 - h * h);
@@ -169,16 +169,17 @@ c10::TypedOperatorHandle<Fn> op_handle(const char* name) {
 #define FASTFFNN_OP(name) \
   ([]() -> const auto& { static const auto h = op_handle<signature::name>("fastffnn::" #name); return h; }())
 
-bool tracks(const at::Tensor& t) {
-  // A dual tensor goes to the node, whose missing jvp then raises, rather
-  // than have its tangent dropped.
-  return t.defined() && (t.requires_grad() || t._fw_grad(/*level=*/0).defined());
-}
-bool tracks(const c10::optional<at::Tensor>& t) { return t.has_value() && tracks(*t); }
+bool requires_grad(const at::Tensor& t) { return t.defined() && t.requires_grad(); }
+bool requires_grad(const c10::optional<at::Tensor>& t) { return t.has_value() && requires_grad(*t); }
+bool is_dual(const at::Tensor& t) { return t.defined() && t._fw_grad(/*level=*/0).defined(); }
+bool is_dual(const c10::optional<at::Tensor>& t) { return t.has_value() && is_dual(*t); }
 
+// Whether the call goes through the node: it records a graph, or a tensor
+// carries a forward-mode tangent (also under no_grad, where forward AD still
+// runs), in which case the node's missing jvp raises rather than drop it.
 template <typename... Ts>
 bool records(const Ts&... tensors) {
-  return at::GradMode::is_enabled() && (tracks(tensors) || ...);
+  return (at::GradMode::is_enabled() && (requires_grad(tensors) || ...)) || (is_dual(tensors) || ...);
 }
 
 const at::Tensor& or_undefined(const c10::optional<at::Tensor>& t) {

@@ -106,6 +106,27 @@ def _stock_like(model):
     return lambda x: torch.softmax(stock(x), -1)
 
 
+def test_each_call_takes_its_route():
+    # The Python API decides once per call: the op itself (first-order
+    # autograd in one C++ node), or the Python Function inside a dual level
+    # or a torch.func transform. A dual tensor handed to the op directly
+    # raises, with or without grad mode, rather than lose its tangent.
+    x = input_of((3, 7))
+    Vw, Vb, Ww, Wb = network(7, 10, 4)
+    out = fastffnn.ffnn(x, Vw, Vb, Ww, Wb)
+    assert "FfnnBackward" in out.grad_fn.name() and "CppNode" in out.grad_fn.name()
+    with fwAD.dual_level():
+        dual = fwAD.make_dual(x.detach(), torch.randn_like(x))
+        out = fastffnn.ffnn(dual, Vw, Vb, Ww, Wb)
+        assert type(out.grad_fn).__name__ == "FFNNBackward"  # the Python Function's node
+        assert fwAD.unpack_dual(out).tangent is not None
+        for grad_mode in (True, False):
+            with torch.set_grad_enabled(grad_mode), pytest.raises(RuntimeError, match="jvp is not implemented"):
+                torch.ops.fastffnn.ffnn(dual, *(p.detach() for p in (Vw, Vb, Ww, Wb)))
+    with torch.no_grad():
+        assert fastffnn.ffnn(x, Vw, Vb, Ww, Wb).grad_fn is None
+
+
 @pytest.mark.parametrize("activation", ACTIVATIONS)
 def test_gradient_penalty_matches_stock(activation):
     model = fastffnn.FastFFNN(7, 9, 4, activation=activation, dtype=torch.float64)
