@@ -30,7 +30,7 @@ the per-call ``inspect.signature`` binding of ``torch.autograd.Function.apply``.
 
 from __future__ import annotations
 
-from typing import Callable, Sequence
+from typing import Callable
 
 import torch
 from torch import Tensor
