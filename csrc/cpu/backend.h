@@ -3,7 +3,8 @@
 //
 // A batch of one row (the lecture's one example at a time) takes the direct
 // loops of row_ops.h, for each product and for the whole forward network in
-// one pass; anything larger takes at::mm (MKL / oneDNN) followed by one
+// one pass; a small batch takes the register-blocked products of small_gemm.h,
+// and anything larger at::mm (MKL / oneDNN); either is followed by one
 // vectorised epilogue pass (kernels.cpp over row_ops.h).
 #pragma once
 
@@ -43,6 +44,22 @@ std::pair<at::Tensor, at::Tensor> ffnn_forward_one_row(const at::Tensor& x, cons
                                                        const c10::optional<at::Tensor>& W_bias, Activation act,
                                                        bool log);
 
+// ------------------------------------------ the small-batch products (kernels.cpp)
+// A batch of 2 to kSmallBatch rows takes the register-blocked loops of
+// small_gemm.h, which beat MKL's at::mm here by 1.3-2.5x (small_gemm.h says
+// why); larger batches take at::mm. Each needs float32/float64 and unit column
+// strides where the loops read whole vectors.
+constexpr int64_t kSmallBatch = 64;
+
+bool small_linear_applies(const at::Tensor& x, const at::Tensor& w);
+bool small_input_grad_applies(const at::Tensor& dz, const at::Tensor& w);
+bool small_weight_grad_applies(const at::Tensor& dz, const at::Tensor& x);
+
+// x @ w^T, dz @ w and dz^T @ x: each a new contiguous matrix.
+at::Tensor linear_small(const at::Tensor& x, const at::Tensor& w);
+at::Tensor input_grad_small(const at::Tensor& dz, const at::Tensor& w);
+at::Tensor weight_grad_small(const at::Tensor& dz, const at::Tensor& x);
+
 // ------------------------------------------------------------ the policy
 
 struct Backend {
@@ -52,16 +69,20 @@ struct Backend {
 
   static at::Tensor linear(const at::Tensor& x, const at::Tensor& w) {
     if (one_row_applies(x, w)) return linear_one_row(x, w);
+    if (small_linear_applies(x, w)) return linear_small(x, w);
     auto z = at::empty({x.size(0), w.size(0)}, x.options());
     if (z.numel() != 0) at::mm_out(z, x, w.t());
     return z;
   }
   static at::Tensor input_grad(const at::Tensor& dz, const at::Tensor& w) {
-    return one_row_applies(dz, w) ? input_grad_one_row(dz, w) : at::mm(dz, w);
+    if (one_row_applies(dz, w)) return input_grad_one_row(dz, w);
+    return small_input_grad_applies(dz, w) ? input_grad_small(dz, w) : at::mm(dz, w);
   }
-  // at::mm with an empty inner dimension returns zeros: right for an empty batch.
+  // An empty inner dimension gives zeros (at::mm and the small loops alike):
+  // right for an empty batch.
   static at::Tensor weight_grad(const at::Tensor& dz, const at::Tensor& x) {
-    return one_row_applies(dz) ? weight_grad_one_row(dz, x) : at::mm(dz.t(), x);
+    if (one_row_applies(dz)) return weight_grad_one_row(dz, x);
+    return small_weight_grad_applies(dz, x) ? weight_grad_small(dz, x) : at::mm(dz.t(), x);
   }
 
   static constexpr auto bias_act_ = &cpu::bias_act_;

@@ -12,6 +12,7 @@
 #include "../ops.h"
 #include "backend.h"
 #include "row_ops.h"
+#include "small_gemm.h"
 
 namespace fastffnn::cpu {
 
@@ -182,6 +183,57 @@ at::Tensor weight_grad_one_row(const at::Tensor& dz, const at::Tensor& x) {
   AT_DISPATCH_FLOATING_TYPES(dz.scalar_type(), "fastffnn.weight_grad_one_row", [&] {
     outer(dc.const_data_ptr<scalar_t>(), xc.const_data_ptr<scalar_t>(), gw.data_ptr<scalar_t>(), dz.size(1),
           x.size(1));
+  });
+  return gw;
+}
+
+// ---------------------------------------------------- small-batch products
+namespace {
+bool unit_column_stride(const at::Tensor& t) { return t.size(1) <= 1 || t.stride(1) == 1; }
+bool small_batch(const at::Tensor& rows) {
+  return rows.device().is_cpu() && rows.dim() == 2 && rows.size(0) <= kSmallBatch &&
+         (rows.scalar_type() == at::kFloat || rows.scalar_type() == at::kDouble);
+}
+// The row stride of a matrix with unit column stride; any value serves for a
+// matrix of one row.
+int64_t row_stride(const at::Tensor& t) { return t.size(0) <= 1 ? t.size(1) : t.stride(0); }
+}  // namespace
+
+bool small_linear_applies(const at::Tensor& x, const at::Tensor& w) {
+  return small_batch(x) && unit_column_stride(x) && unit_column_stride(w);
+}
+bool small_input_grad_applies(const at::Tensor& dz, const at::Tensor& w) {
+  return small_batch(dz) && unit_column_stride(w);
+}
+bool small_weight_grad_applies(const at::Tensor& dz, const at::Tensor& x) {
+  return small_batch(dz) && unit_column_stride(x);
+}
+
+at::Tensor linear_small(const at::Tensor& x, const at::Tensor& w) {
+  auto z = at::empty({x.size(0), w.size(0)}, x.options());
+  AT_DISPATCH_FLOATING_TYPES(x.scalar_type(), "fastffnn.linear_small", [&] {
+    gemm::nt(x.size(0), w.size(0), x.size(1), x.const_data_ptr<scalar_t>(), row_stride(x),
+             w.const_data_ptr<scalar_t>(), row_stride(w), z.data_ptr<scalar_t>(), z.size(1));
+  });
+  return z;
+}
+
+at::Tensor input_grad_small(const at::Tensor& dz, const at::Tensor& w) {
+  auto gx = at::empty({dz.size(0), w.size(1)}, dz.options());
+  AT_DISPATCH_FLOATING_TYPES(dz.scalar_type(), "fastffnn.input_grad_small", [&] {
+    gemm::broadcast_product(dz.size(0), w.size(1), dz.size(1), dz.const_data_ptr<scalar_t>(), dz.stride(0),
+                            dz.stride(1), w.const_data_ptr<scalar_t>(), row_stride(w), gx.data_ptr<scalar_t>(),
+                            gx.size(1));
+  });
+  return gx;
+}
+
+at::Tensor weight_grad_small(const at::Tensor& dz, const at::Tensor& x) {
+  auto gw = at::empty({dz.size(1), x.size(1)}, dz.options());
+  AT_DISPATCH_FLOATING_TYPES(dz.scalar_type(), "fastffnn.weight_grad_small", [&] {
+    gemm::broadcast_product(dz.size(1), x.size(1), dz.size(0), dz.const_data_ptr<scalar_t>(), dz.stride(1),
+                            dz.stride(0), x.const_data_ptr<scalar_t>(), row_stride(x), gw.data_ptr<scalar_t>(),
+                            gw.size(1));
   });
   return gw;
 }
