@@ -1,6 +1,7 @@
 #include "checks.h"
 
 #include <c10/util/Exception.h>
+#include <torch/library.h>
 
 
 namespace fastffnn {
@@ -22,55 +23,62 @@ void check_like(const char* op, const char* name, const at::Tensor& t, const cha
                    "; use one dtype for all of them");
 }
 
-int64_t check_layer(const char* op, const char* in_name, const at::Tensor& ref, int64_t in,
-                    const char* weight_name, const at::Tensor& weight, const char* bias_name,
-                    const c10::optional<at::Tensor>& bias) {
+namespace {
+// The product of the leading (all but the last) sizes: the rows of a batch.
+c10::SymInt leading_rows(c10::SymIntArrayRef sizes) {
+  c10::SymInt rows = 1;
+  for (size_t d = 0; d + 1 < sizes.size(); ++d) rows = rows * sizes[d];
+  return rows;
+}
+}  // namespace
+
+c10::SymInt check_layer(const char* op, const char* in_name, const at::Tensor& ref, const c10::SymInt& in,
+                        const char* weight_name, const at::Tensor& weight, const char* bias_name,
+                        const c10::optional<at::Tensor>& bias) {
   check_like(op, weight_name, weight, "input", ref);
   TORCH_CHECK_VALUE(weight.dim() == 2, "fastffnn.", op, ": ", weight_name,
-                    " must be 2-D (out_features, in_features), got shape ", weight.sizes());
-  TORCH_CHECK_VALUE(weight.size(1) == in, "fastffnn.", op, ": ", in_name, " has ", in,
-                    " features but ", weight_name, " of shape ", weight.sizes(), " expects ",
-                    weight.size(1));
-  const int64_t out = weight.size(0);
+                    " must be 2-D (out_features, in_features), got shape ", weight.sym_sizes());
+  TORCH_CHECK_VALUE(weight.sym_size(1) == in, "fastffnn.", op, ": ", in_name, " has ", in,
+                    " features but ", weight_name, " of shape ", weight.sym_sizes(), " expects ",
+                    weight.sym_size(1));
+  c10::SymInt out = weight.sym_size(0);
   if (bias.has_value()) {
     check_like(op, bias_name, *bias, "input", ref);
-    TORCH_CHECK_VALUE(bias->dim() == 1 && bias->size(0) == out, "fastffnn.", op, ": ", bias_name,
+    TORCH_CHECK_VALUE(bias->dim() == 1 && bias->sym_size(0) == out, "fastffnn.", op, ": ", bias_name,
                       " must have shape [", out, "] to match ", weight_name, " of shape ",
-                      weight.sizes(), ", got ", bias->sizes());
+                      weight.sym_sizes(), ", got ", bias->sym_sizes());
   }
   return out;
 }
 
-LinearShape check_linear(const char* op, bool reduced_precision, const char* input_name, const at::Tensor& input,
-                         const char* weight_name, const at::Tensor& weight, const char* bias_name,
-                         const c10::optional<at::Tensor>& bias) {
+SymLinearShape check_linear(const char* op, bool reduced_precision, const char* input_name,
+                            const at::Tensor& input, const char* weight_name, const at::Tensor& weight,
+                            const char* bias_name, const c10::optional<at::Tensor>& bias) {
   check_floating(op, reduced_precision, input_name, input);
   TORCH_CHECK_VALUE(input.dim() >= 1, "fastffnn.", op, ": ", input_name,
                     " must have at least 1 dimension (..., in_features), got a 0-d tensor");
-  const int64_t in = input.size(-1);
-  const int64_t out = check_layer(op, input_name, input, in, weight_name, weight, bias_name, bias);
-  const auto lead = input.sizes().slice(0, input.dim() - 1);
-  return LinearShape{c10::multiply_integers(lead.begin(), lead.end()), in, out};
+  c10::SymInt in = input.sym_size(-1);
+  c10::SymInt out = check_layer(op, input_name, input, in, weight_name, weight, bias_name, bias);
+  return SymLinearShape{leading_rows(input.sym_sizes()), std::move(in), std::move(out)};
 }
 
-NetworkShape check_network(const char* op, bool reduced_precision, const at::Tensor& input, const at::Tensor& V_weight,
-                           const c10::optional<at::Tensor>& V_bias, const at::Tensor& W_weight,
-                           const c10::optional<at::Tensor>& W_bias) {
-  const auto s = check_linear(op, reduced_precision, "input", input, "V_weight", V_weight, "V_bias", V_bias);
-  const int64_t out =
-      check_layer(op, "the hidden layer", input, s.out, "W_weight", W_weight, "W_bias", W_bias);
-  return NetworkShape{s.rows, s.in, s.out, out};
+SymNetworkShape check_network(const char* op, bool reduced_precision, const at::Tensor& input,
+                              const at::Tensor& V_weight, const c10::optional<at::Tensor>& V_bias,
+                              const at::Tensor& W_weight, const c10::optional<at::Tensor>& W_bias) {
+  auto s = check_linear(op, reduced_precision, "input", input, "V_weight", V_weight, "V_bias", V_bias);
+  c10::SymInt out = check_layer(op, "the hidden layer", input, s.out, "W_weight", W_weight, "W_bias", W_bias);
+  return SymNetworkShape{std::move(s.rows), std::move(s.in), std::move(s.out), std::move(out)};
 }
 
-bool check_target(const char* op, at::IntArrayRef logits_shape, const at::Tensor& logits,
+bool check_target(const char* op, c10::SymIntArrayRef logits_shape, const at::Tensor& logits,
                   const at::Tensor& target) {
   TORCH_CHECK_VALUE(target.device() == logits.device(), "fastffnn.", op, ": target is on ",
                     target.device(), " but the logits are on ", logits.device());
   if (at::isIntegralType(target.scalar_type(), /*includeBool=*/false)) {
     const auto lead = logits_shape.slice(0, logits_shape.size() - 1);
-    TORCH_CHECK_VALUE(target.sizes() == lead, "fastffnn.", op,
+    TORCH_CHECK_VALUE(target.sym_sizes() == lead, "fastffnn.", op,
                       ": a class-index target must have shape ", lead, " (the logits' shape ",
-                      logits_shape, " without the class dim), got ", target.sizes());
+                      logits_shape, " without the class dim), got ", target.sym_sizes());
     return true;
   }
   TORCH_CHECK_TYPE(target.is_floating_point(), "fastffnn.", op,
@@ -80,18 +88,18 @@ bool check_target(const char* op, at::IntArrayRef logits_shape, const at::Tensor
   TORCH_CHECK_TYPE(target.scalar_type() == logits.scalar_type(), "fastffnn.", op,
                    ": a probability target must have the logits' dtype ", logits.scalar_type(),
                    ", got ", target.scalar_type());
-  TORCH_CHECK_VALUE(target.sizes() == logits_shape, "fastffnn.", op,
+  TORCH_CHECK_VALUE(target.sym_sizes() == logits_shape, "fastffnn.", op,
                     ": a probability target must have the logits' shape ", logits_shape,
-                    ", got ", target.sizes());
+                    ", got ", target.sym_sizes());
   return false;
 }
 
 void check_grad_loss(const char* op, const at::Tensor& grad_loss, const at::Tensor& ref,
-                     at::IntArrayRef lead, Reduction reduction) {
+                     c10::SymIntArrayRef lead, Reduction reduction) {
   check_like(op, "grad_loss", grad_loss, "logits", ref);
-  const at::IntArrayRef expected = reduction == Reduction::None ? lead : at::IntArrayRef{};
-  TORCH_CHECK_VALUE(grad_loss.sizes() == expected, "fastffnn.", op, ": grad_loss has shape ",
-                    grad_loss.sizes(), ", expected ", expected);
+  const c10::SymIntArrayRef expected = reduction == Reduction::None ? lead : c10::SymIntArrayRef{};
+  TORCH_CHECK_VALUE(grad_loss.sym_sizes() == expected, "fastffnn.", op, ": grad_loss has shape ",
+                    grad_loss.sym_sizes(), ", expected ", expected);
 }
 
 std::vector<int64_t> linear_output_sizes(const at::Tensor& input, int64_t out) {
@@ -100,12 +108,18 @@ std::vector<int64_t> linear_output_sizes(const at::Tensor& input, int64_t out) {
   return sizes;
 }
 
-void check_layer_output(const char* op, const at::Tensor& input, int64_t out, const char* name,
+std::vector<c10::SymInt> sym_linear_output_sizes(const at::Tensor& input, const c10::SymInt& out) {
+  std::vector<c10::SymInt> sizes(input.sym_sizes().begin(), input.sym_sizes().end());
+  sizes.back() = out;
+  return sizes;
+}
+
+void check_layer_output(const char* op, const at::Tensor& input, const c10::SymInt& out, const char* name,
                         const at::Tensor& t) {
   check_like(op, name, t, "input", input);
-  const auto expected = linear_output_sizes(input, out);
-  TORCH_CHECK_VALUE(t.sizes() == at::IntArrayRef(expected), "fastffnn.", op, ": ", name,
-                    " has shape ", t.sizes(), ", expected ", at::IntArrayRef(expected));
+  const auto expected = sym_linear_output_sizes(input, out);
+  TORCH_CHECK_VALUE(t.sym_sizes() == c10::SymIntArrayRef(expected), "fastffnn.", op, ": ", name,
+                    " has shape ", t.sym_sizes(), ", expected ", c10::SymIntArrayRef(expected));
 }
 
 void check_class_index(const char* op, int64_t value, int64_t classes) {
@@ -114,4 +128,83 @@ void check_class_index(const char* op, int64_t value, int64_t classes) {
                     ")");
 }
 
+// ------------------------------------------ the forward ops' argument checks
+SymLinearShape check_linear_args(const char* op, bool reduced_precision, const at::Tensor& input,
+                                 const at::Tensor& weight, const c10::optional<at::Tensor>& bias,
+                                 const c10::string_view* activation) {
+  if (activation) parse_activation(*activation);
+  return check_linear(op, reduced_precision, "input", input, "weight", weight, "bias", bias);
+}
+
+LossArgs check_softmax_nll_args(bool reduced_precision, const at::Tensor& logits, const at::Tensor& target,
+                                c10::string_view reduction) {
+  constexpr const char* op = "softmax_nll";
+  parse_reduction(reduction);
+  check_floating(op, reduced_precision, "logits", logits);
+  TORCH_CHECK_VALUE(logits.dim() >= 1 && logits.sym_size(-1) >= 1, "fastffnn.", op,
+                    ": logits must have shape (..., classes) with at least one class, got ", logits.sym_sizes());
+  const bool is_index = check_target(op, logits.sym_sizes(), logits, target);
+  return LossArgs{leading_rows(logits.sym_sizes()), logits.sym_size(-1), is_index};
+}
+
+SymNetworkShape check_ffnn_args(bool reduced_precision, const at::Tensor& input, const at::Tensor& V_weight,
+                                const c10::optional<at::Tensor>& V_bias, const at::Tensor& W_weight,
+                                const c10::optional<at::Tensor>& W_bias, c10::string_view activation) {
+  parse_activation(activation);
+  return check_network("ffnn", reduced_precision, input, V_weight, V_bias, W_weight, W_bias);
+}
+
+NetworkLossArgs check_ffnn_nll_args(const char* op, bool reduced_precision, const at::Tensor& input,
+                                    const at::Tensor& V_weight, const c10::optional<at::Tensor>& V_bias,
+                                    const at::Tensor& W_weight, const c10::optional<at::Tensor>& W_bias,
+                                    const at::Tensor& target, c10::string_view activation,
+                                    c10::string_view reduction) {
+  parse_activation(activation);
+  parse_reduction(reduction);
+  auto s = check_network(op, reduced_precision, input, V_weight, V_bias, W_weight, W_bias);
+  TORCH_CHECK_VALUE(s.out >= 1, "fastffnn.", op, ": the network needs at least one class, got ",
+                    "W_weight of shape ", W_weight.sym_sizes());
+  const bool is_index = check_target(op, sym_linear_output_sizes(input, s.out), input, target);
+  return NetworkLossArgs{std::move(s), is_index};
+}
+
+bool reduced_precision_on(const c10::Device& device) {
+#ifdef FASTFFNN_CUDA_EMULATION
+  return device.is_cuda() || device.is_cpu();
+#else
+  return device.is_cuda();
+#endif
+}
+
 }  // namespace fastffnn
+
+// The checks as ops of their own (fastffnn::_check_<op>, csrc/registration.cpp),
+// for the fake kernels. CompositeImplicitAutograd, so they run in C++ on
+// whatever tensors they are given, FakeTensors included, where a Meta kernel
+// would see every FakeTensor as a meta tensor and could check neither devices
+// nor the CUDA-only dtypes.
+TORCH_LIBRARY_IMPL(fastffnn, CompositeImplicitAutograd, m) {
+  using at::Tensor;
+  using c10::optional;
+  using fastffnn::reduced_precision_on;
+  m.impl("_check_linear_act", [](const Tensor& x, const Tensor& w, const optional<Tensor>& b,
+                                 c10::string_view act) {
+    fastffnn::check_linear_args("linear_act", reduced_precision_on(x.device()), x, w, b, &act);
+  });
+  m.impl("_check_linear_softmax", [](const Tensor& x, const Tensor& w, const optional<Tensor>& b) {
+    fastffnn::check_linear_args("linear_softmax", reduced_precision_on(x.device()), x, w, b, nullptr);
+  });
+  m.impl("_check_softmax_nll", [](const Tensor& z, const Tensor& target, c10::string_view reduction) {
+    fastffnn::check_softmax_nll_args(reduced_precision_on(z.device()), z, target, reduction);
+  });
+  m.impl("_check_ffnn", [](const Tensor& x, const Tensor& Vw, const optional<Tensor>& Vb, const Tensor& Ww,
+                           const optional<Tensor>& Wb, c10::string_view act) {
+    fastffnn::check_ffnn_args(reduced_precision_on(x.device()), x, Vw, Vb, Ww, Wb, act);
+  });
+  m.impl("_check_ffnn_nll", [](const Tensor& x, const Tensor& Vw, const optional<Tensor>& Vb, const Tensor& Ww,
+                               const optional<Tensor>& Wb, const Tensor& target, c10::string_view act,
+                               c10::string_view reduction) {
+    fastffnn::check_ffnn_nll_args("ffnn_nll", reduced_precision_on(x.device()), x, Vw, Vb, Ww, Wb, target, act,
+                                  reduction);
+  });
+}

@@ -1,11 +1,23 @@
-// Argument validation shared by every backend. Each check names the op, the
-// argument and the sizes involved, and raises TypeError (TORCH_CHECK_TYPE) for
-// a wrong dtype and ValueError (TORCH_CHECK_VALUE) for a wrong shape or device,
-// so that bad input never reaches a kernel.
+// Argument validation shared by every backend and by the fake kernels. Each
+// check names the op, the argument and the sizes involved, and raises
+// TypeError (TORCH_CHECK_TYPE) for a wrong dtype and ValueError
+// (TORCH_CHECK_VALUE) for a wrong shape or device, so that bad input never
+// reaches a kernel.
+//
+// The checks read only metadata, and read sizes as SymInts, so that they run
+// unchanged on the FakeTensors of torch.compile, symbolic shapes included: the
+// forward ops' argument checks at the end of this file are what the kernels
+// (csrc/ops.h) call first, and what the fake kernels (fastffnn/_fake.py) call
+// through the ops fastffnn::_check_<op>. Eager and compiled code therefore
+// fail with the same error for the same bad input.
 #pragma once
 
 #include <ATen/core/Tensor.h>
+#include <c10/core/SymInt.h>
 #include <c10/util/Optional.h>
+#include <c10/util/string_view.h>
+
+#include <vector>
 
 #include "activation.h"
 
@@ -16,6 +28,10 @@ struct LinearShape {
   int64_t rows;  // product of the leading dims of the input (1 for a 1-D input)
   int64_t in;
   int64_t out;
+};
+struct SymLinearShape {
+  c10::SymInt rows, in, out;
+  LinearShape concrete() const { return {rows.expect_int(), in.expect_int(), out.expect_int()}; }
 };
 
 // A floating input fastffnn computes in: float32 or float64, and where the
@@ -30,28 +46,34 @@ void check_like(const char* op, const char* name, const at::Tensor& t, const cha
 // Validates a layer's weight (out, in) and optional bias (out,) against the
 // `in` features of `in_name`, and against the dtype and device of `ref`, the
 // op's input; returns `out`.
-int64_t check_layer(const char* op, const char* in_name, const at::Tensor& ref, int64_t in,
-                    const char* weight_name, const at::Tensor& weight, const char* bias_name,
-                    const c10::optional<at::Tensor>& bias);
+c10::SymInt check_layer(const char* op, const char* in_name, const at::Tensor& ref, const c10::SymInt& in,
+                        const char* weight_name, const at::Tensor& weight, const char* bias_name,
+                        const c10::optional<at::Tensor>& bias);
 
 // Validates input (..., in), weight (out, in) and an optional bias (out,).
-LinearShape check_linear(const char* op, bool reduced_precision, const char* input_name, const at::Tensor& input,
-                         const char* weight_name, const at::Tensor& weight, const char* bias_name,
-                         const c10::optional<at::Tensor>& bias);
+SymLinearShape check_linear(const char* op, bool reduced_precision, const char* input_name,
+                            const at::Tensor& input, const char* weight_name, const at::Tensor& weight,
+                            const char* bias_name, const c10::optional<at::Tensor>& bias);
 
 // `t` (named `name`) is shaped and typed like a layer's result for `input`:
 // the input's leading dims, then `out`.
-void check_layer_output(const char* op, const at::Tensor& input, int64_t out, const char* name,
+void check_layer_output(const char* op, const at::Tensor& input, const c10::SymInt& out, const char* name,
                         const at::Tensor& t);
 
 // The sizes of the network softmax(W(act(V(input)))).
 struct NetworkShape {
   int64_t rows, in, hidden, out;
 };
+struct SymNetworkShape {
+  c10::SymInt rows, in, hidden, out;
+  NetworkShape concrete() const {
+    return {rows.expect_int(), in.expect_int(), hidden.expect_int(), out.expect_int()};
+  }
+};
 
 // Validates input (..., in), V_weight (hidden, in), W_weight (out, hidden)
 // and their optional biases.
-NetworkShape check_network(const char* op, bool reduced_precision, const at::Tensor& input, const at::Tensor& V_weight,
+SymNetworkShape check_network(const char* op, bool reduced_precision, const at::Tensor& input, const at::Tensor& V_weight,
                            const c10::optional<at::Tensor>& V_bias, const at::Tensor& W_weight,
                            const c10::optional<at::Tensor>& W_bias);
 
@@ -60,18 +82,55 @@ NetworkShape check_network(const char* op, bool reduced_precision, const at::Ten
 // class indices (an integer tensor of shape (...)) and false for probabilities
 // (a floating tensor of the logits' shape and dtype). Index values are
 // range-checked where the kernels read them.
-bool check_target(const char* op, at::IntArrayRef logits_shape, const at::Tensor& logits,
+bool check_target(const char* op, c10::SymIntArrayRef logits_shape, const at::Tensor& logits,
                   const at::Tensor& target);
 
 // The loss's gradient `grad_loss` has the per-row shape `lead` for reduction
 // 'none' and is a scalar otherwise.
 void check_grad_loss(const char* op, const at::Tensor& grad_loss, const at::Tensor& ref,
-                     at::IntArrayRef lead, Reduction reduction);
+                     c10::SymIntArrayRef lead, Reduction reduction);
 
 // Shape of the result of a linear layer: the input's leading dims, then `out`.
 std::vector<int64_t> linear_output_sizes(const at::Tensor& input, int64_t out);
+std::vector<c10::SymInt> sym_linear_output_sizes(const at::Tensor& input, const c10::SymInt& out);
 
 // Raises IndexError naming the offending target value and the class count.
 void check_class_index(const char* op, int64_t value, int64_t classes);
+
+// ------------------------------------------ the forward ops' argument checks
+// Everything a forward op validates before it computes, in the order the op
+// validates it. `reduced_precision`: whether the backend for the input's device
+// computes in float16/bfloat16 (reduced_precision_on says so for the fake).
+
+// linear_act and linear_softmax (activation is null for linear_softmax).
+SymLinearShape check_linear_args(const char* op, bool reduced_precision, const at::Tensor& input,
+                                 const at::Tensor& weight, const c10::optional<at::Tensor>& bias,
+                                 const c10::string_view* activation);
+
+struct LossArgs {
+  c10::SymInt rows, classes;
+  bool is_index;  // class indices, or else probabilities
+};
+LossArgs check_softmax_nll_args(bool reduced_precision, const at::Tensor& logits, const at::Tensor& target,
+                                c10::string_view reduction);
+
+SymNetworkShape check_ffnn_args(bool reduced_precision, const at::Tensor& input, const at::Tensor& V_weight,
+                                const c10::optional<at::Tensor>& V_bias, const at::Tensor& W_weight,
+                                const c10::optional<at::Tensor>& W_bias, c10::string_view activation);
+
+struct NetworkLossArgs {
+  SymNetworkShape shape;
+  bool is_index;
+};
+NetworkLossArgs check_ffnn_nll_args(const char* op, bool reduced_precision, const at::Tensor& input,
+                                    const at::Tensor& V_weight, const c10::optional<at::Tensor>& V_bias,
+                                    const at::Tensor& W_weight, const c10::optional<at::Tensor>& W_bias,
+                                    const at::Tensor& target, c10::string_view activation,
+                                    c10::string_view reduction);
+
+// Whether the kernels registered for `device` in this build compute in
+// float16/bfloat16: CUDA's, and in the emulated build (csrc/cuda/emulation/)
+// the CUDA backend's kernels that run for CPU tensors.
+bool reduced_precision_on(const c10::Device& device);
 
 }  // namespace fastffnn

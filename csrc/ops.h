@@ -92,7 +92,8 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> layer_backward(const char* op, co
                                                               const at::Tensor& input, const at::Tensor& weight,
                                                               const at::Tensor& output, std::array<bool, 3> mask,
                                                               const EpilogueBackward& epilogue_backward) {
-  const LinearShape s = check_linear(op, B::kReducedPrecision, "input", input, "weight", weight, "bias", c10::nullopt);
+  const LinearShape s =
+      check_linear(op, B::kReducedPrecision, "input", input, "weight", weight, "bias", c10::nullopt).concrete();
   check_layer_output(op, input, s.out, "output", output);
   check_layer_output(op, input, s.out, "grad_output", grad_output);
 
@@ -181,7 +182,7 @@ at::Tensor linear_act(const at::Tensor& input, const at::Tensor& weight, const c
                       c10::string_view activation) {
   const auto guard = B::guard(input);
   const Activation act = parse_activation(activation);
-  const auto s = check_linear("linear_act", B::kReducedPrecision, "input", input, "weight", weight, "bias", bias);
+  const auto s = check_linear_args("linear_act", B::kReducedPrecision, input, weight, bias, &activation).concrete();
   auto h = linear_act_2d<B>(input.reshape({s.rows, s.in}), weight, bias, act);
   return h.view(linear_output_sizes(input, s.out));
 }
@@ -207,7 +208,7 @@ template <class B>
 at::Tensor linear_softmax(const at::Tensor& input, const at::Tensor& weight, const c10::optional<at::Tensor>& bias,
                           bool log) {
   const auto guard = B::guard(input);
-  const auto s = check_linear("linear_softmax", B::kReducedPrecision, "input", input, "weight", weight, "bias", bias);
+  const auto s = check_linear_args("linear_softmax", B::kReducedPrecision, input, weight, bias, nullptr).concrete();
   auto p = linear_softmax_2d<B>(input.reshape({s.rows, s.in}), weight, bias, log);
   return p.view(linear_output_sizes(input, s.out));
 }
@@ -245,8 +246,9 @@ std::tuple<at::Tensor, at::Tensor> softmax_nll(const at::Tensor& logits, const a
   const auto guard = B::guard(logits);
   constexpr const char* op = "softmax_nll";
   const Reduction red = parse_reduction(reduction);
-  const auto [rows, classes] = check_logits<B>(op, logits);
-  const bool is_index = check_target(op, logits.sizes(), logits, target);
+  const auto args = check_softmax_nll_args(B::kReducedPrecision, logits, target, reduction);
+  const int64_t rows = args.rows.expect_int(), classes = args.classes.expect_int();
+  const bool is_index = args.is_index;
   const auto lead = logits.sizes().slice(0, logits.dim() - 1);
   const auto z = logits.reshape({rows, classes}).contiguous();
   auto lse = at::empty({rows}, z.options().dtype(at::toOpMathType(z.scalar_type())));
@@ -262,14 +264,14 @@ std::tuple<at::Tensor, at::Tensor> softmax_nll_backward(const at::Tensor& grad_l
   constexpr const char* op = "softmax_nll_backward";
   const Reduction red = parse_reduction(reduction);
   const auto [rows, classes] = check_logits<B>(op, logits);
-  const bool is_index = check_target(op, logits.sizes(), logits, target);
+  const bool is_index = check_target(op, logits.sym_sizes(), logits, target);
   const auto lead = logits.sizes().slice(0, logits.dim() - 1);
   TORCH_CHECK_VALUE(lse.device() == logits.device(), "fastffnn.", op, ": lse is on ", lse.device(),
                     " but logits are on ", logits.device());
   TORCH_CHECK_TYPE(lse.scalar_type() == at::toOpMathType(logits.scalar_type()), "fastffnn.", op, ": lse must be ",
                    at::toOpMathType(logits.scalar_type()), ", got ", lse.scalar_type());
   TORCH_CHECK_VALUE(lse.sizes() == lead, "fastffnn.", op, ": lse has shape ", lse.sizes(), ", expected ", lead);
-  check_grad_loss(op, grad_loss, logits, lead, red);
+  check_grad_loss(op, grad_loss, logits, logits.sym_sizes().slice(0, logits.dim() - 1), red);
   const auto z = logits.reshape({rows, classes}).contiguous();
   const bool want_target = output_mask[1] && !is_index;
   at::Tensor gt = want_target ? at::empty({rows, classes}, z.options()) : no_grad_placeholder(z);
@@ -292,7 +294,7 @@ std::tuple<at::Tensor, at::Tensor> ffnn(const at::Tensor& input, const at::Tenso
                                         bool log) {
   const auto guard = B::guard(input);
   const Activation act = parse_activation(activation);
-  const auto s = check_network("ffnn", B::kReducedPrecision, input, V_weight, V_bias, W_weight, W_bias);
+  const auto s = check_ffnn_args(B::kReducedPrecision, input, V_weight, V_bias, W_weight, W_bias, activation).concrete();
   auto [p, h] = ffnn_forward_2d<B>(input.reshape({s.rows, s.in}), V_weight, V_bias, W_weight, W_bias, act, log);
   return {p.view(linear_output_sizes(input, s.out)), h.view(linear_output_sizes(input, s.hidden))};
 }
@@ -305,7 +307,8 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor> ffnn_back
   const auto guard = B::guard(input);
   constexpr const char* op = "ffnn_backward";
   const Activation act = parse_activation(activation);
-  const auto s = check_network(op, B::kReducedPrecision, input, V_weight, c10::nullopt, W_weight, c10::nullopt);
+  const auto s =
+      check_network(op, B::kReducedPrecision, input, V_weight, c10::nullopt, W_weight, c10::nullopt).concrete();
   check_layer_output(op, input, s.hidden, "hidden", hidden);
   check_layer_output(op, input, s.out, "output", output);
   check_layer_output(op, input, s.out, "grad_output", grad_output);
@@ -335,11 +338,12 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> ffnn_nll(const at::Tensor& input,
   constexpr const char* op = "ffnn_nll";
   const Activation act = parse_activation(activation);
   const Reduction red = parse_reduction(reduction);
-  const auto s = check_network(op, B::kReducedPrecision, input, V_weight, V_bias, W_weight, W_bias);
-  TORCH_CHECK_VALUE(s.out >= 1, "fastffnn.", op, ": the network needs at least one class, got ",
-                    "W_weight of shape ", W_weight.sizes());
+  const auto args =
+      check_ffnn_nll_args(op, B::kReducedPrecision, input, V_weight, V_bias, W_weight, W_bias, target, activation,
+                          reduction);
+  const NetworkShape s = args.shape.concrete();
+  const bool is_index = args.is_index;
   const auto out_sizes = linear_output_sizes(input, s.out);
-  const bool is_index = check_target(op, out_sizes, input, target);
   auto [lp, h] = ffnn_forward_2d<B>(input.reshape({s.rows, s.in}), V_weight, V_bias, W_weight, W_bias, act,
                                     /*log=*/true);
   auto row_loss = B::nll_rows(op, lp, target_2d(target, s.rows, s.out, is_index), is_index, nullptr);
@@ -357,12 +361,12 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tenso
   constexpr const char* op = "ffnn_nll_backward";
   const Activation act = parse_activation(activation);
   const Reduction red = parse_reduction(reduction);
-  const auto s = check_network(op, B::kReducedPrecision, input, V_weight, c10::nullopt, W_weight, c10::nullopt);
+  const auto s =
+      check_network(op, B::kReducedPrecision, input, V_weight, c10::nullopt, W_weight, c10::nullopt).concrete();
   check_layer_output(op, input, s.hidden, "hidden", hidden);
   check_layer_output(op, input, s.out, "log_probs", log_probs);
-  const bool is_index = check_target(op, log_probs.sizes(), input, target);
-  const auto lead = input.sizes().slice(0, input.dim() - 1);
-  check_grad_loss(op, grad_loss, input, lead, red);
+  const bool is_index = check_target(op, log_probs.sym_sizes(), input, target);
+  check_grad_loss(op, grad_loss, input, input.sym_sizes().slice(0, input.dim() - 1), red);
 
   const bool want_target = output_mask[5] && !is_index;
   at::Tensor gt = want_target ? at::empty({s.rows, s.out}, log_probs.options()) : no_grad_placeholder(log_probs);

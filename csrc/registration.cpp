@@ -2,8 +2,8 @@
 // kernels (csrc/ops.h) for its own dispatch key from its own folder
 // (csrc/cpu/kernels.cpp, csrc/cuda/register_cuda.cpp); the first-order
 // autograd of the forward ops and their differentiable backward formulas are in
-// csrc/autograd.cpp, and the fake (meta) kernels for torch.compile in
-// fastffnn/_fake.py.
+// csrc/autograd.cpp, the argument checks in csrc/checks.cpp, and the fake
+// (meta) kernels for torch.compile in fastffnn/_fake.py.
 //
 // Conventions shared by every op:
 // * `input` has shape (..., in_features); a 1-D input is one example.
@@ -77,6 +77,19 @@ TORCH_LIBRARY(fastffnn, m) {
       "ffnn_nll_backward_differentiable(Tensor grad_loss, Tensor input, Tensor V_weight, Tensor? V_bias, "
       "Tensor W_weight, Tensor? W_bias, Tensor target, str activation, str reduction, bool[6] output_mask) "
       "-> (Tensor, Tensor, Tensor, Tensor, Tensor, Tensor)");
+
+  // The argument checks of each forward op (csrc/checks.h) and nothing else,
+  // for the fake kernels (fastffnn/_fake.py): eager and torch.compile then
+  // raise the same error for the same bad input.
+  m.def("_check_linear_act(Tensor input, Tensor weight, Tensor? bias, str activation) -> ()");
+  m.def("_check_linear_softmax(Tensor input, Tensor weight, Tensor? bias) -> ()");
+  m.def("_check_softmax_nll(Tensor logits, Tensor target, str reduction) -> ()");
+  m.def(
+      "_check_ffnn(Tensor input, Tensor V_weight, Tensor? V_bias, Tensor W_weight, Tensor? W_bias, "
+      "str activation) -> ()");
+  m.def(
+      "_check_ffnn_nll(Tensor input, Tensor V_weight, Tensor? V_bias, Tensor W_weight, Tensor? W_bias, "
+      "Tensor target, str activation, str reduction) -> ()");
 
   // One Adam step over every parameter in one call, the update of
   // torch.optim.Adam (single-tensor form). `steps` are the per-parameter step

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import pytest
 import torch
+import torch._dynamo.testing
 
 import fastffnn
 from helpers import input_of, layer, targets
@@ -86,3 +87,38 @@ def test_compiled_model_training_steps_match_eager(lead):
             opt.step()
     for a, b in zip(eager.parameters(), twin.parameters()):
         torch.testing.assert_close(a, b)
+
+
+@pytest.mark.parametrize("name", ["linear_act", "linear_softmax", "softmax_nll", "ffnn", "ffnn_nll"])
+def test_every_op_traces_with_symbolic_shapes(name):
+    # dynamic=True gives the fake kernels symbolic sizes, and the C++ argument
+    # checks they call (csrc/checks.cpp) must read those without specialising
+    # them: three batch sizes, one compilation, each result equal to eager.
+    Vw, Vb = layer(10, 7)
+    Ww, Wb = layer(5, 10)
+    fns = {
+        "linear_act": lambda x, y: fastffnn.linear_act(x, Vw, Vb, "relu").sum(),
+        "linear_softmax": lambda x, y: fastffnn.linear_softmax(x, Vw, Vb, log=True).sum(),
+        "softmax_nll": lambda x, y: fastffnn.softmax_nll(x[:, :5], y),
+        "ffnn": lambda x, y: fastffnn.ffnn(x, Vw, Vb, Ww, Wb, "sigmoid").pow(2).sum(),
+        "ffnn_nll": lambda x, y: fastffnn.ffnn_nll(x, Vw, Vb, Ww, Wb, y),
+    }
+    fn = fns[name]
+    torch._dynamo.reset()
+    counter = torch._dynamo.testing.CompileCounterWithBackend("aot_eager")
+    compiled = torch.compile(fn, backend=counter, dynamic=True, fullgraph=True)
+    for batch in (4, 6, 9):
+        x = input_of((batch, 7), requires_grad=False)
+        y = targets("index", (batch,), 5)
+        torch.testing.assert_close(compiled(x, y), fn(x, y))
+    assert counter.frame_count == 1
+
+
+def test_a_bad_input_fails_alike_with_symbolic_shapes():
+    # The same check and words as eager, with the sizes printed as symbols.
+    Vw, Vb = layer(10, 7)
+    torch._dynamo.reset()
+    compiled = torch.compile(lambda x, b: fastffnn.linear_act(x, Vw, b), backend="aot_eager", dynamic=True)
+    words = r"ValueError\('fastffnn.linear_act: bias must have shape \[\w+\] to match weight of shape \[\w+, \w+\], got \[\w+\]"
+    with pytest.raises(torch._dynamo.exc.TorchRuntimeError, match=words):
+        compiled(input_of((4, 7), requires_grad=False), torch.randn(9, dtype=torch.float64))

@@ -135,14 +135,28 @@ def _differentiable_cases():
                                                    Vb, Ww, Wb, y, "relu", "mean", [True] * 6)
 
 
-@pytest.mark.parametrize("name,args", list(_forward_cases()) + list(_backward_cases()) + list(_differentiable_cases()),
-                         ids=lambda v: v if isinstance(v, str) else "")
+def _check_cases():
+    """The argument-check ops the fake kernels call, each with valid arguments."""
+    x, Vw, Vb, Ww, Wb = _network()
+    y = targets("index", (4,), 5)
+    yield "_check_linear_act", (x, Vw, Vb, "relu")
+    yield "_check_linear_softmax", (x, Vw, None)
+    yield "_check_softmax_nll", (input_of((4, 5)), targets("probs", (4,), 5), "sum")
+    yield "_check_ffnn", (x, Vw, Vb, Ww, Wb, "tanh")
+    yield "_check_ffnn_nll", (x, Vw, None, Ww, None, y, "sigmoid", "none")
+
+
+def _all_cases():
+    return [*_forward_cases(), *_backward_cases(), *_differentiable_cases(), *_check_cases()]
+
+
+@pytest.mark.parametrize("name,args", _all_cases(), ids=lambda v: v if isinstance(v, str) else "")
 def test_opcheck(name, args):
     torch.library.opcheck(getattr(ops, name).default, args)
 
 
 def test_every_registered_op_is_opchecked():
     registered = {name for name in torch._C._dispatch_get_all_op_names() if name.startswith("fastffnn::")}
-    checked = {f"fastffnn::{name}" for name, _ in [*_forward_cases(), *_backward_cases(), *_differentiable_cases()]}
+    checked = {f"fastffnn::{name}" for name, _ in _all_cases()}
     checked |= {"fastffnn::adam_step_", "fastffnn::ffnn_nll_adam_step_"}  # in test_optim.py
     assert registered == checked

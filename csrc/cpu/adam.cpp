@@ -253,10 +253,10 @@ at::Tensor ffnn_nll_adam_step_(const at::Tensor& input, const at::Tensor& target
   const c10::optional<at::Tensor> Vb = has_bias ? c10::optional<at::Tensor>(params[1]) : c10::nullopt;
   const c10::optional<at::Tensor> Wb = has_bias ? c10::optional<at::Tensor>(params[3]) : c10::nullopt;
 
-  const auto s = check_network(op, cpu::Backend::kReducedPrecision, input, Vw, Vb, Ww, Wb);
+  const auto s = check_network(op, cpu::Backend::kReducedPrecision, input, Vw, Vb, Ww, Wb).concrete();
   if (s.rows == 1 && input.device().is_cpu() && s.out >= 1) {
     // One example: the whole step as direct loops (see one_row_step).
-    const bool is_index = check_target(op, linear_output_sizes(input, s.out), input, target);
+    const bool is_index = check_target(op, sym_linear_output_sizes(input, s.out), input, target);
     const AdamConfig config = check_adam(params, {}, exp_avgs, exp_avg_sqs, max_exp_avg_sqs, steps, lr, beta1,
                                          beta2, eps, weight_decay, amsgrad, maximize, decoupled_weight_decay);
     int64_t index = 0;
