@@ -35,24 +35,19 @@ def test_counts(xml_path: Path) -> tuple[str, list[str]]:
 
 
 def bench_table(csv_path: Path) -> str:
+    """The benchmark's CSV (``python -m fastffnn bench``) as one table row per point and implementation."""
     try:
         rows = list(csv.DictReader(csv_path.open()))
     except OSError:
         return "(no benchmark CSV)"
     if not rows:
         return "(the benchmark wrote no rows)"
-    out = ["| shape | batch | mode | eager µs | compile µs | general µs | fused µs | × eager (best tier) |",
-           "|---|---|---|---|---|---|---|---|"]
+    out = ["| shape | batch | mode | implementation | median µs | × eager | × compile |", "|---|---|---|---|---|---|---|"]
     for r in rows:
-        def num(key):
-            try:
-                return float(r.get(key, "nan"))
-            except ValueError:
-                return float("nan")
-        best = min(num("general_us"), num("fused_us"))
-        ratio = num("eager_us") / best if best == best and best > 0 else float("nan")
-        out.append(f"| {r['shape']} | {r['batch']} | {r['mode']} | {num('eager_us'):.1f} | {num('compile_us'):.1f} | "
-                   f"{num('general_us'):.1f} | {num('fused_us'):.1f} | {ratio:.2f} |")
+        def ratio(key):
+            return f"{float(r[key]):.2f}" if r.get(key) else ""
+        out.append(f"| {r['shape']} | {r['batch']} | {r['mode']} | {r['impl']} | {float(r['median_us']):.1f} | "
+                   f"{ratio('x_eager')} | {ratio('x_compile')} |")
     return "\n".join(out)
 
 

@@ -94,3 +94,49 @@ def test_python_m_fastffnn_bench_help():
     assert proc.returncode == 0, proc.stderr
     for flag in ("--quick", "--smoke", "--shapes", "--batches", "--modes", "--device", "--csv", "--plot"):
         assert flag in proc.stdout
+
+
+def test_tiers_time_each_fastffnn_implementation_once_per_tier(monkeypatch):
+    # The CUDA tier comparison of gpu_check.sh, run here through the CPU build:
+    # each FastFFNN implementation once per tier, the tier set before every
+    # timed block (and the check), and the user's setting restored afterwards.
+    from fastffnn import tier as tier_mod
+
+    assert peers.with_tiers(["eager", "fastffnn", "fastffnn+fused"], ["general", "fused"]) == [
+        "eager", "fastffnn[general]", "fastffnn[fused]", "fastffnn+fused[general]", "fastffnn+fused[fused]"]
+    assert peers.split_tier("fastffnn+fused[fused]") == ("fastffnn+fused", "fused")
+    assert peers.split_tier("eager") == ("eager", None)
+
+    seen = []
+    real_measure = timing.measure
+
+    def recording_fn(name, fn):
+        def call():
+            seen.append((name, tier_mod.cuda_tier()))
+            return fn()
+        return call
+
+    def measure(fns, timer, block_s, blocks, warmup=2, setups=None):
+        return real_measure({n: recording_fn(n, f) for n, f in fns.items()}, timer, block_s, blocks, warmup, setups)
+
+    monkeypatch.setattr(timing, "measure", measure)
+    before = tier_mod.set_cuda_tier("auto")
+    try:
+        point = peers.Point((8, 6, 3), 4, "train", torch.device("cpu"))
+        args = cli.parse_args(["--block-s", "0.0005", "--blocks", "3"])
+        names = peers.with_tiers(["eager", "fastffnn", "fastffnn+fused"], ["general", "fused"])
+        rows, failed = cli.run_point(point, names, timing.BlockTimer(point.device, 1), args, {}, False, None)
+        assert failed == 0
+        assert {r["impl"] for r in rows} == set(names)
+        for name, tier in seen:
+            if name != "eager":  # stock PyTorch runs in whichever tier was last set: it has none
+                assert tier == peers.split_tier(name)[1], (name, tier)
+        assert {n for n, _ in seen} == set(names)
+        assert tier_mod.cuda_tier() == "auto"
+    finally:
+        tier_mod.set_cuda_tier(before)
+
+
+def test_tiers_need_cuda(capsys):
+    assert cli.main(["--device", "cpu", "--tiers", "general", "--idle-wait", "0"]) == 2
+    assert "--tiers" in capsys.readouterr().err

@@ -54,3 +54,26 @@ def test_the_step_budgets_fit_one_call_of_the_gpu_machine():
         quick += b
     assert 0 < full < 540, full
     assert 0 < quick < 540, quick
+
+
+def test_the_summary_tabulates_the_benchmark_csv(tmp_path):
+    # gpu_summary.py reads the CSV of `python -m fastffnn bench`, the one benchmark harness.
+    import importlib.util
+
+    from fastffnn.bench import report
+
+    spec = importlib.util.spec_from_file_location("gpu_summary", ROOT / "benchmarks" / "gpu_summary.py")
+    summary = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(summary)
+    from fastffnn.bench.peers import Point
+    from fastffnn.bench.timing import Stats
+
+    import torch
+
+    point = Point((300, 100, 2), 32, "train", torch.device("cpu"))
+    stats = {"eager": Stats(40e-6, 39e-6, 41e-6, 5, 100), "fastffnn[fused]": Stats(10e-6, 9e-6, 11e-6, 5, 100)}
+    rows = report.point_rows({"device": "cuda"}, point, stats, {}, False, None)
+    report.write_csv(str(tmp_path / "b.csv"), rows, append=False)
+    table = summary.bench_table(tmp_path / "b.csv")
+    assert "| 300,100,2 | 32 | train | fastffnn[fused] | 10.0 | 4.00 |  |" in table, table
+    assert summary.bench_table(tmp_path / "missing.csv") == "(no benchmark CSV)"

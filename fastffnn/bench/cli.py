@@ -28,6 +28,7 @@ examples:
   python -m fastffnn bench --threads 2 --csv r.csv --plot r.png
   python -m fastffnn bench --shapes 300x100x2 --batches 1,32 --modes train --impls eager,fastffnn-step
   python -m fastffnn bench --device cuda                # CUDA events; adds batch 65536
+  python -m fastffnn bench --device cuda --tiers general,fused --quick   # both CUDA tiers (gpu_check.sh)
 """
 
 
@@ -43,6 +44,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--impls", default=None, help=f"comma-separated subset of {peers.STOCK + peers.FAST} "
                    "(default: all that apply; 'eager' is always timed, every ratio needs it)")
     p.add_argument("--skip", default=None, help="implementations to leave out, e.g. compile")
+    p.add_argument("--tiers", default="", help="CUDA: time each FastFFNN implementation in each of these "
+                   "tiers (general, fused, auto), e.g. general,fused (default: the current tier only)")
     p.add_argument("--threads", type=int, default=None,
                    help=f"CPU threads (default: torch's, {torch.get_num_threads()} here)")
     p.add_argument("--block-s", type=float, default=None, help="seconds per timed block (default 0.1)")
@@ -100,6 +103,10 @@ def main(argv: list[str] | None = None) -> int:
         print(f"fastffnn bench: unknown implementations {sorted(unknown)}; known: {peers.STOCK + peers.FAST}",
               file=sys.stderr)
         return 2
+    tiers = _parse_list(args.tiers, "tiers", str)
+    if tiers and (device.type != "cuda" or not set(tiers) <= {"auto", "general", "fused"}):
+        print("fastffnn bench: --tiers takes general, fused or auto, and only with --device cuda", file=sys.stderr)
+        return 2
     threads = args.threads or torch.get_num_threads()
     torch.set_num_threads(threads)
     max_gflop = args.max_gflop if args.max_gflop is not None else (400.0 if device.type == "cpu" else float("inf"))
@@ -129,8 +136,9 @@ def main(argv: list[str] | None = None) -> int:
                 continue
             for mode in modes:
                 point = peers.Point(shape, batch, mode, device)
-                names = [n for n in peers.available(point)
-                         if n == "eager" or ((wanted is None or n in wanted) and n not in skipped)]
+                names = peers.with_tiers([n for n in peers.available(point)
+                                          if n == "eager" or ((wanted is None or n in wanted) and n not in skipped)],
+                                         tiers)
                 idle, load = timing.wait_for_idle(args.idle_wait) if device.type == "cpu" else (True, None)
                 rows, failed = run_point(point, names, timer, args, meta, not idle, load)
                 failures += failed
@@ -162,19 +170,39 @@ def run_point(point, names, timer, args, meta, busy, load):
     stock = peers.LectureFFNN(*point.shape).to(point.device, point.dtype)
     x, y, gold = point.make_inputs(args.seed)
     initial = [p.detach().clone() for p in (stock.V.weight, stock.V.bias, stock.W.weight, stock.W.bias)]
-    runners, compile_s, failed = {}, {}, 0
-    for name in names:
-        runners[name] = peers.build(name, point, stock, x, y, gold)
-        compile_s[name] = runners[name].compile_s
+    runners, compile_s = {}, {}
+    previous_tier = None
+    if any(peers.split_tier(n)[1] for n in names):
+        from ..tier import cuda_tier
+
+        previous_tier = cuda_tier()
+    try:
+        for name in names:
+            runners[name] = peers.build(name, point, stock, x, y, gold)
+            compile_s[name] = runners[name].compile_s
+        stats, failed = _check_and_time(point, names, runners, timer, args, initial)
+    finally:
+        if previous_tier is not None:
+            from ..tier import set_cuda_tier
+
+            set_cuda_tier(previous_tier)
+    return report.point_rows(meta, point, stats, compile_s, busy, load), failed
+
+
+def _check_and_time(point, names, runners, timer, args, initial):
+    failed = 0
     reference = runners["eager"]
     for name in names:
         if name == "eager":
             continue
+        if runners[name].setup:
+            runners[name].setup()
         problem = peers.check(name, runners[name], reference, point, initial)
         if problem:
             print(f"  {name} at {point.shape} batch {point.batch} {point.mode}: NOT timed, disagrees with eager: "
                   f"{problem}", file=sys.stderr)
             del runners[name]
             failed += 1
-    stats = timing.measure({n: r.fn for n, r in runners.items()}, timer, args.block_s, args.blocks)
-    return report.point_rows(meta, point, stats, compile_s, busy, load), failed
+    stats = timing.measure({n: r.fn for n, r in runners.items()}, timer, args.block_s, args.blocks,
+                           setups={n: r.setup for n, r in runners.items() if r.setup})
+    return stats, failed

@@ -33,6 +33,11 @@ The modes:
 
 ``grad-forward`` and ``forward-backward`` compare the drop-in (``fastffnn``)
 with ``eager`` alone: they are the two halves of the drop-in's step.
+
+On CUDA, ``--tiers general,fused`` times every FastFFNN implementation once
+per CUDA tier (``fastffnn.set_cuda_tier``), named ``fastffnn[general]``,
+``fastffnn+fused[fused]`` and so on: the crossover between the tiers. The tier
+is set before each timed block, never inside the timed calls.
 """
 
 from __future__ import annotations
@@ -82,12 +87,32 @@ class Point:
 
 @dataclass
 class Runner:
-    """A ready-to-time call, the model it trains (for the correctness check) and its compile time."""
+    """A ready-to-time call, the model it trains (for the correctness check) and its compile time.
+
+    ``setup``, where set, runs before every block of calls (and before the check): the CUDA tier.
+    """
 
     fn: Callable[[], object]
     model: nn.Module
     compile_s: float | None = None
     extra: dict = field(default_factory=dict)
+    setup: Callable[[], object] | None = None
+
+
+def split_tier(name: str) -> tuple[str, str | None]:
+    """``"fastffnn+fused[general]"`` -> ``("fastffnn+fused", "general")``; a name without a tier -> (name, None)."""
+    if name.endswith("]") and "[" in name:
+        base, tier = name[:-1].split("[", 1)
+        return base, tier
+    return name, None
+
+
+def with_tiers(names: list[str], tiers: list[str]) -> list[str]:
+    """Each FastFFNN implementation once per tier; the stock peers as they are."""
+    if not tiers:
+        return names
+    return [n for n in names if not n.startswith("fastffnn")] + [
+        f"{n}[{t}]" for n in names if n.startswith("fastffnn") for t in tiers]
 
 
 def available(point: Point) -> list[str]:
@@ -113,6 +138,14 @@ def _step(model: nn.Module, loss_fn: Callable[[], Tensor], opt: torch.optim.Opti
 
 def build(name: str, point: Point, stock: LectureFFNN, x: Tensor, y: Tensor, gold: Tensor) -> Runner:
     """The implementation ``name`` at ``point``, on fresh copies of ``stock``'s weights."""
+    name, tier = split_tier(name)
+    if tier is not None:
+        from ..tier import set_cuda_tier
+
+        set_cuda_tier(tier)  # the compile and first step below run in it too
+        runner = build(name, point, stock, x, y, gold)
+        runner.setup = lambda: set_cuda_tier(tier)
+        return runner
     if name.startswith("fastffnn"):
         model: nn.Module = FastFFNN.from_module(stock)
     else:

@@ -108,10 +108,20 @@ class BlockTimer:
 
 
 def measure(fns: dict[str, Callable[[], object]], timer: BlockTimer, block_s: float, blocks: int,
-            warmup: int = 2) -> dict[str, Stats]:
-    """Median and IQR of seconds per call for each function, timed in interleaved blocks."""
+            warmup: int = 2, setups: dict[str, Callable[[], object]] | None = None) -> dict[str, Stats]:
+    """Median and IQR of seconds per call for each function, timed in interleaved blocks.
+
+    ``setups[name]``, where given, runs untimed before each of that function's blocks.
+    """
+    setups = setups or {}
+
+    def setup(name: str) -> None:
+        if name in setups:
+            setups[name]()
+
     numbers = {}
     for name, fn in fns.items():
+        setup(name)
         for _ in range(warmup):
             fn()
         timer.sync()
@@ -120,6 +130,7 @@ def measure(fns: dict[str, Callable[[], object]], timer: BlockTimer, block_s: fl
     per_call: dict[str, list[float]] = {name: [] for name in fns}
     for _ in range(blocks):
         for name, fn in fns.items():
+            setup(name)
             per_call[name].append(timer(fn, numbers[name]))
     out = {}
     for name, times in per_call.items():
