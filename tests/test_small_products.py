@@ -1,4 +1,6 @@
-"""The CPU's register-blocked products for small batches (csrc/cpu/small_gemm.h).
+"""The CPU's register-blocked products for small batches.
+
+(csrc/cpu/row_ops.h, "small-batch products".)
 
 A batch of 2 to 64 rows takes fastffnn's own products instead of at::mm. Their
 tiles have edges at every multiple of 3 and 6 rows, 4 and 16 columns (8 lanes

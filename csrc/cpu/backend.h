@@ -3,7 +3,7 @@
 //
 // A batch of one row (the lecture's one example at a time) takes the direct
 // loops of row_ops.h, for each product and for the whole forward network in
-// one pass; a small batch takes the register-blocked products of small_gemm.h,
+// one pass; a small batch takes the register-blocked products of row_ops.h,
 // and anything larger at::mm (MKL / oneDNN); either is followed by one
 // vectorised epilogue pass (kernels.cpp over row_ops.h).
 #pragma once
@@ -46,7 +46,7 @@ std::pair<at::Tensor, at::Tensor> ffnn_forward_one_row(const at::Tensor& x, cons
 
 // ------------------------------------------ the small-batch products (kernels.cpp)
 // A batch of 2 to kSmallBatch rows takes the register-blocked loops of
-// small_gemm.h, which beat MKL's at::mm here by 1.3-2.5x (small_gemm.h says
+// row_ops.h, which beat MKL's at::mm here by 1.3-2.5x (row_ops.h says
 // why); larger batches take at::mm. Each needs float32/float64 and unit column
 // strides where the loops read whole vectors.
 constexpr int64_t kSmallBatch = 64;

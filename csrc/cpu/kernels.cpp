@@ -12,7 +12,6 @@
 #include "../ops.h"
 #include "backend.h"
 #include "row_ops.h"
-#include "small_gemm.h"
 
 namespace fastffnn::cpu {
 
