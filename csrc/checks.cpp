@@ -168,6 +168,20 @@ NetworkLossArgs check_ffnn_nll_args(const char* op, bool reduced_precision, cons
   return NetworkLossArgs{std::move(s), is_index};
 }
 
+NetworkLossArgs check_train_step_args(bool reduced_precision, const at::Tensor& input, const at::Tensor& target,
+                                      at::TensorList params, bool has_bias, c10::string_view activation,
+                                      c10::string_view reduction) {
+  constexpr const char* op = "ffnn_nll_adam_step_";
+  const size_t expected = has_bias ? 4 : 2;
+  TORCH_CHECK_VALUE(params.size() == expected, "fastffnn.", op, ": params must be [V.weight, ",
+                    has_bias ? "V.bias, W.weight, W.bias" : "W.weight", "], got ", params.size(), " tensors");
+  TORCH_CHECK_VALUE(parse_reduction(reduction) != Reduction::None, "fastffnn.", op,
+                    ": reduction must be 'mean' or 'sum' (a step needs one loss), got 'none'");
+  const auto bias = [&](size_t i) { return has_bias ? c10::optional<at::Tensor>(params[i]) : c10::nullopt; };
+  return check_ffnn_nll_args(op, reduced_precision, input, params[0], bias(1), params[has_bias ? 2 : 1], bias(3),
+                             target, activation, reduction);
+}
+
 bool reduced_precision_on(const c10::Device& device) {
 #ifdef FASTFFNN_CUDA_EMULATION
   return device.is_cuda() || device.is_cpu();
@@ -206,5 +220,9 @@ TORCH_LIBRARY_IMPL(fastffnn, CompositeImplicitAutograd, m) {
                                c10::string_view reduction) {
     fastffnn::check_ffnn_nll_args("ffnn_nll", reduced_precision_on(x.device()), x, Vw, Vb, Ww, Wb, target, act,
                                   reduction);
+  });
+  m.impl("_check_ffnn_nll_adam_step_", [](const Tensor& x, const Tensor& target, at::TensorList params,
+                                          bool has_bias, c10::string_view act, c10::string_view reduction) {
+    fastffnn::check_train_step_args(reduced_precision_on(x.device()), x, target, params, has_bias, act, reduction);
   });
 }

@@ -128,6 +128,12 @@ NetworkLossArgs check_ffnn_nll_args(const char* op, bool reduced_precision, cons
                                     const at::Tensor& target, c10::string_view activation,
                                     c10::string_view reduction);
 
+// ffnn_nll_adam_step_: params are [V.weight, V.bias, W.weight, W.bias] (the
+// biases left out unless has_bias), and the loss must be one number.
+NetworkLossArgs check_train_step_args(bool reduced_precision, const at::Tensor& input, const at::Tensor& target,
+                                      at::TensorList params, bool has_bias, c10::string_view activation,
+                                      c10::string_view reduction);
+
 // Whether the kernels registered for `device` in this build compute in
 // float16/bfloat16: CUDA's, and in the emulated build (csrc/cuda/emulation/)
 // the CUDA backend's kernels that run for CPU tensors.

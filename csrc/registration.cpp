@@ -90,6 +90,9 @@ TORCH_LIBRARY(fastffnn, m) {
   m.def(
       "_check_ffnn_nll(Tensor input, Tensor V_weight, Tensor? V_bias, Tensor W_weight, Tensor? W_bias, "
       "Tensor target, str activation, str reduction) -> ()");
+  m.def(
+      "_check_ffnn_nll_adam_step_(Tensor input, Tensor target, Tensor[] params, bool has_bias, str activation, "
+      "str reduction) -> ()");
 
   // One Adam step over every parameter in one call, the update of
   // torch.optim.Adam (single-tensor form). `steps` are the per-parameter step

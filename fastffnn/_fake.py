@@ -100,7 +100,7 @@ def register() -> None:
     @torch.library.register_fake(lib + "ffnn_nll_adam_step_")
     def _(input, target, params, has_bias, exp_avgs, exp_avg_sqs, max_exp_avg_sqs, steps, activation, reduction,
           lr, beta1, beta2, eps, weight_decay, amsgrad, maximize, decoupled_weight_decay):
-        if reduction == "none":
-            raise ValueError("fastffnn.ffnn_nll_adam_step_: reduction must be 'mean' or 'sum' (a step needs one loss), "
-                             "got 'none'")
+        # A meta input or target beside real parameters lands here too: the
+        # checks name the devices, where an uninitialised loss would be silent.
+        _checks._check_ffnn_nll_adam_step_(input, target, params, has_bias, activation, reduction)
         return input.new_empty(())

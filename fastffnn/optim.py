@@ -54,6 +54,11 @@ class Adam(torch.optim.Optimizer):
             group.setdefault("amsgrad", False)
             group.setdefault("maximize", False)
             group.setdefault("decoupled_weight_decay", False)
+        # older torch.optim.Adam checkpoints keep `step` as a Python number; torch converts it here, and so
+        # does this (load_state_dict ends in __setstate__)
+        for per_param in self.state.values():
+            if "step" in per_param and not torch.is_tensor(per_param["step"]):
+                per_param["step"] = _step_tensor(per_param["step"])
 
     def _state_lists(self, group, params):
         """Per-parameter state, created on first use as torch.optim.Adam creates it."""
@@ -61,13 +66,13 @@ class Adam(torch.optim.Optimizer):
         for p in params:
             state = self.state[p]
             if len(state) == 0:
-                # as torch.optim.Adam: float64 only when that is the default dtype
-                step_dtype = torch.float64 if torch.get_default_dtype() == torch.float64 else torch.float32
-                state["step"] = torch.tensor(0.0, dtype=step_dtype)
+                state["step"] = _step_tensor(0.0)
                 state["exp_avg"] = torch.zeros_like(p, memory_format=torch.preserve_format)
                 state["exp_avg_sq"] = torch.zeros_like(p, memory_format=torch.preserve_format)
                 if group["amsgrad"]:
                     state["max_exp_avg_sq"] = torch.zeros_like(p, memory_format=torch.preserve_format)
+            if not torch.is_tensor(state["step"]):
+                state["step"] = _step_tensor(state["step"])
             if group["amsgrad"] and "max_exp_avg_sq" not in state:
                 state["max_exp_avg_sq"] = torch.zeros_like(p, memory_format=torch.preserve_format)
             exp_avgs.append(state["exp_avg"])
@@ -108,28 +113,39 @@ class Adam(torch.optim.Optimizer):
         per-call Python work matters: the lists are cached, keyed by the
         objects they were read from (held, so none can be freed and its
         address reused): this optimizer's state dict (``load_state_dict``
-        replaces it), its param group, the amsgrad flag, the number of
-        states, and the model's four parameters.
+        replaces it), its param group and the parameters in it, the amsgrad
+        flag, the number of states, the model's four parameters, and each
+        parameter's state dict and the tensors in it, so that a state reset
+        (``opt.state[p] = {}``, or new moment tensors) is seen at once.
         """
         params = model.layer_parameters()
         groups = self.param_groups
         group = groups[0]
+        state = self.state
 
         def key():
-            return (self.state, len(self.state), group["params"], group["amsgrad"], *params)
+            per_param = [state.get(p) for p in group["params"]]
+            return (state, len(state), group["params"], group["amsgrad"], *params, *group["params"], *per_param,
+                    *[v for d in per_param if d for v in d.values()])
 
         cached = self.__dict__.get("_train_step_cache")
         if cached is not None and len(groups) == 1 and all(a is b for a, b in zip(cached[0], key())):
             return cached[1]
         has_bias = params[1] is not None
-        plist = [p for p in params if p is not None]
-        if len(groups) != 1 or [id(p) for p in group["params"]] != [id(p) for p in plist]:
-            raise ValueError("fastffnn.optim.Adam.train_step: the optimizer must hold exactly the model's parameters "
-                             "(model.parameters()), in one param group")
+        plist = self._check_holds(params)
         args = (plist, has_bias, *self._state_lists(group, plist))
         # the key's state count is read after _state_lists created any missing state
         self.__dict__["_train_step_cache"] = (key(), args)
         return args
+
+    def _check_holds(self, params) -> list:
+        """The model's parameters (no None), after checking that they are exactly this optimizer's."""
+        plist = [p for p in params if p is not None]
+        groups = self.param_groups
+        if len(groups) != 1 or [id(p) for p in groups[0]["params"]] != [id(p) for p in plist]:
+            raise ValueError("fastffnn.optim.Adam.train_step: the optimizer must hold exactly the model's parameters "
+                             "(model.parameters()), in one param group")
+        return plist
 
     def train_step(self, model: torch.nn.Module, input: torch.Tensor, target: torch.Tensor,
                    reduction: str = "mean") -> torch.Tensor:
@@ -150,6 +166,9 @@ class Adam(torch.optim.Optimizer):
             _bad_arguments("optim.Adam.train_step", ("input", input, torch.Tensor), ("target", target, torch.Tensor),
                            ("reduction", reduction, str))
         op = _train_step_op or _load_train_step_op()
+        params = model.layer_parameters()
+        if not all(p is None or p.requires_grad for p in params):
+            return self._train_step_with_frozen(model, input, target, reduction, params)
         args = self._train_step_args(model)
         hyper = self._hyper(self.param_groups[0])
         # torch.no_grad() as a context manager costs several microseconds; the
@@ -160,6 +179,34 @@ class Adam(torch.optim.Optimizer):
             return op(input, target, *args, model.activation, reduction, *hyper)
         finally:
             torch._C._set_grad_enabled(grad_enabled)
+
+
+    def _train_step_with_frozen(self, model, input, target, reduction, params):
+        """train_step when some parameters are frozen (``requires_grad=False``): only the others move.
+
+        As ``zero_grad(); nll_loss(...).backward(); step()`` would: a frozen
+        parameter gets no gradient, so ``step()`` leaves it and its state alone.
+        Autograd and the fused update, in two native calls instead of one.
+        """
+        plist = self._check_holds(params)
+        torch.ops.fastffnn._check_ffnn_nll_adam_step_(input, target, plist, params[1] is not None, model.activation,
+                                                      reduction)
+        trainable = [p for p in plist if p.requires_grad]
+        with torch.enable_grad():
+            loss = model.nll_loss(input, target, reduction)
+            grads = torch.autograd.grad(loss, trainable) if trainable else []
+        if trainable:
+            group = self.param_groups[0]
+            with torch.no_grad():
+                torch.ops.fastffnn.adam_step_(trainable, list(grads), *self._state_lists(group, trainable),
+                                              *self._hyper(group))
+        return loss.detach()
+
+
+def _step_tensor(value) -> torch.Tensor:
+    """A step counter as torch.optim.Adam keeps it: float64 only when that is the default dtype."""
+    dtype = torch.float64 if torch.get_default_dtype() == torch.float64 else torch.float32
+    return torch.tensor(float(value), dtype=dtype)
 
 
 _train_step_op = None

@@ -96,6 +96,12 @@ CASES = [
         lambda m: fastffnn.optim.Adam(_model().parameters())), ValueError, ['optimizer', "model's parameters"]),
     ("FastFFNN.train_step", "class index 7 of 3 classes", lambda: _train_step(
         lambda m: fastffnn.optim.Adam(m.parameters()), y=torch.tensor(7)), IndexError, ['target', '7', '3 classes']),
+    ("FastFFNN.train_step", "target on meta, model on the CPU", lambda: _train_step(
+        lambda m: fastffnn.optim.Adam(m.parameters()), y=torch.tensor(1, device="meta")), ValueError,
+     ['ffnn_nll_adam_step_', 'target', 'meta', 'cpu']),
+    ("FastFFNN.train_step", "input on meta, model on the CPU", lambda: _train_step(
+        lambda m: fastffnn.optim.Adam(m.parameters()), x=_x(4).to("meta")), ValueError,
+     ['ffnn_nll_adam_step_', 'V_weight', 'meta', 'cpu']),
 ]
 
 # RuntimeError is torch's own for load_state_dict; fastffnn's checks raise the other three.

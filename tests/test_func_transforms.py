@@ -194,3 +194,24 @@ def test_transform_matches_stock(name, wrt, kind, dim):
         assert g.shape == w.shape
         torch.testing.assert_close(g, w, atol=1e-10, rtol=1e-9)
 
+
+
+@pytest.mark.parametrize("transform", ["jacrev", "jacfwd", "vjp"])
+@pytest.mark.parametrize("lead", [(), (4,)], ids=["1-D", "batch"])
+def test_transforms_of_the_module_itself_with_trainable_parameters(transform, lead):
+    # torch.func.jacrev(model)(x), the model's parameters requiring grad as
+    # they do by default: it once returned all zeros (issue 15, item 5).
+    torch.manual_seed(3)
+    model = _module_pair("tanh")
+    assert all(p.requires_grad for p in model.parameters())
+    stock = torch.nn.Sequential(model.V, torch.nn.Tanh(), model.W, torch.nn.Softmax(-1))
+    x = _rand(*lead, IN)
+    if transform == "vjp":
+        cot = _rand(*lead, OUT)
+        got = func.vjp(model, x)[1](cot)[0]
+        want = func.vjp(stock, x)[1](cot)[0]
+    else:
+        got = getattr(func, transform)(model)(x)
+        want = getattr(func, transform)(stock)(x)
+    assert got.abs().max() > 0
+    torch.testing.assert_close(got, want, atol=1e-10, rtol=1e-10)

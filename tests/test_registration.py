@@ -144,6 +144,7 @@ def _check_cases():
     yield "_check_softmax_nll", (input_of((4, 5)), targets("probs", (4,), 5), "sum")
     yield "_check_ffnn", (x, Vw, Vb, Ww, Wb, "tanh")
     yield "_check_ffnn_nll", (x, Vw, None, Ww, None, y, "sigmoid", "none")
+    yield "_check_ffnn_nll_adam_step_", (x, y, [Vw, Vb, Ww, Wb], True, "relu", "mean")
 
 
 def _all_cases():

@@ -21,6 +21,7 @@
 #include <torch/library.h>
 
 #include <cmath>
+#include <utility>
 
 #include "../activation.h"
 #include "../checks.h"
@@ -116,10 +117,29 @@ double advance_step(const at::Tensor& step) {
 
 void check_state(const char* name, const at::Tensor& t, const at::Tensor& param, size_t i) {
   TORCH_CHECK_VALUE(t.device() == param.device() && t.scalar_type() == param.scalar_type() &&
-                        t.sizes() == param.sizes() && t.is_contiguous(),
-                    "fastffnn.adam_step_: ", name, "[", i, "] must be a contiguous ", param.scalar_type(),
-                    " tensor of shape ", param.sizes(), " on ", param.device(), ", got ", t.scalar_type(),
-                    " of shape ", t.sizes(), " on ", t.device());
+                        t.sizes() == param.sizes(),
+                    "fastffnn.adam_step_: ", name, "[", i, "] must be a ", param.scalar_type(), " tensor of shape ",
+                    param.sizes(), " on ", param.device(), ", got ", t.scalar_type(), " of shape ", t.sizes(), " on ",
+                    t.device());
+}
+
+// Whether the update can run on the tensors' memory as it is: the loops read
+// every array as one contiguous vector.
+bool all_contiguous(const at::Tensor& p, const at::Tensor* g, at::TensorList m, at::TensorList v,
+                    at::TensorList vmax, size_t i) {
+  return p.is_contiguous() && (!g || g->is_contiguous()) && m[i].is_contiguous() && v[i].is_contiguous() &&
+         (vmax.empty() || vmax[i].is_contiguous());
+}
+
+// Records the in-place update in each tensor's version counter, as the
+// in-place ops of torch.optim.Adam do, so that autograd refuses a backward
+// through a graph that saved a parameter before the step ("modified by an
+// inplace operation") instead of silently using the new values.
+void bump_versions(at::TensorList params, at::TensorList exp_avgs, at::TensorList exp_avg_sqs,
+                   at::TensorList max_exp_avg_sqs, at::TensorList steps) {
+  for (at::TensorList list : {params, exp_avgs, exp_avg_sqs, max_exp_avg_sqs, steps})
+    for (const at::Tensor& t : list)
+      if (!t.is_inference()) t.unsafeGetTensorImpl()->bump_version();
 }
 
 // Validates an Adam step's lists (grads may be empty: the fused step forms
@@ -139,9 +159,8 @@ AdamConfig check_adam(at::TensorList params, at::TensorList grads, at::TensorLis
                     ") eps=", eps, " weight_decay=", weight_decay);
   for (size_t i = 0; i < n; ++i) {
     const at::Tensor& p = params[i];
-    TORCH_CHECK_VALUE(p.device().is_cpu() && p.is_contiguous(), "fastffnn.adam_step_: params[", i,
-                      "] must be a contiguous CPU tensor (use torch.optim.Adam(fused=True) on CUDA), got ",
-                      p.device(), p.is_contiguous() ? "" : " non-contiguous");
+    TORCH_CHECK_VALUE(p.device().is_cpu(), "fastffnn.adam_step_: params[", i,
+                      "] must be a CPU tensor (use torch.optim.Adam(fused=True) on CUDA), got one on ", p.device());
     check_floating("adam_step_", cpu::Backend::kReducedPrecision, "params", p);
     if (!grads.empty()) check_state("grads", grads[i], p, i);
     check_state("exp_avgs", exp_avgs[i], p, i);
@@ -163,14 +182,24 @@ void adam_step_(at::TensorList params, at::TensorList grads, at::TensorList exp_
   const AdamConfig config = check_adam(params, grads, exp_avgs, exp_avg_sqs, max_exp_avg_sqs, steps, lr, beta1,
                                        beta2, eps, weight_decay, amsgrad, maximize, decoupled_weight_decay);
   for (size_t i = 0; i < params.size(); ++i) {
-    const at::Tensor& p = params[i];
     const double count = advance_step(steps[i]);  // first, as torch.optim.Adam does
+    // Strided tensors (a transposed or sliced parameter, as torch.optim.Adam
+    // accepts) are updated through contiguous copies, written back after.
+    const bool direct = all_contiguous(params[i], &grads[i], exp_avgs, exp_avg_sqs, max_exp_avg_sqs, i);
+    const at::Tensor p = params[i].contiguous(), g = grads[i].contiguous(), m = exp_avgs[i].contiguous(),
+                     v = exp_avg_sqs[i].contiguous(), vmax = amsgrad ? max_exp_avg_sqs[i].contiguous() : at::Tensor();
     AT_DISPATCH_FLOATING_TYPES(p.scalar_type(), "fastffnn.adam_step", [&] {
-      adam_update(p.data_ptr<scalar_t>(), grads[i].const_data_ptr<scalar_t>(), exp_avgs[i].data_ptr<scalar_t>(),
-                  exp_avg_sqs[i].data_ptr<scalar_t>(), amsgrad ? max_exp_avg_sqs[i].data_ptr<scalar_t>() : nullptr,
-                  p.numel(), count, config);
+      adam_update(p.data_ptr<scalar_t>(), g.const_data_ptr<scalar_t>(), m.data_ptr<scalar_t>(),
+                  v.data_ptr<scalar_t>(), amsgrad ? vmax.data_ptr<scalar_t>() : nullptr, p.numel(), count, config);
     });
+    if (!direct) {
+      at::AutoDispatchBelowADInplaceOrView below_autograd;  // the copies are the update itself, not recorded
+      for (auto [to, from] : {std::pair{params[i], p}, std::pair{exp_avgs[i], m}, std::pair{exp_avg_sqs[i], v}})
+        if (!to.is_same(from)) to.copy_(from);
+      if (amsgrad && !max_exp_avg_sqs[i].is_same(vmax)) max_exp_avg_sqs[i].copy_(vmax);
+    }
   }
+  bump_versions(params, exp_avgs, exp_avg_sqs, max_exp_avg_sqs, steps);
 }
 
 // ---------------------------------------------------------------- one row
@@ -243,20 +272,20 @@ at::Tensor ffnn_nll_adam_step_(const at::Tensor& input, const at::Tensor& target
                                c10::string_view reduction, double lr, double beta1, double beta2, double eps,
                                double weight_decay, bool amsgrad, bool maximize, bool decoupled_weight_decay) {
   constexpr const char* op = "ffnn_nll_adam_step_";
-  const size_t expected = has_bias ? 4 : 2;
-  TORCH_CHECK_VALUE(params.size() == expected, "fastffnn.", op, ": params must be [V.weight, ",
-                    has_bias ? "V.bias, W.weight, W.bias" : "W.weight", "], got ", params.size(), " tensors");
-  TORCH_CHECK_VALUE(parse_reduction(reduction) != Reduction::None, "fastffnn.", op,
-                    ": reduction must be 'mean' or 'sum' (a step needs one loss), got 'none'");
+  const auto args = check_train_step_args(cpu::Backend::kReducedPrecision, input, target, params, has_bias,
+                                          activation, reduction);
+  const NetworkShape s = args.shape.concrete();
   const at::Tensor& Vw = params[0];
   const at::Tensor& Ww = params[has_bias ? 2 : 1];
   const c10::optional<at::Tensor> Vb = has_bias ? c10::optional<at::Tensor>(params[1]) : c10::nullopt;
   const c10::optional<at::Tensor> Wb = has_bias ? c10::optional<at::Tensor>(params[3]) : c10::nullopt;
 
-  const auto s = check_network(op, cpu::Backend::kReducedPrecision, input, Vw, Vb, Ww, Wb).concrete();
-  if (s.rows == 1 && input.device().is_cpu() && s.out >= 1) {
+  bool contiguous = true;
+  for (size_t i = 0; i < params.size(); ++i)
+    contiguous = contiguous && all_contiguous(params[i], nullptr, exp_avgs, exp_avg_sqs, max_exp_avg_sqs, i);
+  if (s.rows == 1 && input.device().is_cpu() && contiguous) {
     // One example: the whole step as direct loops (see one_row_step).
-    const bool is_index = check_target(op, sym_linear_output_sizes(input, s.out), input, target);
+    const bool is_index = args.is_index;
     const AdamConfig config = check_adam(params, {}, exp_avgs, exp_avg_sqs, max_exp_avg_sqs, steps, lr, beta1,
                                          beta2, eps, weight_decay, amsgrad, maximize, decoupled_weight_decay);
     int64_t index = 0;
@@ -285,6 +314,7 @@ at::Tensor ffnn_nll_adam_step_(const at::Tensor& input, const at::Tensor& target
                                   is_index ? nullptr : probs.const_data_ptr<T>(), counts, config);
       });
     });
+    bump_versions(params, exp_avgs, exp_avg_sqs, max_exp_avg_sqs, steps);
     return at::scalar_tensor(loss, input.options());
   }
 
