@@ -74,6 +74,10 @@ bool check_target(const char* op, c10::SymIntArrayRef logits_shape, const at::Te
                   const at::Tensor& target) {
   TORCH_CHECK_VALUE(target.device() == logits.device(), "fastffnn.", op, ": target is on ",
                     target.device(), " but the logits are on ", logits.device());
+  // A uint64 index past 2^63 would read as negative; stock PyTorch refuses uint64 targets outright.
+  TORCH_CHECK_TYPE(target.scalar_type() != at::kUInt64, "fastffnn.", op,
+                   ": a class-index target must be a signed integer tensor (int64, as F.cross_entropy takes) or "
+                   "uint8/16/32, got UInt64; convert it with .long()");
   if (at::isIntegralType(target.scalar_type(), /*includeBool=*/false)) {
     const auto lead = logits_shape.slice(0, logits_shape.size() - 1);
     TORCH_CHECK_VALUE(target.sym_sizes() == lead, "fastffnn.", op,

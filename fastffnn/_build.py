@@ -367,7 +367,9 @@ def _check_toolchain() -> None:
 def _make_dir(path: Path) -> None:
     try:
         path.mkdir(parents=True, exist_ok=True)
-        probe = path / ".write-test"
+        # A name of this process's and thread's own: two first builds racing
+        # (torchrun's workers) must not unlink each other's probe.
+        probe = path / f".write-test-{os.getpid()}-{threading.get_ident()}"
         probe.write_text("")
         probe.unlink()
     except OSError as e:

@@ -2,14 +2,22 @@
 
 from __future__ import annotations
 
+import warnings
+
 import torch
+import torch.nn.functional as F
 from torch import Tensor, nn
+from torch.nn.modules import module as _hooks
 
 from . import ops
 from . import optim as _optim
 
 _ACTIVATION_MODULES = {"tanh": nn.Tanh, "relu": nn.ReLU, "sigmoid": nn.Sigmoid}
 _ACTIVATION_NAMES = {cls: name for name, cls in _ACTIVATION_MODULES.items()}
+_LINEAR, _SOFTMAX = nn.Linear, nn.Softmax
+# the hooks registered for every module (torch.nn.modules.module.register_module_forward_hook and co.)
+_GLOBAL_HOOKS = (_hooks._global_forward_hooks, _hooks._global_forward_pre_hooks, _hooks._global_backward_hooks,
+                 _hooks._global_backward_pre_hooks)
 
 
 def activation_name(g: nn.Module) -> str:
@@ -77,22 +85,101 @@ class FastFFNN(nn.Module):
 
         What the fused ops and :meth:`fastffnn.optim.Adam.train_step` take, in
         their order, without ``nn.Module.__getattr__``'s per-attribute cost.
+        A parametrized weight (``register_parametrization``, ``weight_norm``)
+        is read through its parametrization.
         """
-        if torch.compiler.is_compiling():
-            return self.V.weight, self.V.bias, self.W.weight, self.W.bias
+        modules = self._modules
+        V, W = modules["V"], modules["W"]
+        if torch.compiler.is_compiling() or not isinstance(V, nn.Linear) or not isinstance(W, nn.Linear):
+            return self._layer_parameters_slow()
         # nn.Module.__getattr__ costs microseconds per attribute, comparable to
         # a whole batch-1 kernel; the dicts behind it are read directly.
+        Vp, Wp = V._parameters, W._parameters
+        if "weight" not in Vp or "weight" not in Wp:  # parametrized: the weight is computed
+            return self._layer_parameters_slow()
+        return Vp["weight"], Vp.get("bias"), Wp["weight"], Wp.get("bias")
+
+    def _layer_parameters_slow(self) -> tuple:
+        for name in ("V", "W"):
+            layer = getattr(self, name)
+            if not isinstance(layer, nn.Linear):
+                raise TypeError(f"fastffnn.FastFFNN: {name} must be an nn.Linear (or a subclass), got "
+                                f"{type(layer).__name__}")
+        return self.V.weight, self.V.bias, self.W.weight, self.W.bias
+
+    def fused(self) -> bool:
+        """Whether the fused ops compute exactly what the submodules would, so that they run.
+
+        True for the model as built: ``V`` and ``W`` plain ``nn.Linear`` (no
+        parametrization, no subclass), ``g`` one of the fused activations,
+        ``softmax`` an ``nn.Softmax`` over the last dim, and no forward or
+        backward hooks on any of them or on every module. Otherwise
+        ``forward``, ``log_probs`` and ``nll_loss`` run the submodules
+        themselves, as the lecture's FFNN does, so their hooks fire and their
+        changes take effect; a warning says so once per model.
+        """
+        return self._fused_args() is not None
+
+    def _fused_args(self) -> tuple | None:
+        """``(V.weight, V.bias, W.weight, W.bias, activation)`` when :meth:`fused`, else None.
+
+        Checked on every call (a hook or a parametrization can come at any
+        time), as one expression over the dicts nn.Module keeps them in: the
+        same checks nn.Module.__call__ makes for each submodule.
+        """
+        m = self._modules
+        V, g, W, sm = m["V"], m["g"], m["W"], m["softmax"]
+        act = _ACTIVATION_NAMES.get(type(g))
+        if (act is None or type(V) is not _LINEAR or type(W) is not _LINEAR or type(sm) is not _SOFTMAX
+                or sm.dim != -1
+                or V._forward_hooks or V._forward_pre_hooks or V._backward_hooks or V._backward_pre_hooks
+                or W._forward_hooks or W._forward_pre_hooks or W._backward_hooks or W._backward_pre_hooks
+                or g._forward_hooks or g._forward_pre_hooks or g._backward_hooks or g._backward_pre_hooks
+                or sm._forward_hooks or sm._forward_pre_hooks or sm._backward_hooks or sm._backward_pre_hooks
+                or _GLOBAL_HOOKS[0] or _GLOBAL_HOOKS[1] or _GLOBAL_HOOKS[2] or _GLOBAL_HOOKS[3]):
+            return None
+        Vp, Wp = V._parameters, W._parameters
+        Vw, Ww = Vp.get("weight"), Wp.get("weight")
+        if Vw is None or Ww is None:  # a weight computed by a hook (torch.nn.utils.weight_norm's old form)
+            return None
+        return Vw, Vp.get("bias"), Ww, Wp.get("bias"), act
+
+    def _unfused(self, what: str) -> None:
+        if not self.__dict__.get("_warned_unfused"):
+            self.__dict__["_warned_unfused"] = True
+            warnings.warn(f"fastffnn.FastFFNN: {what} runs the submodules one by one, unfused, because "
+                          f"{self._why_unfused()}; the results are stock PyTorch's", stacklevel=3)
+
+    def _why_unfused(self) -> str:
         modules = self._modules
-        V, W = modules["V"]._parameters, modules["W"]._parameters
-        return V["weight"], V.get("bias"), W["weight"], W.get("bias")
+        for name in ("V", "W"):
+            if type(modules[name]) is not nn.Linear or "weight" not in modules[name]._parameters:
+                return f"{name} is a {type(modules[name]).__name__} with a computed or custom weight"
+        if type(modules["g"]) not in _ACTIVATION_NAMES:
+            return f"g is {type(modules['g']).__name__}, which is not one of nn.Tanh, nn.ReLU, nn.Sigmoid"
+        sm = modules["softmax"]
+        if type(sm) is not nn.Softmax or sm.dim != -1:
+            return f"softmax is {sm!r}, not nn.Softmax(dim=-1)"
+        return "a submodule or every module has hooks"
+
+    def _logits_unfused(self, x: Tensor) -> Tensor:
+        return self.W(self.g(self.V(x)))
 
     def forward(self, x: Tensor) -> Tensor:
         """Probabilities ``(..., out_size)`` for ``x`` of shape ``(..., input_size)``."""
-        return ops.ffnn(x, *self.layer_parameters(), activation=self.activation)
+        args = self._fused_args()
+        if args is None:
+            self._unfused("forward")
+            return self.softmax(self._logits_unfused(x))
+        return ops.ffnn(x, *args)
 
     def log_probs(self, x: Tensor) -> Tensor:
         """Log-probabilities ``(..., out_size)``, computed as ``z - logsumexp(z)``, never ``log(p)``."""
-        return ops.ffnn(x, *self.layer_parameters(), activation=self.activation, log=True)
+        args = self._fused_args()
+        if args is None:
+            self._unfused("log_probs")
+            return torch.log_softmax(self._logits_unfused(x), -1)
+        return ops.ffnn(x, *args, log=True)
 
     def nll_loss(self, x: Tensor, target: Tensor, reduction: str = "mean") -> Tensor:
         """The fused cross-entropy of the network's prediction for ``x``.
@@ -102,8 +189,20 @@ class FastFFNN(nn.Module):
             target: class indices ``(...)`` (integer), or probabilities / one-hot
                 labels ``(..., out_size)`` in ``x``'s dtype.
             reduction: ``"mean"``, ``"sum"`` or ``"none"``.
+
+        When the model is not :meth:`fused`, this is ``F.cross_entropy`` of
+        ``W(g(V(x)))`` (the ``softmax`` submodule is not consulted).
         """
-        return ops.ffnn_nll(x, *self.layer_parameters(), target, activation=self.activation, reduction=reduction)
+        args = self._fused_args()
+        if args is None:
+            self._unfused("nll_loss")
+            logits = self._logits_unfused(x)
+            classes = logits.shape[-1]
+            flat_target = target.reshape(-1) if not target.is_floating_point() else target.reshape(-1, classes)
+            loss = F.cross_entropy(logits.reshape(-1, classes), flat_target, reduction=reduction)
+            return loss.reshape(logits.shape[:-1]) if reduction == "none" else loss
+        Vw, Vb, Ww, Wb, act = args
+        return ops.ffnn_nll(x, Vw, Vb, Ww, Wb, target, activation=act, reduction=reduction)
 
     def train_step(self, x: Tensor, target: Tensor, optimizer, reduction: str = "mean") -> Tensor:
         """A whole training step in one native call: forward, loss, backward and the Adam update.
@@ -139,7 +238,9 @@ class FastFFNN(nn.Module):
                                       error_msgs)
 
     def extra_repr(self) -> str:
-        return f"activation={self.activation!r}"
+        g = self._modules.get("g")
+        name = _ACTIVATION_NAMES.get(type(g))
+        return f"activation={name!r}" if name else f"activation={type(g).__name__} (not fused)"
 
     @classmethod
     def from_module(cls, m: nn.Module) -> "FastFFNN":

@@ -9,9 +9,12 @@ into ``torch.optim.Adam`` and the reverse. CPU tensors only (on CUDA use
 
 from __future__ import annotations
 
+from itertools import chain
 from typing import Callable, Iterable
 
 import torch
+from torch.optim.optimizer import _global_optimizer_post_hooks as _POST_HOOKS
+from torch.optim.optimizer import _global_optimizer_pre_hooks as _PRE_HOOKS
 
 from ._build import ensure_loaded
 
@@ -159,6 +162,11 @@ class Adam(torch.optim.Optimizer):
 
         Shapes: ``input`` ``(..., input_size)``; ``target`` ``(...)`` class
         indices or ``(..., out_size)`` probabilities. Returns a 0-d tensor.
+
+        Like ``step()``, it runs the optimizer's step pre- and post-hooks
+        (called as for ``step()`` with no arguments; a pre-hook's returned
+        arguments are ignored) and marks the optimizer as stepped for LR
+        schedulers.
         """
         if not (isinstance(input, torch.Tensor) and isinstance(target, torch.Tensor) and isinstance(reduction, str)):
             from .ops import _bad_arguments
@@ -166,40 +174,61 @@ class Adam(torch.optim.Optimizer):
             _bad_arguments("optim.Adam.train_step", ("input", input, torch.Tensor), ("target", target, torch.Tensor),
                            ("reduction", reduction, str))
         op = _train_step_op or _load_train_step_op()
+        # As step() would: LR schedulers read this flag ("lr_scheduler.step() before optimizer.step()"), and the
+        # optimizer's step hooks run around the update.
+        self._opt_called = True
+        hooked = bool(_PRE_HOOKS or _POST_HOOKS or self._optimizer_step_pre_hooks or self._optimizer_step_post_hooks)
+        if hooked:
+            for hook in chain(_PRE_HOOKS.values(), self._optimizer_step_pre_hooks.values()):
+                hook(self, (self,), {})
         params = model.layer_parameters()
-        if not all(p is None or p.requires_grad for p in params):
-            return self._train_step_with_frozen(model, input, target, reduction, params)
-        args = self._train_step_args(model)
-        hyper = self._hyper(self.param_groups[0])
-        # torch.no_grad() as a context manager costs several microseconds; the
-        # step records nothing, so grad mode is switched off directly.
-        grad_enabled = torch.is_grad_enabled()
-        torch._C._set_grad_enabled(False)
-        try:
-            return op(input, target, *args, model.activation, reduction, *hyper)
-        finally:
-            torch._C._set_grad_enabled(grad_enabled)
+        if not (all(p is None or p.requires_grad for p in params) and model.fused()):
+            loss = self._train_step_with_autograd(model, input, target, reduction, params)
+        else:
+            args = self._train_step_args(model)
+            hyper = self._hyper(self.param_groups[0])
+            # torch.no_grad() as a context manager costs several microseconds; the
+            # step records nothing, so grad mode is switched off directly.
+            grad_enabled = torch.is_grad_enabled()
+            torch._C._set_grad_enabled(False)
+            try:
+                loss = op(input, target, *args, model.activation, reduction, *hyper)
+            finally:
+                torch._C._set_grad_enabled(grad_enabled)
+        if hooked:
+            for hook in chain(self._optimizer_step_post_hooks.values(), _POST_HOOKS.values()):
+                hook(self, (self,), {})
+        return loss
 
 
-    def _train_step_with_frozen(self, model, input, target, reduction, params):
-        """train_step when some parameters are frozen (``requires_grad=False``): only the others move.
+    def _train_step_with_autograd(self, model, input, target, reduction, params):
+        """train_step for a model that is not one native call: frozen parameters, or a model not ``fused()``.
 
-        As ``zero_grad(); nll_loss(...).backward(); step()`` would: a frozen
-        parameter gets no gradient, so ``step()`` leaves it and its state alone.
-        Autograd and the fused update, in two native calls instead of one.
+        As ``zero_grad(); nll_loss(...).backward(); step()`` would do: a
+        frozen parameter gets no gradient, so ``step()`` leaves it and its
+        state alone; an unfused model's loss runs its submodules (hooks,
+        parametrizations). Autograd and the fused update: two native calls.
         """
-        plist = self._check_holds(params)
-        torch.ops.fastffnn._check_ffnn_nll_adam_step_(input, target, plist, params[1] is not None, model.activation,
-                                                      reduction)
+        fused = model.fused()
+        if fused:
+            plist = self._check_holds(params)
+            torch.ops.fastffnn._check_ffnn_nll_adam_step_(input, target, plist, params[1] is not None,
+                                                          model.activation, reduction)
+        else:
+            plist = self._check_holds(list(model.parameters()))
+            if reduction not in ("mean", "sum"):
+                raise ValueError("fastffnn.ffnn_nll_adam_step_: reduction must be 'mean' or 'sum' (a step needs one "
+                                 f"loss), got {reduction!r}")
         trainable = [p for p in plist if p.requires_grad]
         with torch.enable_grad():
             loss = model.nll_loss(input, target, reduction)
-            grads = torch.autograd.grad(loss, trainable) if trainable else []
-        if trainable:
+            grads = torch.autograd.grad(loss, trainable, allow_unused=True) if trainable else []
+        stepped = [(p, g) for p, g in zip(trainable, grads) if g is not None]
+        if stepped:
             group = self.param_groups[0]
+            ps, gs = [p for p, _ in stepped], [g for _, g in stepped]
             with torch.no_grad():
-                torch.ops.fastffnn.adam_step_(trainable, list(grads), *self._state_lists(group, trainable),
-                                              *self._hyper(group))
+                torch.ops.fastffnn.adam_step_(ps, gs, *self._state_lists(group, ps), *self._hyper(group))
         return loss.detach()
 
 

@@ -77,7 +77,7 @@ CASES = [
     ("FastFFNN", "activation 'gelu'", lambda: fastffnn.FastFFNN(4, 5, 3, activation="gelu"), ValueError, ['activation', 'gelu']),
     ("FastFFNN.forward", "input with 7 features for 4", lambda: _model()(_x(2, 7)), ValueError, ['input', '7 features', 'V_weight', '[5, 4]']),
     ("FastFFNN.forward", "input is a string", lambda: _model()("abc"), TypeError, ['input', 'Tensor', 'str']),
-    ("FastFFNN.forward", "g replaced by nn.GELU", lambda: setattr(m := _model(), "g", nn.GELU()) or m(_x(2, 4)), ValueError, ['activation', 'GELU']),
+    ("FastFFNN.activation", "g replaced by nn.GELU", lambda: setattr(m := _model(), "g", nn.GELU()) or m.activation, ValueError, ['activation', 'GELU']),
     ("FastFFNN.from_module", "an nn.Linear", lambda: fastffnn.FastFFNN.from_module(nn.Linear(4, 3)), ValueError, ['from_module', 'Linear']),
     ("FastFFNN.load_state_dict", "V.weight of shape [6, 4]", lambda: _model().load_state_dict(
         _state(**{"V.weight": _x(6, 4)})), RuntimeError, ['V.weight', '[6, 4]', '[5, 4]']),
@@ -87,6 +87,8 @@ CASES = [
     ("optim.Adam", "lr=-1", lambda: fastffnn.optim.Adam(_model().parameters(), lr=-1), ValueError, ['learning rate', '-1']),
     ("optim.Adam", "betas=(1.0, 0.9)", lambda: fastffnn.optim.Adam(_model().parameters(), betas=(1.0, 0.9)), ValueError, ['betas', '(1.0, 0.9)']),
     ("optim.Adam", "fused=True", lambda: fastffnn.optim.Adam(_model().parameters(), fused=True), ValueError, ['fused=True']),
+    ("softmax_nll", "uint64 class indices", lambda: fastffnn.softmax_nll(_x(2, 3), torch.tensor([0, 2**63 + 1], dtype=torch.uint64)),
+     TypeError, ['target', 'UInt64', '.long()']),
     ("FastFFNN.train_step", "a torch.optim.Adam", lambda: _train_step(lambda m: torch.optim.Adam(m.parameters())), TypeError, ['train_step', 'fastffnn.optim.Adam', 'got Adam']),
     ("FastFFNN.train_step", "reduction 'none'", lambda: _train_step(
         lambda m: fastffnn.optim.Adam(m.parameters()), reduction="none"), ValueError, ['reduction', "'none'"]),

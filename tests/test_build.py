@@ -101,6 +101,25 @@ def test_two_processes_building_at_once_both_work_and_a_stale_lock_is_cleared(tm
         assert not (build_dir / "lock").exists()
 
 
+def test_the_write_probe_of_racing_processes_is_their_own(tmp_path):
+    # Both first builds probe the cache before taking the build lock; with one
+    # shared probe name, one process unlinked the other's file and reported a
+    # writable cache as unwritable. Two processes probing 3000 times each:
+    code = f"""
+        from pathlib import Path
+        from fastffnn import _build
+        for _ in range(3000):
+            _build._make_dir(Path({str(tmp_path / "cache")!r}))
+        print("ok")
+        """
+    procs = [subprocess.Popen([sys.executable, "-c", textwrap.dedent(code)], stdout=subprocess.PIPE,
+                              stderr=subprocess.PIPE, text=True, cwd=REPO) for _ in range(2)]
+    for p in procs:
+        out, err = p.communicate(timeout=120)
+        assert p.returncode == 0 and out.strip() == "ok", err
+    assert list((tmp_path / "cache").iterdir()) == []
+
+
 def test_compile_error_is_one_clear_error_with_the_log(monkeypatch, tmp_path):
     src = tmp_path / "src"
     src.mkdir()

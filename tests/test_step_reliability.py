@@ -16,6 +16,8 @@ import copy
 
 import pytest
 import torch
+import torch.nn.utils.prune
+from torch.optim.optimizer import register_optimizer_step_post_hook
 
 import fastffnn
 from fastffnn import FastFFNN
@@ -180,3 +182,120 @@ def test_a_strided_parameter_is_stepped_as_stock_steps_it(how):
             stock_step(twin, ref, x, y)
     assert_same_params(model, twin)
     assert not model.V.weight.is_contiguous()
+
+
+# ------------------------------------------- a model changed after it was built
+def _stock_twin(model):
+    """The lecture's composition over the same submodules' weights, as stock modules."""
+    V, W = torch.nn.Linear(12, 16, dtype=F64), torch.nn.Linear(16, 3, dtype=F64)
+    V.load_state_dict({"weight": model.V.weight.detach(), "bias": model.V.bias.detach()})
+    W.load_state_dict({"weight": model.W.weight.detach(), "bias": model.W.bias.detach()})
+    return V, W
+
+
+@pytest.mark.parametrize("change", ["weight_norm", "spectral_norm", "parametrization", "prune", "gelu",
+                                    "log_softmax", "hook on V", "hook on g", "pre-hook on W", "hook on softmax",
+                                    "global hook"])
+def test_a_changed_model_runs_its_submodules_with_a_warning(change):
+    # A fused module cannot run submodule hooks or parametrizations inside its
+    # kernels; it notices them and runs the submodules one by one instead,
+    # with one warning, so that nothing a user added is silently ignored.
+    model, _ = models()
+    calls = []
+    handle = None
+    if change == "weight_norm":
+        torch.nn.utils.parametrizations.weight_norm(model.V)
+    elif change == "spectral_norm":
+        torch.nn.utils.parametrizations.spectral_norm(model.W)
+    elif change == "parametrization":
+        class Double(torch.nn.Module):
+            def forward(self, w):
+                return 2 * w
+        torch.nn.utils.parametrize.register_parametrization(model.V, "weight", Double())
+    elif change == "prune":
+        torch.nn.utils.prune.random_unstructured(model.V, "weight", amount=0.5)
+    elif change == "gelu":
+        model.g = torch.nn.GELU()
+    elif change == "log_softmax":
+        model.softmax = torch.nn.LogSoftmax(dim=-1)
+    elif change == "hook on V":
+        model.V.register_forward_hook(lambda m, i, o: o * 0.5)
+    elif change == "hook on g":
+        model.g.register_forward_hook(lambda m, i, o: calls.append(1))
+    elif change == "pre-hook on W":
+        model.W.register_forward_pre_hook(lambda m, i: (i[0] + 1,))
+    elif change == "hook on softmax":
+        model.softmax.register_forward_hook(lambda m, i, o: o.flip(-1))
+    elif change == "global hook":
+        handle = torch.nn.modules.module.register_module_forward_hook(lambda m, i, o: calls.append(type(m)))
+    try:
+        assert not model.fused()
+        x, y = batches(1)[0]
+        want_out = model.softmax(model.W(model.g(model.V(x))))
+        calls.clear()
+        with pytest.warns(UserWarning, match="unfused"):
+            got = model(x)
+        torch.testing.assert_close(got, want_out)
+        if change in ("hook on g", "global hook"):
+            assert calls, "the hook did not fire"
+        logits = model.W(model.g(model.V(x)))
+        torch.testing.assert_close(model.log_probs(x), torch.log_softmax(logits, -1))
+        torch.testing.assert_close(model.nll_loss(x, y), torch.nn.functional.cross_entropy(logits, y))
+        assert "activation=" in repr(model)
+    finally:
+        if handle is not None:
+            handle.remove()
+
+
+@pytest.mark.parametrize("change", ["weight_norm", "hook on V"])
+def test_train_step_of_a_changed_model_is_the_usual_step(change):
+    model, twin = models()
+    for m in (model, twin):
+        if change == "weight_norm":
+            torch.nn.utils.parametrizations.weight_norm(m.V)
+        else:
+            m.V.register_forward_hook(lambda mod, i, o: o * 0.5)
+    opt = fastffnn.optim.Adam(model.parameters(), lr=0.01)
+    ref = torch.optim.Adam(twin.parameters(), lr=0.01)
+    with pytest.warns(UserWarning, match="unfused"):
+        for x, y in batches(3):
+            torch.testing.assert_close(model.train_step(x, y, opt), stock_step(twin, ref, x, y))
+    assert_same_params(model, twin)
+
+
+def test_a_plain_model_is_fused_and_a_removed_hook_restores_it():
+    model, _ = models()
+    assert model.fused()
+    handle = model.V.register_forward_hook(lambda m, i, o: o)
+    assert not model.fused()
+    handle.remove()
+    assert model.fused()
+    model.V = torch.nn.Linear(12, 16, dtype=F64)  # a new plain layer is fine
+    assert model.fused()
+
+
+def test_train_step_runs_the_step_hooks_and_satisfies_lr_schedulers():
+    import warnings
+
+    model, twin = models()
+    opt = fastffnn.optim.Adam(model.parameters(), lr=0.1)
+    ref = torch.optim.Adam(twin.parameters(), lr=0.1)
+    calls = []
+    opt.register_step_pre_hook(lambda o, a, k: calls.append("pre"))
+    opt.register_step_post_hook(lambda o, a, k: calls.append("post"))
+    handle = register_optimizer_step_post_hook(lambda o, a, k: o is opt and calls.append("global post"))
+    try:
+        sched = torch.optim.lr_scheduler.StepLR(opt, step_size=1, gamma=0.5)
+        ref_sched = torch.optim.lr_scheduler.StepLR(ref, step_size=1, gamma=0.5)
+        with warnings.catch_warnings():
+            warnings.simplefilter("error")  # "lr_scheduler.step() before optimizer.step()" must not come
+            for x, y in batches(3):
+                model.train_step(x, y, opt)
+                stock_step(twin, ref, x, y)
+                sched.step()
+                ref_sched.step()
+    finally:
+        handle.remove()
+    assert calls == ["pre", "post", "global post"] * 3
+    assert opt.param_groups[0]["lr"] == ref.param_groups[0]["lr"] == 0.1 * 0.5**3
+    assert_same_params(model, twin)
