@@ -64,10 +64,10 @@ def main(argv: list[str] | None = None) -> int:
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("command", nargs="?", default="check", choices=["check", "info", "train", "bench"])
     args = parser.parse_args(argv)
-    print_environment()
-    if args.command == "info":
-        return 0
     try:
+        print_environment()
+        if args.command == "info":
+            return 0
         _build.ensure_loaded()
     except _build.BuildError as e:
         print(f"\n{e}", file=sys.stderr)

@@ -58,6 +58,7 @@ BAD = {
     "fraction.csv": ("1,2,0\n3,4,1.5\n", "labels must be integers"),
     "negative.csv": ("1,2,0\n3,4,-1\n", "labels must be class indices >= 0"),
     "oneclass.csv": ("1,2,1\n3,4,1\n5,6,1\n", "at least 2 classes"),
+    "huge-label.csv": ("1,2,0\n3,4,1e12\n", "label 1e+12 would make"),
     "empty.csv": ("", "the file is empty"),
     "data.txt": ("1,2,0\n", "unknown format .txt"),
 }
@@ -86,3 +87,47 @@ def test_bad_npz_arrays(tmp_path):
         data.load(str(tmp_path / "wrong.npz"))
     with pytest.raises(data.DataError, match="one per example: 3 examples"):
         data.load(str(tmp_path / "short.npz"))
+
+
+def _cli(*argv, env=None):
+    import os
+
+    return subprocess.run([sys.executable, "-m", "fastffnn", *argv], capture_output=True, text=True, cwd=ROOT,
+                          env={**os.environ, **(env or {})}, timeout=300)
+
+
+@pytest.mark.parametrize("argv,message", [
+    (["train", "--seed", "-1"], "--seed must be >= 0"),
+    (["train", "--lr", "inf"], "--lr must be a positive finite number"),
+    (["train", "--lr", "nan"], "--lr must be a positive finite number"),
+    (["train", "--dev-fraction", "1.5"], "--dev-fraction must be between 0 and 1"),
+    (["bench", "--threads", "-1"], "--threads must be at least 1"),
+    (["bench", "--shapes", ""], "--shapes '' names nothing"),
+    (["bench", "--shapes", ","], "--shapes ',' names nothing"),
+    (["bench", "--batches", ","], "--batches ',' names nothing"),
+], ids=lambda v: " ".join(v) if isinstance(v, list) else None)
+def test_bad_command_lines_give_an_error_not_a_traceback(argv, message):
+    proc = _cli(*argv)
+    assert proc.returncode != 0
+    assert message in proc.stderr and "Traceback" not in proc.stderr, proc.stderr
+
+
+def test_a_label_column_out_of_range_is_named(tmp_path):
+    (tmp_path / "d.csv").write_text("1,2,0\n3,4,1\n5,6,0\n7,8,1\n")
+    proc = _cli("train", "--data", str(tmp_path / "d.csv"), "--label-column", "5", "--out", str(tmp_path / "o"))
+    assert proc.returncode == 2 and "Traceback" not in proc.stderr, proc.stderr
+    assert "--label-column 5 is out of range: the rows have 3 columns" in proc.stderr
+
+
+def test_an_unwritable_out_fails_before_any_training(tmp_path):
+    (tmp_path / "a-file").write_text("")
+    proc = _cli("train", "--epochs", "1", "--no-progress", "--out", str(tmp_path / "a-file" / "run"))
+    assert proc.returncode == 2 and "Traceback" not in proc.stderr, proc.stderr
+    assert "cannot be written" in proc.stderr
+    assert "epoch" not in proc.stdout.lower()  # it stopped before the first epoch
+
+
+def test_info_with_a_bad_backend_is_one_error():
+    proc = _cli("info", env={"FASTFFNN_BACKEND": "garbage"})
+    assert proc.returncode == 1 and "Traceback" not in proc.stderr, proc.stderr
+    assert "FASTFFNN_BACKEND must be auto, cpu, cuda or emulated, got 'garbage'" in proc.stderr

@@ -69,11 +69,14 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     return args
 
 
-def _parse_list(text: str, what: str, conv):
+def _parse_list(text: str, what: str, conv, allow_empty: bool = False):
     try:
-        return [conv(v) for v in text.split(",") if v.strip()]
+        values = [conv(v) for v in text.split(",") if v.strip()]
     except ValueError:
         raise SystemExit(f"fastffnn bench: could not read --{what} {text!r}") from None
+    if not values and not allow_empty:
+        raise SystemExit(f"fastffnn bench: --{what} {text!r} names nothing")
+    return values
 
 
 def _shape(text: str) -> tuple[int, int, int]:
@@ -89,23 +92,27 @@ def main(argv: list[str] | None = None) -> int:
     if device.type == "cuda" and not torch.cuda.is_available():
         print("fastffnn bench: --device cuda, but torch sees no GPU", file=sys.stderr)
         return 2
-    shapes = _parse_list(args.shapes or ",".join("x".join(map(str, s)) for s in SHAPES), "shapes", _shape)
-    batches = _parse_list(args.batches or ",".join(map(str, GPU_BATCHES if device.type == "cuda" else BATCHES)),
-                          "batches", int)
+    shapes = _parse_list(",".join("x".join(map(str, s)) for s in SHAPES) if args.shapes is None else args.shapes,
+                         "shapes", _shape)
+    batches = _parse_list(",".join(map(str, GPU_BATCHES if device.type == "cuda" else BATCHES))
+                          if args.batches is None else args.batches, "batches", int)
     modes = _parse_list(args.modes, "modes", str)
     if any(b < 1 for b in batches) or not set(modes) <= set(peers.MODES):
         print(f"fastffnn bench: batches must be >= 1 and modes among {', '.join(peers.MODES)}", file=sys.stderr)
         return 2
     wanted = set(_parse_list(args.impls, "impls", str)) if args.impls else None
-    skipped = set(_parse_list(args.skip, "skip", str))
+    skipped = set(_parse_list(args.skip, "skip", str, allow_empty=True))
     unknown = ((wanted or set()) | skipped) - set(peers.STOCK + peers.FAST)
     if unknown:
         print(f"fastffnn bench: unknown implementations {sorted(unknown)}; known: {peers.STOCK + peers.FAST}",
               file=sys.stderr)
         return 2
-    tiers = _parse_list(args.tiers, "tiers", str)
+    tiers = _parse_list(args.tiers, "tiers", str, allow_empty=True)
     if tiers and (device.type != "cuda" or not set(tiers) <= {"auto", "general", "fused"}):
         print("fastffnn bench: --tiers takes general, fused or auto, and only with --device cuda", file=sys.stderr)
+        return 2
+    if args.threads is not None and args.threads < 1:
+        print(f"fastffnn bench: --threads must be at least 1, got {args.threads}", file=sys.stderr)
         return 2
     threads = args.threads or torch.get_num_threads()
     torch.set_num_threads(threads)

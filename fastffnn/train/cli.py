@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import copy
+import math
 import os
 import sys
 
@@ -50,8 +51,12 @@ def parse_args(argv):
     for name in ("hidden", "epochs", "batch_size"):
         if getattr(args, name) < 1:
             p.error(f"--{name.replace('_', '-')} must be at least 1")
-    if not args.lr > 0:
-        p.error("--lr must be positive")
+    if not (args.lr > 0 and math.isfinite(args.lr)):
+        p.error(f"--lr must be a positive finite number, got {args.lr}")
+    if args.seed < 0:
+        p.error(f"--seed must be >= 0 (numpy's generators take no negative seed), got {args.seed}")
+    if not 0 < args.dev_fraction < 1:
+        p.error(f"--dev-fraction must be between 0 and 1, got {args.dev_fraction}")
     return args
 
 
@@ -79,8 +84,21 @@ def main(argv: list[str] | None = None) -> int:
         return 1
 
 
+def _check_out(path: str) -> None:
+    """The output directory is created and probed before training, so that no trained model is lost to it."""
+    try:
+        os.makedirs(path, exist_ok=True)
+        probe = os.path.join(path, f".write-test-{os.getpid()}")
+        with open(probe, "w"):
+            pass
+        os.unlink(probe)
+    except OSError as e:
+        raise datasets.DataError(f"--out {path!r} cannot be written ({e.strerror}); choose another directory") from None
+
+
 def _run(args) -> int:
     device = _device(args.device)
+    _check_out(args.out)
     dtype = getattr(torch, args.dtype)
     data = datasets.load(args.data, args.label_column) if args.data else datasets.digits()
     train_idx, dev_idx = datasets.split(data, args.dev_fraction, args.seed)
@@ -101,6 +119,9 @@ def _run(args) -> int:
     common = dict(classes=data.classes, epochs=args.epochs, batch_size=args.batch_size, lr=args.lr, seed=args.seed,
                   progress=not args.no_progress)
     histories = [train(fast, "fastffnn", train_set, dev_set, **common)]
+    if not all(torch.isfinite(p).all() for p in fast.parameters()):
+        raise datasets.DataError(f"training diverged: the parameters are not finite after {args.epochs} epochs at "
+                                 f"--lr {args.lr}; lower it (nothing was written)")
     if args.compare:
         histories.append(train(initial, "stock", train_set, dev_set, **common))
 

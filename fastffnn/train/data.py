@@ -74,6 +74,9 @@ def _load_csv(path: str, label_column: int) -> Dataset:
     width = len(rows[0])
     if width < 2:
         raise DataError(f"{path}: each row needs at least one feature and a label, line 1 has {width} column")
+    if not -width <= label_column < width:
+        raise DataError(f"{path}: --label-column {label_column} is out of range: the rows have {width} columns "
+                        f"(0..{width - 1}, or -1 for the last)")
     features, labels = [], []
     for n, row in enumerate(rows, 1):
         if len(row) != width:
@@ -101,6 +104,11 @@ def _numeric(row: list[str]) -> bool:
     return all(_is_number(c) for c in row)
 
 
+# Far above any classifier this trains; a label past it is an id or a typo, not a class index (the output
+# layer would need one row per class up to it).
+MAX_CLASSES = 1_000_000
+
+
 def _checked(name: str, features, labels) -> Dataset:
     features, labels = np.asarray(features), np.asarray(labels)
     if features.ndim != 2:
@@ -117,9 +125,12 @@ def _checked(name: str, features, labels) -> Dataset:
         raise DataError(f"{name}: features contain NaN or infinity")
     if not np.issubdtype(labels.dtype, np.number) or not np.all(np.mod(labels, 1) == 0):
         raise DataError(f"{name}: labels must be integers (class indices 0..classes-1)")
-    labels = labels.astype(np.int64)
     if labels.min() < 0:
-        raise DataError(f"{name}: labels must be class indices >= 0, found {labels.min()}")
+        raise DataError(f"{name}: labels must be class indices >= 0, found {labels.min():g}")
+    if labels.max() >= MAX_CLASSES:
+        raise DataError(f"{name}: label {labels.max():g} would make {labels.max() + 1:g} classes; labels must be "
+                        f"class indices 0..classes-1 (at most {MAX_CLASSES} classes)")
+    labels = labels.astype(np.int64)
     classes = int(labels.max()) + 1
     present = np.unique(labels)
     if len(present) < 2:
