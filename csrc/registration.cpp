@@ -102,6 +102,13 @@ TORCH_LIBRARY(fastffnn, m) {
       "adam_step_(Tensor(a!)[] params, Tensor[] grads, Tensor(b!)[] exp_avgs, Tensor(c!)[] exp_avg_sqs, "
       "Tensor(d!)[] max_exp_avg_sqs, Tensor(e!)[] steps, float lr, float beta1, float beta2, float eps, "
       "float weight_decay, bool amsgrad, bool maximize, bool decoupled_weight_decay) -> ()");
+  // The same with the learning rate as a one-element tensor, as torch.optim.Adam accepts it: an LR
+  // scheduler then changes it in place, and a compiled step reads it as an input instead of baking it
+  // in as a constant (which would recompile at every change).
+  m.def(
+      "adam_step_.tensor_lr(Tensor(a!)[] params, Tensor[] grads, Tensor(b!)[] exp_avgs, Tensor(c!)[] exp_avg_sqs, "
+      "Tensor(d!)[] max_exp_avg_sqs, Tensor(e!)[] steps, Tensor lr, float beta1, float beta2, float eps, "
+      "float weight_decay, bool amsgrad, bool maximize, bool decoupled_weight_decay) -> ()");
 
   // A whole training step in one call: ffnn_nll forward and backward, then
   // adam_step_ on params = [V.weight, V.bias, W.weight, W.bias] (the biases
@@ -110,5 +117,10 @@ TORCH_LIBRARY(fastffnn, m) {
       "ffnn_nll_adam_step_(Tensor input, Tensor target, Tensor(a!)[] params, bool has_bias, "
       "Tensor(b!)[] exp_avgs, Tensor(c!)[] exp_avg_sqs, Tensor(d!)[] max_exp_avg_sqs, Tensor(e!)[] steps, "
       "str activation, str reduction, float lr, float beta1, float beta2, float eps, float weight_decay, "
+      "bool amsgrad, bool maximize, bool decoupled_weight_decay) -> Tensor");
+  m.def(
+      "ffnn_nll_adam_step_.tensor_lr(Tensor input, Tensor target, Tensor(a!)[] params, bool has_bias, "
+      "Tensor(b!)[] exp_avgs, Tensor(c!)[] exp_avg_sqs, Tensor(d!)[] max_exp_avg_sqs, Tensor(e!)[] steps, "
+      "str activation, str reduction, Tensor lr, float beta1, float beta2, float eps, float weight_decay, "
       "bool amsgrad, bool maximize, bool decoupled_weight_decay) -> Tensor");
 }

@@ -92,15 +92,19 @@ def register() -> None:
         mask[5] = mask[5] and target.is_floating_point()
         return _grad_placeholders(input, mask, shapes)
 
-    @torch.library.register_fake(lib + "adam_step_")
-    def _(params, grads, exp_avgs, exp_avg_sqs, max_exp_avg_sqs, steps, lr, beta1, beta2, eps, weight_decay,
-          amsgrad, maximize, decoupled_weight_decay):
+    def _adam_step(params, grads, exp_avgs, exp_avg_sqs, max_exp_avg_sqs, steps, lr, beta1, beta2, eps, weight_decay,
+                   amsgrad, maximize, decoupled_weight_decay):
         return None
 
-    @torch.library.register_fake(lib + "ffnn_nll_adam_step_")
-    def _(input, target, params, has_bias, exp_avgs, exp_avg_sqs, max_exp_avg_sqs, steps, activation, reduction,
-          lr, beta1, beta2, eps, weight_decay, amsgrad, maximize, decoupled_weight_decay):
+    for overload in ("", ".tensor_lr"):
+        torch.library.register_fake(lib + "adam_step_" + overload)(_adam_step)
+
+    def _train_step(input, target, params, has_bias, exp_avgs, exp_avg_sqs, max_exp_avg_sqs, steps, activation,
+                    reduction, lr, beta1, beta2, eps, weight_decay, amsgrad, maximize, decoupled_weight_decay):
         # A meta input or target beside real parameters lands here too: the
         # checks name the devices, where an uninitialised loss would be silent.
         _checks._check_ffnn_nll_adam_step_(input, target, params, has_bias, activation, reduction)
         return input.new_empty(())
+
+    for overload in ("", ".tensor_lr"):
+        torch.library.register_fake(lib + "ffnn_nll_adam_step_" + overload)(_train_step)

@@ -24,15 +24,20 @@ class Adam(torch.optim.Optimizer):
 
     Same arguments and results as ``torch.optim.Adam`` (lr, betas, eps,
     weight_decay, amsgrad, maximize, decoupled_weight_decay), within float
-    rounding. ``foreach``, ``capturable``, ``differentiable`` and ``fused`` are
+    rounding. ``lr`` may be a one-element CPU tensor, as for
+    ``torch.optim.Adam``: with an LR scheduler, a compiled ``train_step`` then
+    reads it as an input instead of recompiling at every change. ``foreach``, ``capturable``, ``differentiable`` and ``fused`` are
     accepted for state-dict compatibility and must keep their defaults.
     """
 
-    def __init__(self, params: Iterable[torch.Tensor] | Iterable[dict], lr: float = 1e-3,
+    def __init__(self, params: Iterable[torch.Tensor] | Iterable[dict], lr: float | torch.Tensor = 1e-3,
                  betas: tuple[float, float] = (0.9, 0.999), eps: float = 1e-8, weight_decay: float = 0,
                  amsgrad: bool = False, *, foreach: bool | None = None, maximize: bool = False,
                  capturable: bool = False, differentiable: bool = False, fused: bool | None = None,
                  decoupled_weight_decay: bool = False) -> None:
+        if isinstance(lr, torch.Tensor) and (lr.numel() != 1 or not lr.is_floating_point() or lr.device.type != "cpu"):
+            raise ValueError("fastffnn.optim.Adam: a Tensor lr must be a floating CPU tensor with one element, got "
+                             f"{lr.dtype} of shape {tuple(lr.shape)} on {lr.device}")
         if not 0.0 <= lr:
             raise ValueError(f"fastffnn.optim.Adam: invalid learning rate: {lr}")
         if not 0.0 <= eps:
@@ -50,9 +55,23 @@ class Adam(torch.optim.Optimizer):
                         foreach=None, capturable=False, differentiable=False, fused=None,
                         decoupled_weight_decay=decoupled_weight_decay)
         super().__init__(params, defaults)
+        self._stepped = _Stepped()
+
+    # LR schedulers set and read `optimizer._opt_called` to tell whether step() ran before their own step().
+    # It lives in a plain object of its own because torch.compile does not replay attribute writes on an
+    # optimizer, and train_step must set it inside a compiled step too.
+    @property
+    def _opt_called(self) -> bool:
+        return self._stepped.called
+
+    @_opt_called.setter
+    def _opt_called(self, value: bool) -> None:
+        self._stepped.called = bool(value)
 
     def __setstate__(self, state):
         super().__setstate__(state)
+        if "_stepped" not in self.__dict__:
+            self._stepped = _Stepped()
         for group in self.param_groups:
             group.setdefault("amsgrad", False)
             group.setdefault("maximize", False)
@@ -86,8 +105,11 @@ class Adam(torch.optim.Optimizer):
         return exp_avgs, exp_avg_sqs, max_exp_avg_sqs, steps
 
     def _hyper(self, group):
+        """The update's hyper-parameters as the ops take them; a Tensor lr stays a tensor (see _op)."""
         beta1, beta2 = group["betas"]
-        return (float(group["lr"]), float(beta1), float(beta2), float(group["eps"]), float(group["weight_decay"]),
+        lr = group["lr"]
+        lr = lr if isinstance(lr, torch.Tensor) else float(lr)
+        return (lr, float(beta1), float(beta2), float(group["eps"]), float(group["weight_decay"]),
                 bool(group["amsgrad"]), bool(group["maximize"]), bool(group["decoupled_weight_decay"]))
 
     @torch.no_grad()
@@ -106,7 +128,8 @@ class Adam(torch.optim.Optimizer):
                 if p.grad.is_sparse:
                     raise RuntimeError("fastffnn.optim.Adam does not support sparse gradients")
             grads = [p.grad for p in params]
-            torch.ops.fastffnn.adam_step_(params, grads, *self._state_lists(group, params), *self._hyper(group))
+            hyper = self._hyper(group)
+            _op("adam_step_", hyper[0])(params, grads, *self._state_lists(group, params), *hyper)
         return loss
 
     def _train_step_args(self, model):
@@ -176,7 +199,7 @@ class Adam(torch.optim.Optimizer):
         op = _train_step_op or _load_train_step_op()
         # As step() would: LR schedulers read this flag ("lr_scheduler.step() before optimizer.step()"), and the
         # optimizer's step hooks run around the update.
-        self._opt_called = True
+        self._stepped.called = True
         hooked = bool(_PRE_HOOKS or _POST_HOOKS or self._optimizer_step_pre_hooks or self._optimizer_step_post_hooks)
         if hooked:
             for hook in chain(_PRE_HOOKS.values(), self._optimizer_step_pre_hooks.values()):
@@ -192,6 +215,8 @@ class Adam(torch.optim.Optimizer):
             grad_enabled = torch.is_grad_enabled()
             torch._C._set_grad_enabled(False)
             try:
+                if isinstance(hyper[0], torch.Tensor):
+                    op = torch.ops.fastffnn.ffnn_nll_adam_step_.tensor_lr
                 loss = op(input, target, *args, model.activation, reduction, *hyper)
             finally:
                 torch._C._set_grad_enabled(grad_enabled)
@@ -228,8 +253,29 @@ class Adam(torch.optim.Optimizer):
             group = self.param_groups[0]
             ps, gs = [p for p, _ in stepped], [g for _, g in stepped]
             with torch.no_grad():
-                torch.ops.fastffnn.adam_step_(ps, gs, *self._state_lists(group, ps), *self._hyper(group))
+                hyper = self._hyper(group)
+                _op("adam_step_", hyper[0])(ps, gs, *self._state_lists(group, ps), *hyper)
         return loss.detach()
+
+
+def _op(name: str, lr):
+    """The op ``name``, in its overload for a Tensor lr where ``lr`` is one.
+
+    A Tensor lr (as torch.optim.Adam accepts, and as LR schedulers update in
+    place) reaches the kernel as a tensor, so that a compiled step reads it as
+    an input and an LR change does not recompile it.
+    """
+    packet = getattr(torch.ops.fastffnn, name)
+    return packet.tensor_lr if isinstance(lr, torch.Tensor) else packet.default
+
+
+class _Stepped:
+    """Whether the optimizer has stepped (``Adam._opt_called``)."""
+
+    __slots__ = ("called",)
+
+    def __init__(self) -> None:
+        self.called = False
 
 
 def _step_tensor(value) -> torch.Tensor:

@@ -122,3 +122,47 @@ def test_a_bad_input_fails_alike_with_symbolic_shapes():
     words = r"ValueError\('fastffnn.linear_act: bias must have shape \[\w+\] to match weight of shape \[\w+, \w+\], got \[\w+\]"
     with pytest.raises(torch._dynamo.exc.TorchRuntimeError, match=words):
         compiled(input_of((4, 7), requires_grad=False), torch.randn(9, dtype=torch.float64))
+
+
+@pytest.mark.parametrize("how", ["train_step", "step"])
+def test_a_compiled_step_under_an_lr_scheduler_compiles_once(how):
+    # With the learning rate as a tensor (as torch.optim.Adam takes it), the
+    # scheduler changes it in place and the compiled step reads it as an
+    # input: once the first steps have created the optimizer's state, new
+    # learning rates compile nothing, and the parameters end as stock's.
+    import copy
+
+    torch._dynamo.reset()
+    torch.manual_seed(0)
+    model = fastffnn.FastFFNN(7, 10, 5, dtype=torch.float64)
+    twin = copy.deepcopy(model)
+    opt = fastffnn.optim.Adam(model.parameters(), lr=torch.tensor(0.01, dtype=torch.float64))
+    ref = torch.optim.Adam(twin.parameters(), lr=0.01)
+    scheds = [torch.optim.lr_scheduler.StepLR(o, step_size=1, gamma=0.7) for o in (opt, ref)]
+    counter = torch._dynamo.testing.CompileCounterWithBackend("aot_eager")
+
+    def fast_step(x, y):
+        if how == "train_step":
+            return model.train_step(x, y, opt)
+        opt.zero_grad()
+        loss = model.nll_loss(x, y)
+        loss.backward()
+        opt.step()
+        return loss
+
+    compiled = torch.compile(fast_step, backend=counter, fullgraph=(how == "train_step"))
+    for i in range(10):
+        if i == 3:  # past the first calls, which create the optimizer's state
+            warm = counter.frame_count
+        x = input_of((4, 7), requires_grad=False)
+        y = targets("index", (4,), 5)
+        compiled(x, y)
+        ref.zero_grad()
+        twin.nll_loss(x, y).backward()
+        ref.step()
+        for s in scheds:
+            s.step()
+    assert counter.frame_count == warm, (warm, counter.frame_count)  # seven new learning rates, no recompile
+    assert float(opt.param_groups[0]["lr"]) == pytest.approx(ref.param_groups[0]["lr"], rel=1e-12)
+    for a, b in zip(model.parameters(), twin.parameters()):
+        torch.testing.assert_close(a, b, rtol=1e-10, atol=1e-10)

@@ -171,3 +171,32 @@ def test_opcheck_optimizer_ops():
     torch.library.opcheck(torch.ops.fastffnn.ffnn_nll_adam_step_.default,
                           (x, y, params, True, state(), state(), [], [torch.tensor(1.0) for _ in params], "tanh",
                            "mean", 0.01, 0.9, 0.999, 1e-8, 0.0, False, False, False))
+    lr = torch.tensor(0.01, dtype=torch.float64)
+    torch.library.opcheck(torch.ops.fastffnn.adam_step_.tensor_lr,
+                          (params, grads, state(), state(), state(), steps, lr, 0.9, 0.999, 1e-8, 0.0, True, False,
+                           False))
+    torch.library.opcheck(torch.ops.fastffnn.ffnn_nll_adam_step_.tensor_lr,
+                          (x, y, params, True, state(), state(), [], [torch.tensor(1.0) for _ in params], "tanh",
+                           "mean", lr, 0.9, 0.999, 1e-8, 0.0, False, False, False))
+
+
+@pytest.mark.parametrize("how", ["step", "train_step"])
+def test_a_tensor_lr_is_the_float_lr(how):
+    ours_model, ref_model = pair()
+    ours = fastffnn.optim.Adam(ours_model.parameters(), lr=torch.tensor(0.01, dtype=torch.float64), amsgrad=True)
+    ref = torch.optim.Adam(ref_model.parameters(), lr=0.01, amsgrad=True)
+    for lead in ((), (8,)):
+        for _ in range(3):
+            x, y = torch.randn(*lead, 12, dtype=torch.float64), torch.randint(0, 3, lead)
+            if how == "step":
+                ours.zero_grad()
+                ours_model.nll_loss(x, y).backward()
+                ours.step()
+            else:
+                ours_model.train_step(x, y, ours)
+            ref.zero_grad()
+            ref_model.nll_loss(x, y).backward()
+            ref.step()
+    close(ours_model.parameters(), ref_model.parameters(), 1e-12)
+    with pytest.raises(ValueError, match="a Tensor lr must be a floating CPU tensor with one element"):
+        fastffnn.optim.Adam(ours_model.parameters(), lr=torch.tensor([0.1, 0.2]))

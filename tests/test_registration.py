@@ -159,5 +159,7 @@ def test_opcheck(name, args):
 def test_every_registered_op_is_opchecked():
     registered = {name for name in torch._C._dispatch_get_all_op_names() if name.startswith("fastffnn::")}
     checked = {f"fastffnn::{name}" for name, _ in _all_cases()}
-    checked |= {"fastffnn::adam_step_", "fastffnn::ffnn_nll_adam_step_"}  # in test_optim.py
+    # in test_optim.py, each in both overloads
+    checked |= {"fastffnn::adam_step_", "fastffnn::ffnn_nll_adam_step_", "fastffnn::adam_step_.tensor_lr",
+                "fastffnn::ffnn_nll_adam_step_.tensor_lr"}
     assert registered == checked

@@ -332,11 +332,40 @@ at::Tensor ffnn_nll_adam_step_(const at::Tensor& input, const at::Tensor& target
   return loss;
 }
 
+// The learning rate of the tensor_lr overloads, read on the host (a CPU tensor: no device sync).
+double lr_value(const char* op, const at::Tensor& lr) {
+  TORCH_CHECK_VALUE(lr.device().is_cpu() && lr.numel() == 1 && lr.is_floating_point(), "fastffnn.", op,
+                    ": a Tensor lr must be a floating CPU tensor with one element, got ", lr.scalar_type(),
+                    " of shape ", lr.sizes(), " on ", lr.device());
+  return lr.item<double>();
+}
+
+void adam_step_tensor_lr(at::TensorList params, at::TensorList grads, at::TensorList exp_avgs,
+                         at::TensorList exp_avg_sqs, at::TensorList max_exp_avg_sqs, at::TensorList steps,
+                         const at::Tensor& lr, double beta1, double beta2, double eps, double weight_decay,
+                         bool amsgrad, bool maximize, bool decoupled_weight_decay) {
+  adam_step_(params, grads, exp_avgs, exp_avg_sqs, max_exp_avg_sqs, steps, lr_value("adam_step_", lr), beta1, beta2,
+             eps, weight_decay, amsgrad, maximize, decoupled_weight_decay);
+}
+
+at::Tensor ffnn_nll_adam_step_tensor_lr(const at::Tensor& input, const at::Tensor& target, at::TensorList params,
+                                        bool has_bias, at::TensorList exp_avgs, at::TensorList exp_avg_sqs,
+                                        at::TensorList max_exp_avg_sqs, at::TensorList steps,
+                                        c10::string_view activation, c10::string_view reduction, const at::Tensor& lr,
+                                        double beta1, double beta2, double eps, double weight_decay, bool amsgrad,
+                                        bool maximize, bool decoupled_weight_decay) {
+  return ffnn_nll_adam_step_(input, target, params, has_bias, exp_avgs, exp_avg_sqs, max_exp_avg_sqs, steps,
+                             activation, reduction, lr_value("ffnn_nll_adam_step_", lr), beta1, beta2, eps,
+                             weight_decay, amsgrad, maximize, decoupled_weight_decay);
+}
+
 }  // namespace
 
 TORCH_LIBRARY_IMPL(fastffnn, CPU, m) {
   m.impl("adam_step_", &adam_step_);
+  m.impl("adam_step_.tensor_lr", &adam_step_tensor_lr);
   m.impl("ffnn_nll_adam_step_", &ffnn_nll_adam_step_);
+  m.impl("ffnn_nll_adam_step_.tensor_lr", &ffnn_nll_adam_step_tensor_lr);
 }
 
 }  // namespace fastffnn
