@@ -121,3 +121,47 @@ def test_module_matches_the_lecture_model(case):
     (x, *_), _, _, _ = _tensors(case)
     x = x.detach()
     _agree(model(x), stock(x), list(model.parameters()), case["dtype"])
+
+
+@BUDGET
+@given(cases(), st.sets(st.sampled_from(["V.weight", "V.bias", "W.weight", "W.bias"]), max_size=3),
+       st.sampled_from([None, "fresh tensors", "empty dict"]), st.integers(0, 3))
+def test_train_step_with_frozen_parameters_and_a_state_reset(case, frozen, reset, reset_at):
+    # train_step against the documented equivalent with torch.optim.Adam, over
+    # random shapes, any frozen subset of the parameters and an optimizer-state
+    # reset at a random step; every update bumps the parameters' versions.
+    import copy
+
+    in_f, hid, out = case["dims"]
+    dtype, lead = case["dtype"], case["lead"]
+    if 0 in lead or len(lead) > 1:
+        lead = (5,)
+    torch.manual_seed(case["seed"])
+    model = fastffnn.FastFFNN(in_f, hid, out, activation=case["activation"], bias=case["bias"], dtype=dtype)
+    twin = copy.deepcopy(model)
+    for m in (model, twin):
+        for name, p in m.named_parameters():
+            p.requires_grad_(name not in frozen)
+    opt = fastffnn.optim.Adam(model.parameters(), lr=0.01)
+    ref = torch.optim.Adam(twin.parameters(), lr=0.01)
+    g = torch.Generator().manual_seed(case["seed"])
+    for step in range(4):
+        if reset and step == reset_at:
+            for o, m in ((opt, model), (ref, twin)):
+                p = m.V.weight
+                o.state[p] = {} if reset == "empty dict" else {
+                    "step": torch.tensor(0.0), "exp_avg": torch.zeros_like(p), "exp_avg_sq": torch.zeros_like(p)}
+        x = torch.randn(*lead, in_f, generator=g, dtype=dtype)
+        y = torch.randint(0, out, lead, generator=g)
+        versions = [p._version for p in model.parameters()]
+        loss = model.train_step(x, y, opt)
+        ref.zero_grad()
+        want = twin.nll_loss(x, y)
+        if want.requires_grad:  # with every parameter frozen, stock has nothing to differentiate, nor do we
+            want.backward()
+        ref.step()
+        torch.testing.assert_close(loss, want.detach(), **TOL[dtype])
+        for p, v in zip(model.parameters(), versions):
+            assert (p._version > v) == p.requires_grad
+    for (name, a), b in zip(model.named_parameters(), twin.parameters()):
+        torch.testing.assert_close(a, b, **TOL[dtype], msg=lambda m, name=name: f"{name}: {m}")
