@@ -5,7 +5,8 @@ cached) and loaded on the first op call. See README.md.
 """
 
 from . import optim
-from ._build import BuildError, ensure_loaded
+from ._build import BuildError
+from ._runtime import ensure_loaded
 from .module import FastFFNN
 from .ops import ffnn, ffnn_nll, linear_act, linear_softmax, softmax_nll
 from .tier import cuda_tier, set_cuda_tier

@@ -19,6 +19,7 @@ import torch
 
 from . import __version__, _build, selfcheck
 from ._platform import cpu_name
+from ._runtime import ensure_loaded
 
 
 def _first_line(cmd: list[str]) -> str:
@@ -68,7 +69,7 @@ def main(argv: list[str] | None = None) -> int:
         print_environment()
         if args.command == "info":
             return 0
-        _build.ensure_loaded()
+        ensure_loaded()
     except _build.BuildError as e:
         print(f"\n{e}", file=sys.stderr)
         return 1

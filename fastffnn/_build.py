@@ -1,7 +1,8 @@
 """Builds the native extension on first use, caches it, and loads it.
 
 `import fastffnn` never compiles: the first call of an op calls
-:func:`ensure_loaded`, which
+``fastffnn.ensure_loaded`` (fastffnn/_runtime.py), which calls :func:`load`
+here, which
 
 1. loads the cached library straight away when its stamp (a hash of the
    sources, the flags, the compiler and torch) matches, which takes well under
@@ -9,8 +10,10 @@
 2. otherwise takes an exclusive ``flock`` on the cache directory (so that two
    processes building at once take turns, and a lock held by a killed process
    vanishes with it), builds with ``torch.utils.cpp_extension`` and ninja,
-   writes the stamp and loads the result;
-3. then registers the ops' fake kernels (fastffnn/_fake.py).
+   writes the stamp and loads the result.
+
+This module only builds and loads; ``ensure_loaded`` then registers the ops'
+fake kernels (fastffnn/_fake.py).
 
 The cache directory is ``$TORCH_EXTENSIONS_DIR`` (default
 ``~/.cache/torch_extensions``) / ``fastffnn-<python>-<torch>-<backend>-<simd>``,
@@ -471,12 +474,8 @@ def aot_library() -> Path | None:
     return libraries[0]
 
 
-# Under torch.compile, Dynamo runs this for real while tracing and records no
-# graph for it (its result, None, is a constant), so a first op call inside a
-# compiled function builds and loads the library instead of breaking the graph.
-@torch.compiler.assume_constant_result
-def ensure_loaded() -> None:
-    """Build (if needed) and load the extension, then register its Python side. Idempotent."""
+def load() -> None:
+    """Build (if needed) and load the extension. Idempotent."""
     global _loaded_from
     if _loaded_from is not None:
         return
@@ -507,9 +506,6 @@ def ensure_loaded() -> None:
                         _build(expected)  # cpp_extension.load also loads it
                 finally:
                     fcntl.flock(lock_file, fcntl.LOCK_UN)
-        from . import _fake
-
-        _fake.register()
         _loaded_from = aot if aot is not None else library_path()
 
 

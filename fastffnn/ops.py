@@ -22,9 +22,11 @@ import torch.autograd.forward_ad as _forward_ad
 from torch import Tensor
 
 from . import autograd as _autograd
-from ._build import ensure_loaded
+from ._runtime import ensure_loaded
 
 _ops = torch.ops.fastffnn
+# Checked inline by each wrapper, so that a call without autocast pays for no function call or tuple.
+_autocast_on = torch._C._is_any_autocast_enabled
 
 
 def _bad_arguments(op: str, *named: tuple[str, object, type | tuple[type, ...]]) -> None:
@@ -54,7 +56,7 @@ def _python_route() -> bool:
 
 
 def _autocast(*tensors: Tensor | None) -> tuple:
-    """The operands as the fused ops take them under autocast (unchanged when autocast is off).
+    """The operands as the fused ops take them under autocast (the wrappers call it only while it is on).
 
     On CUDA, floating operands other than float64 are cast to the autocast
     dtype (float16 or bfloat16), as autocast casts ``nn.Linear``'s; the
@@ -63,8 +65,6 @@ def _autocast(*tensors: Tensor | None) -> tuple:
     float32, and the result is float32. The casts are recorded by autograd,
     so gradients reach each operand in its own dtype.
     """
-    if not torch._C._is_any_autocast_enabled():
-        return tensors
     out = []
     for t in tensors:
         if t is not None and t.is_floating_point() and t.dtype != torch.float64:
@@ -94,7 +94,8 @@ def linear_act(input: Tensor, weight: Tensor, bias: Tensor | None = None, activa
         _bad_arguments("linear_act", ("input", input, Tensor), ("weight", weight, Tensor),
                        ("bias", bias, _MAYBE_TENSOR), ("activation", activation, str))
     ensure_loaded()
-    input, weight, bias = _autocast(input, weight, bias)
+    if _autocast_on():
+        input, weight, bias = _autocast(input, weight, bias)
     if _python_route():
         return _autograd.LinearAct.apply(input, weight, bias, activation)
     return _ops.linear_act.default(input, weight, bias, activation)
@@ -118,7 +119,8 @@ def linear_softmax(input: Tensor, weight: Tensor, bias: Tensor | None = None, lo
         _bad_arguments("linear_softmax", ("input", input, Tensor), ("weight", weight, Tensor),
                        ("bias", bias, _MAYBE_TENSOR), ("log", log, bool))
     ensure_loaded()
-    input, weight, bias = _autocast(input, weight, bias)
+    if _autocast_on():
+        input, weight, bias = _autocast(input, weight, bias)
     if _python_route():
         return _autograd.LinearSoftmax.apply(input, weight, bias, log)
     return _ops.linear_softmax.default(input, weight, bias, log)
@@ -145,7 +147,8 @@ def softmax_nll(logits: Tensor, target: Tensor, reduction: str = "mean") -> Tens
         _bad_arguments("softmax_nll", ("logits", logits, Tensor), ("target", target, Tensor),
                        ("reduction", reduction, str))
     ensure_loaded()
-    logits, target = _autocast(logits, target)
+    if _autocast_on():
+        logits, target = _autocast(logits, target)
     if _python_route():
         return _autograd.SoftmaxNLL.apply(logits, target, reduction)[0]
     return _ops.softmax_nll.default(logits, target, reduction)[0]
@@ -180,7 +183,8 @@ def ffnn(
                        ("V_bias", V_bias, _MAYBE_TENSOR), ("W_weight", W_weight, Tensor),
                        ("W_bias", W_bias, _MAYBE_TENSOR), ("activation", activation, str), ("log", log, bool))
     ensure_loaded()
-    input, V_weight, V_bias, W_weight, W_bias = _autocast(input, V_weight, V_bias, W_weight, W_bias)
+    if _autocast_on():
+        input, V_weight, V_bias, W_weight, W_bias = _autocast(input, V_weight, V_bias, W_weight, W_bias)
     if _python_route():
         return _autograd.FFNN.apply(input, V_weight, V_bias, W_weight, W_bias, activation, log)[0]
     return _ops.ffnn.default(input, V_weight, V_bias, W_weight, W_bias, activation, log)[0]
@@ -209,7 +213,9 @@ def ffnn_nll(
                        ("W_bias", W_bias, _MAYBE_TENSOR), ("target", target, Tensor),
                        ("activation", activation, str), ("reduction", reduction, str))
     ensure_loaded()
-    input, V_weight, V_bias, W_weight, W_bias, target = _autocast(input, V_weight, V_bias, W_weight, W_bias, target)
+    if _autocast_on():
+        input, V_weight, V_bias, W_weight, W_bias, target = _autocast(input, V_weight, V_bias, W_weight, W_bias,
+                                                                      target)
     if _python_route():
         return _autograd.FFNNNLL.apply(input, V_weight, V_bias, W_weight, W_bias, target, activation, reduction)[0]
     return _ops.ffnn_nll.default(input, V_weight, V_bias, W_weight, W_bias, target, activation, reduction)[0]

@@ -16,7 +16,7 @@ import torch
 from torch.optim.optimizer import _global_optimizer_post_hooks as _POST_HOOKS
 from torch.optim.optimizer import _global_optimizer_pre_hooks as _PRE_HOOKS
 
-from ._build import ensure_loaded
+from ._runtime import ensure_loaded
 
 
 class Adam(torch.optim.Optimizer):

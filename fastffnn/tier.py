@@ -18,7 +18,8 @@ import os
 
 import torch
 
-from ._build import backend, ensure_loaded
+from ._build import backend
+from ._runtime import ensure_loaded
 
 TIERS = ("auto", "general", "fused")
 _cpu_only_setting = "auto"

@@ -10,7 +10,7 @@ import time
 import torch
 
 from .. import __version__
-from .._build import ensure_loaded
+from .._runtime import ensure_loaded
 from . import peers, report, timing
 
 SHAPES = [(300, 100, 2), (300, 300, 5), (784, 256, 10), (1024, 1024, 16), (4096, 4096, 1000)]

@@ -12,7 +12,8 @@ import torch
 from torch import nn
 
 from .. import __version__
-from .._build import BuildError, ensure_loaded
+from .._build import BuildError
+from .._runtime import ensure_loaded
 from ..module import FastFFNN
 from . import data as datasets
 from ..reference import LectureFFNN
