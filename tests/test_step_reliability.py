@@ -299,3 +299,26 @@ def test_train_step_runs_the_step_hooks_and_satisfies_lr_schedulers():
     assert calls == ["pre", "post", "global post"] * 3
     assert opt.param_groups[0]["lr"] == ref.param_groups[0]["lr"] == 0.1 * 0.5**3
     assert_same_params(model, twin)
+
+
+def test_train_step_sees_a_parameter_replaced_after_its_first_step():
+    model, twin = models()
+    opt = fastffnn.optim.Adam(model.parameters(), lr=0.01)
+    ref = torch.optim.Adam(twin.parameters(), lr=0.01)
+    data = batches(4)
+    for x, y in data[:2]:
+        model.train_step(x, y, opt)
+        stock_step(twin, ref, x, y)
+    for m, o in ((model, opt), (twin, ref)):  # a new V.weight, in the model and in the optimizer alike
+        new = torch.nn.Parameter(m.V.weight.detach() * 0.5)
+        o.param_groups[0]["params"][0] = new
+        m.V.weight = new
+    for x, y in data[2:]:
+        model.train_step(x, y, opt)
+        stock_step(twin, ref, x, y)
+    assert_same_params(model, twin)
+    assert float(opt.state[model.V.weight]["step"]) == 2.0  # a fresh state for the new parameter
+    # replaced in the model only: the optimizer no longer holds it, and train_step says so
+    model.W.weight = torch.nn.Parameter(model.W.weight.detach().clone())
+    with pytest.raises(ValueError, match="exactly the model's parameters"):
+        model.train_step(*data[0], opt)
