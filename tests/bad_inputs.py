@@ -77,6 +77,8 @@ CASES = [
     ("FastFFNN", "activation 'gelu'", lambda: fastffnn.FastFFNN(4, 5, 3, activation="gelu"), ValueError, ['activation', 'gelu']),
     ("FastFFNN.forward", "input with 7 features for 4", lambda: _model()(_x(2, 7)), ValueError, ['input', '7 features', 'V_weight', '[5, 4]']),
     ("FastFFNN.forward", "input is a string", lambda: _model()("abc"), TypeError, ['input', 'Tensor', 'str']),
+    ("FastFFNN.layer_parameters", "V replaced by an nn.Sequential", lambda: setattr(
+        m := _model(), "V", nn.Sequential(nn.Linear(4, 5))) or m.layer_parameters(), TypeError, ['V', 'nn.Linear', 'Sequential']),
     ("FastFFNN.activation", "g replaced by nn.GELU", lambda: setattr(m := _model(), "g", nn.GELU()) or m.activation, ValueError, ['activation', 'GELU']),
     ("FastFFNN.from_module", "an nn.Linear", lambda: fastffnn.FastFFNN.from_module(nn.Linear(4, 3)), ValueError, ['from_module', 'Linear']),
     ("FastFFNN.load_state_dict", "V.weight of shape [6, 4]", lambda: _model().load_state_dict(
