@@ -7,6 +7,7 @@ cached) and loaded on the first op call. See README.md.
 from . import optim
 from ._build import BuildError
 from ._runtime import ensure_loaded
+from .mlp import FastMLP
 from .module import FastFFNN
 from .ops import ffnn, ffnn_nll, linear_act, linear_softmax, softmax_nll
 from .tier import cuda_tier, set_cuda_tier
@@ -16,6 +17,7 @@ __version__ = "0.1.0"
 __all__ = [
     "BuildError",
     "FastFFNN",
+    "FastMLP",
     "cuda_tier",
     "ensure_loaded",
     "ffnn",

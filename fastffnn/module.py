@@ -30,6 +30,14 @@ def activation_name(g: nn.Module) -> str:
     )
 
 
+def cross_entropy_last_dim(logits: Tensor, target: Tensor, reduction: str) -> Tensor:
+    """``F.cross_entropy`` with the classes in the last dim, as fastffnn's losses take them (the unfused path)."""
+    classes = logits.shape[-1]
+    flat_target = target.reshape(-1) if not target.is_floating_point() else target.reshape(-1, classes)
+    loss = F.cross_entropy(logits.reshape(-1, classes), flat_target, reduction=reduction)
+    return loss.reshape(logits.shape[:-1]) if reduction == "none" else loss
+
+
 class FastFFNN(nn.Module):
     """``P(y|x) = softmax(W g(V x))`` with fused native kernels.
 
@@ -196,11 +204,7 @@ class FastFFNN(nn.Module):
         args = self._fused_args()
         if args is None:
             self._unfused("nll_loss")
-            logits = self._logits_unfused(x)
-            classes = logits.shape[-1]
-            flat_target = target.reshape(-1) if not target.is_floating_point() else target.reshape(-1, classes)
-            loss = F.cross_entropy(logits.reshape(-1, classes), flat_target, reduction=reduction)
-            return loss.reshape(logits.shape[:-1]) if reduction == "none" else loss
+            return cross_entropy_last_dim(self._logits_unfused(x), target, reduction)
         Vw, Vb, Ww, Wb, act = args
         return ops.ffnn_nll(x, Vw, Vb, Ww, Wb, target, activation=act, reduction=reduction)
 
