@@ -140,15 +140,20 @@ SymLinearShape check_linear_args(const char* op, bool reduced_precision, const a
   return check_linear(op, reduced_precision, "input", input, "weight", weight, "bias", bias);
 }
 
+std::pair<c10::SymInt, c10::SymInt> check_logits(const char* op, bool reduced_precision, const at::Tensor& logits) {
+  check_floating(op, reduced_precision, "logits", logits);
+  TORCH_CHECK_VALUE(logits.dim() >= 1 && logits.sym_size(-1) >= 1, "fastffnn.", op,
+                    ": logits must have shape (..., classes) with at least one class, got ", logits.sym_sizes());
+  return {leading_rows(logits.sym_sizes()), logits.sym_size(-1)};
+}
+
 LossArgs check_softmax_nll_args(bool reduced_precision, const at::Tensor& logits, const at::Tensor& target,
                                 c10::string_view reduction) {
   constexpr const char* op = "softmax_nll";
   parse_reduction(reduction);
-  check_floating(op, reduced_precision, "logits", logits);
-  TORCH_CHECK_VALUE(logits.dim() >= 1 && logits.sym_size(-1) >= 1, "fastffnn.", op,
-                    ": logits must have shape (..., classes) with at least one class, got ", logits.sym_sizes());
+  auto [rows, classes] = check_logits(op, reduced_precision, logits);
   const bool is_index = check_target(op, logits.sym_sizes(), logits, target);
-  return LossArgs{leading_rows(logits.sym_sizes()), logits.sym_size(-1), is_index};
+  return LossArgs{std::move(rows), std::move(classes), is_index};
 }
 
 SymNetworkShape check_ffnn_args(bool reduced_precision, const at::Tensor& input, const at::Tensor& V_weight,

@@ -17,6 +17,7 @@
 #include <c10/util/Optional.h>
 #include <c10/util/string_view.h>
 
+#include <utility>
 #include <vector>
 
 #include "activation.h"
@@ -106,6 +107,9 @@ void check_class_index(const char* op, int64_t value, int64_t classes);
 SymLinearShape check_linear_args(const char* op, bool reduced_precision, const at::Tensor& input,
                                  const at::Tensor& weight, const c10::optional<at::Tensor>& bias,
                                  const c10::string_view* activation);
+
+// Validates logits (..., classes) with at least one class; returns (rows, classes).
+std::pair<c10::SymInt, c10::SymInt> check_logits(const char* op, bool reduced_precision, const at::Tensor& logits);
 
 struct LossArgs {
   c10::SymInt rows, classes;

@@ -230,16 +230,6 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> linear_softmax_backward(const at:
 // One row pass that keeps each row's log-sum-exp, which is all the backward
 // needs to rebuild softmax(z) = exp(z - lse).
 
-// Validates logits (..., classes) and returns (rows, classes).
-template <class B>
-std::pair<int64_t, int64_t> check_logits(const char* op, const at::Tensor& logits) {
-  check_floating(op, B::kReducedPrecision, "logits", logits);
-  TORCH_CHECK_VALUE(logits.dim() >= 1 && logits.size(-1) >= 1, "fastffnn.", op,
-                    ": logits must have shape (..., classes) with at least one class, got ", logits.sizes());
-  const auto lead = logits.sizes().slice(0, logits.dim() - 1);
-  return {c10::multiply_integers(lead.begin(), lead.end()), logits.size(-1)};
-}
-
 template <class B>
 std::tuple<at::Tensor, at::Tensor> softmax_nll(const at::Tensor& logits, const at::Tensor& target,
                                                c10::string_view reduction) {
@@ -263,7 +253,8 @@ std::tuple<at::Tensor, at::Tensor> softmax_nll_backward(const at::Tensor& grad_l
   const auto guard = B::guard(logits);
   constexpr const char* op = "softmax_nll_backward";
   const Reduction red = parse_reduction(reduction);
-  const auto [rows, classes] = check_logits<B>(op, logits);
+  const auto logits_shape = check_logits(op, B::kReducedPrecision, logits);
+  const int64_t rows = logits_shape.first.expect_int(), classes = logits_shape.second.expect_int();
   const bool is_index = check_target(op, logits.sym_sizes(), logits, target);
   const auto lead = logits.sizes().slice(0, logits.dim() - 1);
   TORCH_CHECK_VALUE(lse.device() == logits.device(), "fastffnn.", op, ": lse is on ", lse.device(),

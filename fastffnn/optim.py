@@ -132,7 +132,7 @@ class Adam(torch.optim.Optimizer):
             _op("adam_step_", hyper[0])(params, grads, *self._state_lists(group, params), *hyper)
         return loss
 
-    def _train_step_args(self, model):
+    def _train_step_args(self, params):
         """(params, has_bias, *state lists) for train_step, rebuilt only when what they come from changes.
 
         At batch 1 the whole native step takes tens of microseconds, so the
@@ -144,7 +144,6 @@ class Adam(torch.optim.Optimizer):
         parameter's state dict and the tensors in it, so that a state reset
         (``opt.state[p] = {}``, or new moment tensors) is seen at once.
         """
-        params = model.layer_parameters()
         groups = self.param_groups
         group = groups[0]
         state = self.state
@@ -204,11 +203,12 @@ class Adam(torch.optim.Optimizer):
         if hooked:
             for hook in chain(_PRE_HOOKS.values(), self._optimizer_step_pre_hooks.values()):
                 hook(self, (self,), {})
-        params = model.layer_parameters()
-        if not (all(p is None or p.requires_grad for p in params) and model.fused()):
-            loss = self._train_step_with_autograd(model, input, target, reduction, params)
+        # (V.weight, V.bias, W.weight, W.bias, activation), or None when the model must run its submodules
+        fused = model._fused_args()
+        if fused is None or not all(p is None or p.requires_grad for p in fused[:4]):
+            loss = self._train_step_with_autograd(model, input, target, reduction, fused)
         else:
-            args = self._train_step_args(model)
+            args = self._train_step_args(fused[:4])
             hyper = self._hyper(self.param_groups[0])
             # torch.no_grad() as a context manager costs several microseconds; the
             # step records nothing, so grad mode is switched off directly.
@@ -217,7 +217,7 @@ class Adam(torch.optim.Optimizer):
             try:
                 if isinstance(hyper[0], torch.Tensor):
                     op = torch.ops.fastffnn.ffnn_nll_adam_step_.tensor_lr
-                loss = op(input, target, *args, model.activation, reduction, *hyper)
+                loss = op(input, target, *args, fused[4], reduction, *hyper)
             finally:
                 torch._C._set_grad_enabled(grad_enabled)
         if hooked:
@@ -225,8 +225,7 @@ class Adam(torch.optim.Optimizer):
                 hook(self, (self,), {})
         return loss
 
-
-    def _train_step_with_autograd(self, model, input, target, reduction, params):
+    def _train_step_with_autograd(self, model, input, target, reduction, fused):
         """train_step for a model that is not one native call: frozen parameters, or a model not ``fused()``.
 
         As ``zero_grad(); nll_loss(...).backward(); step()`` would do: a
@@ -234,11 +233,10 @@ class Adam(torch.optim.Optimizer):
         state alone; an unfused model's loss runs its submodules (hooks,
         parametrizations). Autograd and the fused update: two native calls.
         """
-        fused = model.fused()
-        if fused:
-            plist = self._check_holds(params)
-            torch.ops.fastffnn._check_ffnn_nll_adam_step_(input, target, plist, params[1] is not None,
-                                                          model.activation, reduction)
+        if fused is not None:
+            plist = self._check_holds(fused[:4])
+            torch.ops.fastffnn._check_ffnn_nll_adam_step_(input, target, plist, fused[1] is not None, fused[4],
+                                                          reduction)
         else:
             plist = self._check_holds(list(model.parameters()))
             if reduction not in ("mean", "sum"):

@@ -410,15 +410,6 @@ using at::vec::Vectorized;
 // The least multiply-adds worth waking a second thread for, as for one row.
 constexpr int64_t kParallelWork = kOneRowParallelWork;
 
-template <typename T>
-inline T hsum(const Vectorized<T>& v) {
-  alignas(64) T lanes[Vectorized<T>::size()];
-  v.store(lanes);
-  T s = lanes[0];
-  for (int i = 1; i < Vectorized<T>::size(); ++i) s += lanes[i];
-  return s;
-}
-
 // Stores the sums of four accumulators' lanes to c[0..3]. With AVX2, three
 // horizontal adds and one cross-lane add, where four separate reductions
 // would take four times as many shuffles: with a 3 x 4 tile over k = 300 the
@@ -436,7 +427,7 @@ inline void store_sums4(const Vectorized<T>* acc, T* c) {
     return;
   }
 #endif
-  for (int j = 0; j < 4; ++j) c[j] = hsum(acc[j]);
+  for (int j = 0; j < 4; ++j) c[j] = horizontal_sum(acc[j]);
 }
 
 // ------------------------------------------------------------- dot tiles
@@ -475,7 +466,7 @@ void dot_tile(int64_t k, const T* A, int64_t lda, const T* B, int64_t ldb, T* C,
     if constexpr (NR == 4) {
       store_sums4(acc[i], C + i * ldc);
     } else {
-      for (int j = 0; j < NR; ++j) C[i * ldc + j] = hsum(acc[i][j]);
+      for (int j = 0; j < NR; ++j) C[i * ldc + j] = horizontal_sum(acc[i][j]);
     }
   }
 }
