@@ -156,6 +156,64 @@ ffnn_nll_backward_differentiable(const at::Tensor& grad_loss, const at::Tensor& 
   return {gx, gVw, gVb, gWw, gWb, gt};
 }
 
+// ------------------------------------ the network of any depth (mlp ops)
+namespace {
+
+// The forward of a network recomputed with differentiable ATen ops: z[k] the
+// pre-activation of hidden layer k, a[k] the input of layer k (a[0] = x).
+struct Recomputed {
+  std::vector<at::Tensor> z, a;
+  at::Tensor logits;
+};
+
+Recomputed recompute(const at::Tensor& x, at::TensorList weights,
+                     const std::vector<c10::optional<at::Tensor>>& biases, const std::vector<Activation>& acts) {
+  Recomputed r;
+  r.a.push_back(x);
+  for (size_t k = 0; k + 1 < weights.size(); ++k) {
+    r.z.push_back(at::linear(r.a.back(), weights[k], biases[k]));
+    r.a.push_back(act_forward(r.z.back(), acts[k]));
+  }
+  r.logits = at::linear(r.a.back(), weights.back(), biases.back());
+  return r;
+}
+
+// The network's gradients given dz = dL/d(logits): (input, weights, biases),
+// placeholders where `mask` does not ask; mask is [input, weights..., biases...].
+std::tuple<at::Tensor, std::vector<at::Tensor>, std::vector<at::Tensor>> network_grads_differentiable(
+    at::Tensor dz, const Recomputed& r, at::TensorList weights, const std::vector<Activation>& acts,
+    const std::vector<bool>& mask) {
+  const size_t depth = weights.size();
+  const auto below = [&](size_t k) {
+    if (mask[0]) return true;
+    for (size_t j = 0; j < k; ++j)
+      if (mask[1 + j] || mask[1 + depth + j]) return true;
+    return false;
+  };
+  at::Tensor gx = placeholder(r.a[0]);
+  std::vector<at::Tensor> gw(depth, placeholder(r.a[0])), gb(depth, placeholder(r.a[0]));
+  for (size_t k = depth; k-- > 0;) {
+    if (mask[1 + k]) gw[k] = rows2d(dz).t().mm(rows2d(r.a[k]));
+    if (mask[1 + depth + k]) gb[k] = rows2d(dz).sum(0);
+    if (!below(k)) break;
+    at::Tensor da = at::matmul(dz, weights[k]);
+    if (k == 0) {
+      gx = da;
+      break;
+    }
+    dz = act_backward(da, r.z[k - 1], r.a[k], acts[k - 1]);
+  }
+  return {gx, gw, gb};
+}
+
+std::vector<Activation> parse_activations(c10::ArrayRef<std::string> names) {
+  std::vector<Activation> acts;
+  for (const auto& n : names) acts.push_back(parse_activation(n));
+  return acts;
+}
+
+}  // namespace
+
 // ----------------------------------------------------------- the nodes
 namespace autograd {
 namespace {
@@ -409,6 +467,220 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> ffnn_nll(const at::Tensor& input,
   return {out[0], out[1], out[2]};
 }
 
+bool records_any(at::TensorList ts) {
+  for (const auto& t : ts)
+    if (records(t)) return true;
+  return false;
+}
+bool records_any(const c10::List<c10::optional<at::Tensor>>& ts) {
+  for (const c10::optional<at::Tensor> t : ts)
+    if (records(t)) return true;
+  return false;
+}
+
+// The defined biases, which are the node's bias edges, and which layers have one.
+std::pair<std::vector<at::Tensor>, c10::List<bool>> split_biases(const c10::List<c10::optional<at::Tensor>>& biases) {
+  std::pair<std::vector<at::Tensor>, c10::List<bool>> out;
+  for (const c10::optional<at::Tensor> b : biases) {
+    const bool has = b.has_value() && b->defined();
+    out.second.push_back(has);
+    if (has) out.first.push_back(*b);
+  }
+  return out;
+}
+
+// The network's node, shared by mlp and mlp_nll. Its edges are the input,
+// the weights, the defined biases and (mlp_nll) the target; the mask of the
+// backward ops is [input, weights..., biases..., (target)].
+struct NetworkEdges {
+  size_t depth;
+  c10::List<bool> has_bias;
+
+  // The backward ops' mask from the node's edges, starting at edge 0 (the input).
+  std::vector<bool> mask(AutogradContext* ctx, bool with_target) const {
+    std::vector<bool> m(1 + 2 * depth + (with_target ? 1 : 0), false);
+    size_t edge = 0;
+    m[0] = ctx->needs_input_grad(edge++);
+    for (size_t k = 0; k < depth; ++k) m[1 + k] = ctx->needs_input_grad(edge++);
+    for (size_t k = 0; k < depth; ++k)
+      if (has_bias.get(k)) m[1 + depth + k] = ctx->needs_input_grad(edge++);
+    if (with_target) m.back() = ctx->needs_input_grad(edge++);
+    return m;
+  }
+
+  // The node's gradients in edge order, then `trailing` undefined ones for the other arguments.
+  variable_list grads(const at::Tensor& gx, const std::vector<at::Tensor>& gw, const std::vector<at::Tensor>& gb,
+                      const at::Tensor* gt, const std::vector<bool>& m, size_t trailing) const {
+    variable_list out;
+    out.push_back(m[0] ? gx : at::Tensor());
+    for (size_t k = 0; k < depth; ++k) out.push_back(m[1 + k] ? gw[k] : at::Tensor());
+    for (size_t k = 0; k < depth; ++k)
+      if (has_bias.get(k)) out.push_back(m[1 + depth + k] ? gb[k] : at::Tensor());
+    if (gt) out.push_back(m.back() ? *gt : at::Tensor());
+    out.resize(out.size() + trailing);
+    return out;
+  }
+
+  size_t bias_count() const {
+    size_t n = 0;
+    for (size_t k = 0; k < depth; ++k) n += has_bias.get(k);
+    return n;
+  }
+
+  static NetworkEdges load(AutogradContext* ctx) {
+    return {static_cast<size_t>(ctx->saved_data["depth"].toInt()), ctx->saved_data["has_bias"].toBoolList()};
+  }
+  void save(AutogradContext* ctx) const {
+    ctx->saved_data["depth"] = static_cast<int64_t>(depth);
+    ctx->saved_data["has_bias"] = has_bias;
+  }
+  // The saved biases as the forward took them, from the saved defined ones.
+  std::vector<c10::optional<at::Tensor>> biases(const variable_list& defined) const {
+    std::vector<c10::optional<at::Tensor>> out;
+    size_t i = 0;
+    for (size_t k = 0; k < depth; ++k)
+      out.push_back(has_bias.get(k) ? c10::optional<at::Tensor>(defined[i++]) : c10::nullopt);
+    return out;
+  }
+};
+
+c10::List<bool> as_list(const std::vector<bool>& v) {
+  c10::List<bool> out;
+  for (bool b : v) out.push_back(b);
+  return out;
+}
+
+variable_list slice(const variable_list& v, size_t begin, size_t count) {
+  return variable_list(v.begin() + begin, v.begin() + begin + count);
+}
+
+struct MlpBackward : torch::autograd::Function<MlpBackward> {
+  static variable_list forward(AutogradContext* ctx, const at::Tensor& input, at::TensorList weights,
+                               at::TensorList defined_biases, const c10::List<c10::optional<at::Tensor>>& biases,
+                               const std::vector<std::string>& activations, bool log) {
+    at::AutoDispatchBelowADInplaceOrView below;
+    auto [out, hidden] = FASTFFNN_OP(mlp).call(input, weights, biases, activations, log);
+    ctx->mark_non_differentiable(hidden);
+    ctx->set_materialize_grads(false);
+    variable_list saved{input};
+    saved.insert(saved.end(), weights.begin(), weights.end());
+    saved.insert(saved.end(), defined_biases.begin(), defined_biases.end());
+    saved.insert(saved.end(), hidden.begin(), hidden.end());
+    saved.push_back(out);
+    ctx->save_for_backward(saved);
+    NetworkEdges{weights.size(), split_biases(biases).second}.save(ctx);
+    ctx->saved_data["activations"] = c10::List<std::string>(activations);
+    ctx->saved_data["log"] = log;
+    variable_list result{out};
+    result.insert(result.end(), hidden.begin(), hidden.end());
+    return result;
+  }
+
+  static variable_list backward(AutogradContext* ctx, variable_list grad_outputs) {
+    const NetworkEdges edges = NetworkEdges::load(ctx);
+    const size_t depth = edges.depth, nb = edges.bias_count();
+    if (!grad_outputs[0].defined()) return variable_list(1 + depth + nb + 3);
+    const auto saved = ctx->get_saved_variables();
+    const at::Tensor& input = saved[0];
+    const auto weights = slice(saved, 1, depth), defined_biases = slice(saved, 1 + depth, nb),
+               hidden = slice(saved, 1 + depth + nb, depth - 1);
+    const at::Tensor& out = saved.back();
+    const auto activations = ctx->saved_data["activations"].to<std::vector<std::string>>();
+    const bool log = ctx->saved_data["log"].toBool();
+    const auto mask = edges.mask(ctx, false);
+    if (at::GradMode::is_enabled()) {
+      const auto acts = parse_activations(activations);
+      const auto r = recompute(input, weights, edges.biases(defined_biases), acts);
+      auto [gx, gw, gb] = network_grads_differentiable(softmax_backward(grad_outputs[0], r.logits, log), r, weights,
+                                                       acts, mask);
+      return edges.grads(gx, gw, gb, nullptr, mask, 3);
+    }
+    auto [gx, gw, gb] =
+        FASTFFNN_OP(mlp_backward).call(grad_outputs[0], input, weights, hidden, out, activations, log, as_list(mask));
+    return edges.grads(gx, gw, gb, nullptr, mask, 3);
+  }
+};
+
+std::tuple<at::Tensor, std::vector<at::Tensor>> mlp(const at::Tensor& input, at::TensorList weights,
+                                                    const c10::List<c10::optional<at::Tensor>>& biases,
+                                                    c10::ArrayRef<std::string> activations, bool log) {
+  if (!(records(input) || records_any(weights) || records_any(biases))) {
+    at::AutoDispatchBelowADInplaceOrView below;
+    return FASTFFNN_OP(mlp).call(input, weights, biases, activations, log);
+  }
+  const std::vector<at::Tensor> defined_biases = split_biases(biases).first;
+  // TensorLists, which the node counts as edges (a std::vector would not be).
+  auto out = MlpBackward::apply(input, weights, at::TensorList(defined_biases), biases, activations.vec(), log);
+  return {out[0], std::vector<at::Tensor>(out.begin() + 1, out.end())};
+}
+
+struct MlpNllBackward : torch::autograd::Function<MlpNllBackward> {
+  static variable_list forward(AutogradContext* ctx, const at::Tensor& input, at::TensorList weights,
+                               at::TensorList defined_biases, const at::Tensor& target,
+                               const c10::List<c10::optional<at::Tensor>>& biases,
+                               const std::vector<std::string>& activations, c10::string_view reduction) {
+    at::AutoDispatchBelowADInplaceOrView below;
+    auto [loss, hidden, log_probs] = FASTFFNN_OP(mlp_nll).call(input, weights, biases, target, activations, reduction);
+    ctx->mark_non_differentiable(hidden);
+    ctx->mark_non_differentiable({log_probs});
+    ctx->set_materialize_grads(false);
+    variable_list saved{input, target};
+    saved.insert(saved.end(), weights.begin(), weights.end());
+    saved.insert(saved.end(), defined_biases.begin(), defined_biases.end());
+    saved.insert(saved.end(), hidden.begin(), hidden.end());
+    saved.push_back(log_probs);
+    ctx->save_for_backward(saved);
+    NetworkEdges{weights.size(), split_biases(biases).second}.save(ctx);
+    ctx->saved_data["activations"] = c10::List<std::string>(activations);
+    ctx->saved_data["reduction"] = std::string(reduction);
+    variable_list result{loss};
+    result.insert(result.end(), hidden.begin(), hidden.end());
+    result.push_back(log_probs);
+    return result;
+  }
+
+  static variable_list backward(AutogradContext* ctx, variable_list grad_outputs) {
+    const NetworkEdges edges = NetworkEdges::load(ctx);
+    const size_t depth = edges.depth, nb = edges.bias_count();
+    if (!grad_outputs[0].defined()) return variable_list(1 + depth + nb + 1 + 3);
+    const auto saved = ctx->get_saved_variables();
+    const at::Tensor &input = saved[0], &target = saved[1];
+    const auto weights = slice(saved, 2, depth), defined_biases = slice(saved, 2 + depth, nb),
+               hidden = slice(saved, 2 + depth + nb, depth - 1);
+    const at::Tensor& log_probs = saved.back();
+    const auto activations = ctx->saved_data["activations"].to<std::vector<std::string>>();
+    const auto reduction = ctx->saved_data["reduction"].toStringRef();
+    auto mask = edges.mask(ctx, true);
+    mask.back() = mask.back() && target.is_floating_point();
+    if (at::GradMode::is_enabled()) {
+      const auto acts = parse_activations(activations);
+      const auto r = recompute(input, weights, edges.biases(defined_biases), acts);
+      at::Tensor gt = placeholder(input);
+      const auto dz = nll_backward(grad_outputs[0], r.logits, target, parse_reduction(reduction),
+                                   mask.back() ? &gt : nullptr);
+      auto [gx, gw, gb] = network_grads_differentiable(dz, r, weights, acts, mask);
+      return edges.grads(gx, gw, gb, &gt, mask, 3);
+    }
+    auto [gx, gw, gb, gt] = FASTFFNN_OP(mlp_nll_backward)
+                                .call(grad_outputs[0], input, weights, hidden, log_probs, target, activations,
+                                      reduction, as_list(mask));
+    return edges.grads(gx, gw, gb, &gt, mask, 3);
+  }
+};
+
+std::tuple<at::Tensor, std::vector<at::Tensor>, at::Tensor> mlp_nll(
+    const at::Tensor& input, at::TensorList weights, const c10::List<c10::optional<at::Tensor>>& biases,
+    const at::Tensor& target, c10::ArrayRef<std::string> activations, c10::string_view reduction) {
+  if (!(records(input, target) || records_any(weights) || records_any(biases))) {
+    at::AutoDispatchBelowADInplaceOrView below;
+    return FASTFFNN_OP(mlp_nll).call(input, weights, biases, target, activations, reduction);
+  }
+  const std::vector<at::Tensor> defined_biases = split_biases(biases).first;
+  auto out = MlpNllBackward::apply(input, weights, at::TensorList(defined_biases), target, biases, activations.vec(),
+                                   reduction);
+  return {out[0], std::vector<at::Tensor>(out.begin() + 1, out.end() - 1), out.back()};
+}
+
 }  // namespace
 }  // namespace autograd
 
@@ -418,6 +690,8 @@ TORCH_LIBRARY_IMPL(fastffnn, Autograd, m) {
   m.impl("softmax_nll", &autograd::softmax_nll);
   m.impl("ffnn", &autograd::ffnn);
   m.impl("ffnn_nll", &autograd::ffnn_nll);
+  m.impl("mlp", &autograd::mlp);
+  m.impl("mlp_nll", &autograd::mlp_nll);
 }
 
 static void register_differentiable(torch::Library& m) {

@@ -191,6 +191,84 @@ NetworkLossArgs check_train_step_args(bool reduced_precision, const at::Tensor& 
                              target, activation, reduction);
 }
 
+// ------------------------------------------ the network of any depth
+MlpShape SymMlpShape::concrete() const {
+  MlpShape s{rows.expect_int(), {}};
+  for (const auto& n : sizes) s.sizes.push_back(n.expect_int());
+  return s;
+}
+
+SymMlpShape check_mlp(const char* op, bool reduced_precision, const at::Tensor& input, at::TensorList weights,
+                      const std::vector<c10::optional<at::Tensor>>* biases,
+                      c10::ArrayRef<std::string> activations) {
+  const size_t depth = weights.size();
+  TORCH_CHECK_VALUE(depth >= 1, "fastffnn.", op, ": the network needs at least one layer, got no weights");
+  TORCH_CHECK_VALUE(!biases || biases->size() == depth, "fastffnn.", op, ": got ", depth, " weights but ",
+                    biases ? biases->size() : 0, " biases; give one bias (or None) per layer");
+  TORCH_CHECK_VALUE(activations.size() == depth - 1, "fastffnn.", op, ": got ", activations.size(),
+                    " activations for ", depth - 1, " hidden layers (", depth,
+                    " weights); give one per hidden layer");
+  for (size_t k = 0; k < activations.size(); ++k) {
+    TORCH_CHECK_VALUE(activations[k] == "tanh" || activations[k] == "relu" || activations[k] == "sigmoid",
+                      "fastffnn.", op, ": activations[", k, "] must be one of 'tanh', 'relu', 'sigmoid', got '",
+                      activations[k], "'");
+  }
+  check_floating(op, reduced_precision, "input", input);
+  TORCH_CHECK_VALUE(input.dim() >= 1, "fastffnn.", op,
+                    ": input must have at least 1 dimension (..., in_features), got a 0-d tensor");
+  SymMlpShape s{leading_rows(input.sym_sizes()), {input.sym_size(-1)}};
+  for (size_t k = 0; k < depth; ++k) {
+    const std::string in_name = k == 0 ? std::string("input") : "the output of layer " + std::to_string(k - 1);
+    const std::string weight_name = "weights[" + std::to_string(k) + "]";
+    const std::string bias_name = "biases[" + std::to_string(k) + "]";
+    c10::SymInt out = check_layer(op, in_name.c_str(), input, s.sizes.back(), weight_name.c_str(), weights[k],
+                                  bias_name.c_str(), biases ? (*biases)[k] : c10::nullopt);
+    TORCH_CHECK_VALUE(out >= 1, "fastffnn.", op, ": ", weight_name, " has shape ", weights[k].sym_sizes(),
+                      ": layer ", k, " has no outputs; every layer needs a width of at least 1");
+    s.sizes.push_back(std::move(out));
+  }
+  return s;
+}
+
+void check_mlp_hidden(const char* op, const at::Tensor& input, const SymMlpShape& s, at::TensorList hidden) {
+  const size_t depth = s.sizes.size() - 1;
+  TORCH_CHECK_VALUE(hidden.size() == depth - 1, "fastffnn.", op, ": got ", hidden.size(),
+                    " hidden activations for ", depth - 1, " hidden layers");
+  for (size_t k = 0; k < hidden.size(); ++k) {
+    const std::string name = "hidden[" + std::to_string(k) + "]";
+    check_layer_output(op, input, s.sizes[k + 1], name.c_str(), hidden[k]);
+  }
+}
+
+MlpLossArgs check_mlp_nll_args(const char* op, bool reduced_precision, const at::Tensor& input,
+                               at::TensorList weights, const std::vector<c10::optional<at::Tensor>>& biases,
+                               const at::Tensor& target, c10::ArrayRef<std::string> activations,
+                               c10::string_view reduction) {
+  parse_reduction(reduction);
+  auto s = check_mlp(op, reduced_precision, input, weights, &biases, activations);
+  const bool is_index = check_target(op, sym_linear_output_sizes(input, s.sizes.back()), input, target);
+  return MlpLossArgs{std::move(s), is_index};
+}
+
+MlpLossArgs check_mlp_train_step_args(const char* op, bool reduced_precision, const at::Tensor& input,
+                                      const at::Tensor& target, at::TensorList params, bool has_bias,
+                                      c10::ArrayRef<std::string> activations, c10::string_view reduction) {
+  const size_t depth = activations.size() + 1, per_layer = has_bias ? 2 : 1;
+  TORCH_CHECK_VALUE(params.size() == depth * per_layer, "fastffnn.", op, ": params must be ",
+                    has_bias ? "[weights[0], biases[0], weights[1], biases[1], ...]" : "[weights[0], weights[1], ...]",
+                    " for ", depth, " layers (", activations.size(), " activations), that is ", depth * per_layer,
+                    " tensors; got ", params.size());
+  TORCH_CHECK_VALUE(parse_reduction(reduction) != Reduction::None, "fastffnn.", op,
+                    ": reduction must be 'mean' or 'sum' (a step needs one loss), got 'none'");
+  std::vector<at::Tensor> weights;
+  std::vector<c10::optional<at::Tensor>> biases;
+  for (size_t k = 0; k < depth; ++k) {
+    weights.push_back(params[k * per_layer]);
+    biases.push_back(has_bias ? c10::optional<at::Tensor>(params[k * per_layer + 1]) : c10::nullopt);
+  }
+  return check_mlp_nll_args(op, reduced_precision, input, weights, biases, target, activations, reduction);
+}
+
 bool reduced_precision_on(const c10::Device& device) {
 #ifdef FASTFFNN_CUDA_EMULATION
   return device.is_cuda() || device.is_cpu();
@@ -229,6 +307,23 @@ TORCH_LIBRARY_IMPL(fastffnn, CompositeImplicitAutograd, m) {
                                c10::string_view reduction) {
     fastffnn::check_ffnn_nll_args("ffnn_nll", reduced_precision_on(x.device()), x, Vw, Vb, Ww, Wb, target, act,
                                   reduction);
+  });
+  m.impl("_check_mlp", [](const Tensor& x, at::TensorList weights, const c10::List<optional<Tensor>>& biases,
+                          c10::ArrayRef<std::string> acts) {
+    const std::vector<optional<Tensor>> b = biases.vec();
+    fastffnn::check_mlp("mlp", reduced_precision_on(x.device()), x, weights, &b, acts);
+  });
+  m.impl("_check_mlp_nll", [](const Tensor& x, at::TensorList weights, const c10::List<optional<Tensor>>& biases,
+                              const Tensor& target, c10::ArrayRef<std::string> acts, c10::string_view reduction) {
+    const std::vector<optional<Tensor>> b = biases.vec();
+    fastffnn::check_mlp_nll_args("mlp_nll", reduced_precision_on(x.device()), x, weights, b, target, acts,
+                                 reduction);
+  });
+  m.impl("_check_mlp_nll_adam_step_", [](const Tensor& x, const Tensor& target, at::TensorList params,
+                                         bool has_bias, c10::ArrayRef<std::string> acts,
+                                         c10::string_view reduction) {
+    fastffnn::check_mlp_train_step_args("mlp_nll_adam_step_", reduced_precision_on(x.device()), x, target, params,
+                                        has_bias, acts, reduction);
   });
   m.impl("_check_ffnn_nll_adam_step_", [](const Tensor& x, const Tensor& target, at::TensorList params,
                                           bool has_bias, c10::string_view act, c10::string_view reduction) {

@@ -17,6 +17,7 @@
 #include <c10/util/Optional.h>
 #include <c10/util/string_view.h>
 
+#include <string>
 #include <utility>
 #include <vector>
 
@@ -137,6 +138,46 @@ NetworkLossArgs check_ffnn_nll_args(const char* op, bool reduced_precision, cons
 NetworkLossArgs check_train_step_args(bool reduced_precision, const at::Tensor& input, const at::Tensor& target,
                                       at::TensorList params, bool has_bias, c10::string_view activation,
                                       c10::string_view reduction);
+
+// ------------------------------------------ the network of any depth (mlp ops)
+// The sizes of a network of L = weights.size() layers on an input (..., n_0):
+// sizes = [n_0, n_1, ..., n_L].
+struct MlpShape {
+  int64_t rows;
+  std::vector<int64_t> sizes;
+};
+struct SymMlpShape {
+  c10::SymInt rows;
+  std::vector<c10::SymInt> sizes;
+  MlpShape concrete() const;
+};
+
+// Validates input (..., n_0), weights[k] (n_{k+1}, n_k), biases[k] (n_{k+1},)
+// or None (biases may be null: the backward ops have none), every n_k >= 1,
+// and one activation per hidden layer (L - 1). Errors name the layer index
+// and the sizes.
+SymMlpShape check_mlp(const char* op, bool reduced_precision, const at::Tensor& input, at::TensorList weights,
+                      const std::vector<c10::optional<at::Tensor>>* biases,
+                      c10::ArrayRef<std::string> activations);
+
+// The saved hidden activations of a network: hidden[k] (..., n_{k+1}) for k < L - 1.
+void check_mlp_hidden(const char* op, const at::Tensor& input, const SymMlpShape& s, at::TensorList hidden);
+
+struct MlpLossArgs {
+  SymMlpShape shape;
+  bool is_index;
+};
+MlpLossArgs check_mlp_nll_args(const char* op, bool reduced_precision, const at::Tensor& input,
+                               at::TensorList weights, const std::vector<c10::optional<at::Tensor>>& biases,
+                               const at::Tensor& target, c10::ArrayRef<std::string> activations,
+                               c10::string_view reduction);
+
+// The training step of a network of len(activations) + 1 layers: params are
+// [weights[0], biases[0], weights[1], biases[1], ...] (the biases left out
+// unless has_bias), and the loss must be one number.
+MlpLossArgs check_mlp_train_step_args(const char* op, bool reduced_precision, const at::Tensor& input,
+                                      const at::Tensor& target, at::TensorList params, bool has_bias,
+                                      c10::ArrayRef<std::string> activations, c10::string_view reduction);
 
 // Whether the kernels registered for `device` in this build compute in
 // float16/bfloat16: CUDA's, and in the emulated build (csrc/cuda/emulation/)

@@ -13,6 +13,7 @@
 #include "activation.h"
 
 #include <tuple>
+#include <vector>
 
 // One list, so the backends cannot drift apart.
 #define FASTFFNN_DECLARE_EPILOGUES                                                                 \
@@ -57,7 +58,38 @@ struct OutputGradient {
   at::Tensor* grad_target = nullptr;  // nll with probability targets: where the target's gradient goes
 };
 
-using NetworkGrads = std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor>;
+// A network of L >= 1 layers, the input (rows, n_0) to the logits (rows, n_L):
+// weights[k] is (n_{k+1}, n_k) as in nn.Linear, biases[k] is (n_{k+1},) or
+// absent, and acts[k] follows layer k < L - 1 (the hidden layers). The
+// backward ops know no biases: `biases` is then empty.
+struct Network {
+  std::vector<at::Tensor> weights;
+  std::vector<c10::optional<at::Tensor>> biases;
+  std::vector<Activation> acts;
+
+  size_t depth() const { return weights.size(); }
+  c10::optional<at::Tensor> bias(size_t k) const { return biases.empty() ? c10::nullopt : biases[k]; }
+};
+
+// Which of a network's gradients to form, and the gradients themselves;
+// weights[k] and biases[k] are layer k's. An entry not asked for is an empty
+// placeholder of shape [0].
+struct NetworkMask {
+  bool input = false;
+  std::vector<bool> weights, biases;
+
+  // Whether anything below layer k (its input, or a parameter of a layer < k) is asked for.
+  bool below(size_t k) const {
+    if (input) return true;
+    for (size_t j = 0; j < k; ++j)
+      if (weights[j] || biases[j]) return true;
+    return false;
+  }
+};
+struct NetworkGradients {
+  at::Tensor input;
+  std::vector<at::Tensor> weights, biases;
+};
 
 }  // namespace fastffnn
 

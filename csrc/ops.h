@@ -19,6 +19,8 @@
 #include <torch/library.h>
 
 #include <array>
+#include <string>
+#include <vector>
 #include <tuple>
 #include <type_traits>
 #include <utility>
@@ -117,55 +119,99 @@ at::Tensor reduce_loss(const at::Tensor& row_loss, Reduction reduction, at::IntA
   return B::reduce_loss(row_loss, reduction).to(dtype);
 }
 
-// (output, hidden) of the network softmax(W(act(V(x)))) (log_softmax if
-// log): the backend's whole-network path where it applies, else two layers.
+// (output, hidden activations) of the network softmax(L_L(act(... act(L_1 x))))
+// (log_softmax if log): the backend's whole-network path where it applies,
+// else each hidden layer's product and bias + activation epilogue, then the
+// output layer's product and softmax epilogue.
 template <class B>
-std::pair<at::Tensor, at::Tensor> ffnn_forward_2d(const at::Tensor& x, const at::Tensor& V_weight,
-                                                  const c10::optional<at::Tensor>& V_bias, const at::Tensor& W_weight,
-                                                  const c10::optional<at::Tensor>& W_bias, Activation act, bool log) {
-  if (auto whole = B::ffnn_forward(x, V_weight, V_bias, W_weight, W_bias, act, log)) return *std::move(whole);
-  auto h = linear_act_2d<B>(x, V_weight, V_bias, act);
-  return {linear_softmax_2d<B>(h, W_weight, W_bias, log), h};
-}
-
-// The five gradients of the network given dz2, the gradient of the output
-// layer's pre-activation: (input, V.weight, V.bias, W.weight, W.bias).
-// grad_W_bias, if asked for, has been formed with dz2 and is passed through.
-template <class B>
-NetworkGrads backprop_network_2d(const at::Tensor& dz2, const at::Tensor& x, const at::Tensor& V_weight,
-                                 const at::Tensor& W_weight, const at::Tensor& hidden, Activation act,
-                                 c10::ArrayRef<bool> mask, at::Tensor grad_W_bias) {
-  at::Tensor gWw = mask[3] ? B::weight_grad(dz2, hidden) : no_grad_placeholder(dz2);
-  at::Tensor gx = no_grad_placeholder(dz2), gVw = gx, gVb = gx;
-  if (mask[0] || mask[1] || mask[2]) {
-    if (mask[2]) gVb = at::empty({hidden.size(1)}, hidden.options());
-    // dL/dhidden, turned in place into dL/d(pre-activation) by the epilogue.
-    at::Tensor dz1 = B::input_grad(dz2, W_weight);
-    B::act_backward(dz1, hidden, act, dz1, mask[2] ? &gVb : nullptr);
-    std::tie(gx, gVw) = linear_backward_2d<B>(dz1, x, V_weight, mask[0], mask[1]);
+std::pair<at::Tensor, std::vector<at::Tensor>> network_forward_2d(const at::Tensor& x, const Network& net,
+                                                                  bool log) {
+  if (auto whole = B::network_forward(x, net, log)) return *std::move(whole);
+  std::vector<at::Tensor> hidden;
+  hidden.reserve(net.depth() - 1);
+  at::Tensor a = x;
+  for (size_t k = 0; k + 1 < net.depth(); ++k) {
+    a = linear_act_2d<B>(a, net.weights[k], net.bias(k), net.acts[k]);
+    hidden.push_back(a);
   }
-  return {gx, gVw, gVb, gWw, std::move(grad_W_bias)};
+  return {linear_softmax_2d<B>(a, net.weights.back(), net.bias(net.depth() - 1), log), std::move(hidden)};
 }
 
-// The five gradients of the network from its output gradient: the backend's
+// The placeholders of a network's gradients, with the bias gradients asked
+// for allocated (the epilogues fill them).
+inline NetworkGradients network_gradients(const Network& net, const NetworkMask& mask, const at::Tensor& like) {
+  NetworkGradients g;
+  g.input = no_grad_placeholder(like);
+  for (size_t k = 0; k < net.depth(); ++k) {
+    g.weights.push_back(no_grad_placeholder(like));
+    g.biases.push_back(mask.biases[k] ? at::empty({net.weights[k].size(0)}, like.options())
+                                      : no_grad_placeholder(like));
+  }
+  return g;
+}
+
+// Backpropagates dz, the gradient of the output layer's pre-activation
+// (whose bias gradient the output epilogue has formed into g), through the
+// layers: at each layer its weight gradient, then (where anything below is
+// asked for) the gradient of its input, turned by the hidden layer's
+// activation epilogue into the next dz, with that layer's bias gradient.
+template <class B>
+void backprop_network_2d(at::Tensor dz, const at::Tensor& x, const Network& net,
+                         const std::vector<at::Tensor>& hidden, const NetworkMask& mask, NetworkGradients& g) {
+  for (size_t k = net.depth(); k-- > 0;) {
+    const at::Tensor& a = k == 0 ? x : hidden[k - 1];
+    if (mask.weights[k]) g.weights[k] = B::weight_grad(dz, a);
+    if (!mask.below(k)) return;
+    at::Tensor da = B::input_grad(dz, net.weights[k]);
+    if (k == 0) {
+      g.input = std::move(da);
+      return;
+    }
+    // dL/d(activation), turned in place into dL/d(pre-activation).
+    B::act_backward(da, a, net.acts[k - 1], da, mask.biases[k - 1] ? &g.biases[k - 1] : nullptr);
+    dz = std::move(da);
+  }
+}
+
+// The network's gradients from its output's gradient: the backend's
 // whole-network path where it applies, else the output layer's epilogue and
-// backprop_network_2d. Entries whose mask is false are placeholders.
+// backprop_network_2d.
 template <class B>
-NetworkGrads network_backward_2d(const OutputGradient& grad, const at::Tensor& x, const at::Tensor& V_weight,
-                                 const at::Tensor& W_weight, const at::Tensor& hidden, Activation act,
-                                 c10::ArrayRef<bool> mask) {
-  if (auto whole = B::network_backward(grad, x, V_weight, W_weight, hidden, act, mask)) return *std::move(whole);
+NetworkGradients network_backward_2d(const OutputGradient& grad, const at::Tensor& x, const Network& net,
+                                     const std::vector<at::Tensor>& hidden, const NetworkMask& mask) {
+  if (auto whole = B::network_backward(grad, x, net, hidden, mask)) return *std::move(whole);
   const at::Tensor& y = grad.output;
-  at::Tensor gWb = mask[4] ? at::empty({y.size(1)}, y.options()) : no_grad_placeholder(y);
-  at::Tensor dz2;
+  NetworkGradients g = network_gradients(net, mask, y);
+  const size_t last = net.depth() - 1;
+  at::Tensor* grad_bias = mask.biases[last] ? &g.biases[last] : nullptr;
+  at::Tensor dz;
   if (grad.nll) {
-    dz2 = B::nll_backward(grad.grad_loss, y, c10::nullopt, grad.target, grad.is_index, grad.reduction,
-                          mask[4] ? &gWb : nullptr, grad.grad_target);
+    dz = B::nll_backward(grad.grad_loss, y, c10::nullopt, grad.target, grad.is_index, grad.reduction, grad_bias,
+                         grad.grad_target);
   } else {
-    dz2 = at::empty_like(y);
-    B::softmax_backward(grad.grad_output, y, grad.log, dz2, mask[4] ? &gWb : nullptr);
+    dz = at::empty_like(y);
+    B::softmax_backward(grad.grad_output, y, grad.log, dz, grad_bias);
   }
-  return backprop_network_2d<B>(dz2, x, V_weight, W_weight, hidden, act, mask, gWb);
+  backprop_network_2d<B>(std::move(dz), x, net, hidden, mask, g);
+  return g;
+}
+
+// The lecture's network softmax(W(act(V x))) as a Network of two layers, and
+// the mask of its five gradients (input, V.weight, V.bias, W.weight, W.bias).
+inline Network two_layer_network(const at::Tensor& V_weight, const c10::optional<at::Tensor>& V_bias,
+                                 const at::Tensor& W_weight, const c10::optional<at::Tensor>& W_bias,
+                                 Activation act) {
+  return Network{{V_weight, W_weight}, {V_bias, W_bias}, {act}};
+}
+inline Network two_layer_network(const at::Tensor& V_weight, const at::Tensor& W_weight, Activation act) {
+  return Network{{V_weight, W_weight}, {}, {act}};
+}
+inline NetworkMask two_layer_mask(c10::ArrayRef<bool> mask) {
+  return NetworkMask{mask[0], {mask[1], mask[3]}, {mask[2], mask[4]}};
+}
+inline std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor> two_layer_grads(NetworkGradients g) {
+  return {std::move(g.input), std::move(g.weights[0]), std::move(g.biases[0]), std::move(g.weights[1]),
+          std::move(g.biases[1])};
 }
 
 }  // namespace fastffnn
@@ -286,8 +332,9 @@ std::tuple<at::Tensor, at::Tensor> ffnn(const at::Tensor& input, const at::Tenso
   const auto guard = B::guard(input);
   const Activation act = parse_activation(activation);
   const auto s = check_ffnn_args(B::kReducedPrecision, input, V_weight, V_bias, W_weight, W_bias, activation).concrete();
-  auto [p, h] = ffnn_forward_2d<B>(input.reshape({s.rows, s.in}), V_weight, V_bias, W_weight, W_bias, act, log);
-  return {p.view(linear_output_sizes(input, s.out)), h.view(linear_output_sizes(input, s.hidden))};
+  auto [p, h] = network_forward_2d<B>(input.reshape({s.rows, s.in}),
+                                      two_layer_network(V_weight, V_bias, W_weight, W_bias, act), log);
+  return {p.view(linear_output_sizes(input, s.out)), h[0].view(linear_output_sizes(input, s.hidden))};
 }
 
 template <class B>
@@ -308,8 +355,10 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor> ffnn_back
   grad.output = output.reshape({s.rows, s.out}).contiguous();
   grad.grad_output = grad_output.reshape({s.rows, s.out}).contiguous();
   grad.log = log;
-  auto grads = network_backward_2d<B>(grad, input.reshape({s.rows, s.in}), V_weight, W_weight,
-                                      hidden.reshape({s.rows, s.hidden}).contiguous(), act, output_mask);
+  auto grads = two_layer_grads(network_backward_2d<B>(grad, input.reshape({s.rows, s.in}),
+                                                      two_layer_network(V_weight, W_weight, act),
+                                                      {hidden.reshape({s.rows, s.hidden}).contiguous()},
+                                                      two_layer_mask(output_mask)));
   if (output_mask[0]) std::get<0>(grads) = std::get<0>(grads).view(input.sizes());
   return grads;
 }
@@ -335,8 +384,9 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> ffnn_nll(const at::Tensor& input,
   const NetworkShape s = args.shape.concrete();
   const bool is_index = args.is_index;
   const auto out_sizes = linear_output_sizes(input, s.out);
-  auto [lp, h] = ffnn_forward_2d<B>(input.reshape({s.rows, s.in}), V_weight, V_bias, W_weight, W_bias, act,
-                                    /*log=*/true);
+  auto [lp, hs] = network_forward_2d<B>(input.reshape({s.rows, s.in}),
+                                        two_layer_network(V_weight, V_bias, W_weight, W_bias, act), /*log=*/true);
+  const at::Tensor& h = hs[0];
   auto row_loss = B::nll_rows(op, lp, target_2d(target, s.rows, s.out, is_index), is_index, nullptr);
   const auto lead = input.sizes().slice(0, input.dim() - 1);
   return {reduce_loss<B>(row_loss, red, lead, lp.scalar_type()), h.view(linear_output_sizes(input, s.hidden)),
@@ -370,12 +420,138 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tenso
   grad.reduction = red;
   grad.grad_target = want_target ? &gt : nullptr;
   auto [gx, gVw, gVb, gWw, gWb] =
-      network_backward_2d<B>(grad, input.reshape({s.rows, s.in}), V_weight, W_weight,
-                             hidden.reshape({s.rows, s.hidden}).contiguous(), act,
-                             c10::ArrayRef<bool>(output_mask.data(), 5));
+      two_layer_grads(network_backward_2d<B>(grad, input.reshape({s.rows, s.in}),
+                                             two_layer_network(V_weight, W_weight, act),
+                                             {hidden.reshape({s.rows, s.hidden}).contiguous()},
+                                             two_layer_mask(c10::ArrayRef<bool>(output_mask.data(), 5))));
   if (output_mask[0]) gx = gx.view(input.sizes());
   if (want_target) gt = gt.view(log_probs.sizes());
   return {gx, gVw, gVb, gWw, gWb, gt};
+}
+
+// --------------------- mlp: softmax(L_L(act(... act(L_1 x)))), any depth L >= 1
+// The engine of ffnn for a list of layers: the backend's whole-network path
+// where it applies, else each layer's product and its epilogue; the hidden
+// activations are returned for the backward, which runs the output epilogue
+// and then, layer by layer, the weight gradient, the input gradient and the
+// activation epilogue fused with the bias gradient.
+
+inline Network make_network(at::TensorList weights, std::vector<c10::optional<at::Tensor>> biases,
+                            c10::ArrayRef<std::string> activations) {
+  Network net{weights.vec(), std::move(biases), {}};
+  for (const auto& a : activations) net.acts.push_back(parse_activation(a));
+  return net;
+}
+
+// The mask of the mlp backward ops, [input, weights..., biases..., (target)],
+// as a NetworkMask; `extra` is 1 where the op also returns the target's gradient.
+inline NetworkMask network_mask(const char* op, const c10::List<bool>& m, size_t depth, size_t extra) {
+  TORCH_CHECK_VALUE(m.size() == 1 + 2 * depth + extra, "fastffnn.", op, ": output_mask must have ",
+                    1 + 2 * depth + extra, " entries for ", depth, " layers, got ", m.size());
+  NetworkMask mask;
+  mask.input = m.get(0);
+  for (size_t k = 0; k < depth; ++k) {
+    mask.weights.push_back(m.get(1 + k));
+    mask.biases.push_back(m.get(1 + depth + k));
+  }
+  return mask;
+}
+
+inline std::vector<at::Tensor> rows_2d(at::TensorList ts, int64_t rows) {
+  std::vector<at::Tensor> out;
+  for (const auto& t : ts) out.push_back(t.reshape({rows, t.size(-1)}).contiguous());
+  return out;
+}
+
+inline std::vector<at::Tensor> hidden_views(std::vector<at::Tensor> hidden, const at::Tensor& input) {
+  for (auto& h : hidden) h = h.view(linear_output_sizes(input, h.size(1)));
+  return hidden;
+}
+
+template <class B>
+std::tuple<at::Tensor, std::vector<at::Tensor>> mlp(const at::Tensor& input, at::TensorList weights,
+                                                    const c10::List<c10::optional<at::Tensor>>& biases,
+                                                    c10::ArrayRef<std::string> activations, bool log) {
+  const auto guard = B::guard(input);
+  auto b = biases.vec();
+  const MlpShape s = check_mlp("mlp", B::kReducedPrecision, input, weights, &b, activations).concrete();
+  auto [p, hidden] = network_forward_2d<B>(input.reshape({s.rows, s.sizes[0]}),
+                                           make_network(weights, std::move(b), activations), log);
+  return {p.view(linear_output_sizes(input, s.sizes.back())), hidden_views(std::move(hidden), input)};
+}
+
+template <class B>
+std::tuple<at::Tensor, std::vector<at::Tensor>, std::vector<at::Tensor>> mlp_backward(
+    const at::Tensor& grad_output, const at::Tensor& input, at::TensorList weights, at::TensorList hidden,
+    const at::Tensor& output, c10::ArrayRef<std::string> activations, bool log, const c10::List<bool>& output_mask) {
+  const auto guard = B::guard(input);
+  constexpr const char* op = "mlp_backward";
+  const auto sym = check_mlp(op, B::kReducedPrecision, input, weights, nullptr, activations);
+  check_mlp_hidden(op, input, sym, hidden);
+  check_layer_output(op, input, sym.sizes.back(), "output", output);
+  check_layer_output(op, input, sym.sizes.back(), "grad_output", grad_output);
+  const MlpShape s = sym.concrete();
+  const NetworkMask mask = network_mask(op, output_mask, weights.size(), 0);
+  OutputGradient grad;
+  grad.output = output.reshape({s.rows, s.sizes.back()}).contiguous();
+  grad.grad_output = grad_output.reshape({s.rows, s.sizes.back()}).contiguous();
+  grad.log = log;
+  auto g = network_backward_2d<B>(grad, input.reshape({s.rows, s.sizes[0]}), make_network(weights, {}, activations),
+                                  rows_2d(hidden, s.rows), mask);
+  if (mask.input) g.input = g.input.view(input.sizes());
+  return {g.input, g.weights, g.biases};
+}
+
+template <class B>
+std::tuple<at::Tensor, std::vector<at::Tensor>, at::Tensor> mlp_nll(
+    const at::Tensor& input, at::TensorList weights, const c10::List<c10::optional<at::Tensor>>& biases,
+    const at::Tensor& target, c10::ArrayRef<std::string> activations, c10::string_view reduction) {
+  const auto guard = B::guard(input);
+  constexpr const char* op = "mlp_nll";
+  const Reduction red = parse_reduction(reduction);
+  auto b = biases.vec();
+  const auto args = check_mlp_nll_args(op, B::kReducedPrecision, input, weights, b, target, activations, reduction);
+  const MlpShape s = args.shape.concrete();
+  const int64_t classes = s.sizes.back();
+  auto [lp, hidden] = network_forward_2d<B>(input.reshape({s.rows, s.sizes[0]}),
+                                            make_network(weights, std::move(b), activations), /*log=*/true);
+  auto row_loss = B::nll_rows(op, lp, target_2d(target, s.rows, classes, args.is_index), args.is_index, nullptr);
+  const auto lead = input.sizes().slice(0, input.dim() - 1);
+  return {reduce_loss<B>(row_loss, red, lead, lp.scalar_type()), hidden_views(std::move(hidden), input),
+          lp.view(linear_output_sizes(input, classes))};
+}
+
+template <class B>
+std::tuple<at::Tensor, std::vector<at::Tensor>, std::vector<at::Tensor>, at::Tensor> mlp_nll_backward(
+    const at::Tensor& grad_loss, const at::Tensor& input, at::TensorList weights, at::TensorList hidden,
+    const at::Tensor& log_probs, const at::Tensor& target, c10::ArrayRef<std::string> activations,
+    c10::string_view reduction, const c10::List<bool>& output_mask) {
+  const auto guard = B::guard(input);
+  constexpr const char* op = "mlp_nll_backward";
+  const Reduction red = parse_reduction(reduction);
+  const auto sym = check_mlp(op, B::kReducedPrecision, input, weights, nullptr, activations);
+  check_mlp_hidden(op, input, sym, hidden);
+  check_layer_output(op, input, sym.sizes.back(), "log_probs", log_probs);
+  const bool is_index = check_target(op, log_probs.sym_sizes(), input, target);
+  check_grad_loss(op, grad_loss, input, input.sym_sizes().slice(0, input.dim() - 1), red);
+  const MlpShape s = sym.concrete();
+  const int64_t classes = s.sizes.back();
+  const NetworkMask mask = network_mask(op, output_mask, weights.size(), 1);
+  const bool want_target = output_mask.get(output_mask.size() - 1) && !is_index;
+  at::Tensor gt = want_target ? at::empty({s.rows, classes}, log_probs.options()) : no_grad_placeholder(log_probs);
+  OutputGradient grad;
+  grad.nll = true;
+  grad.output = log_probs.reshape({s.rows, classes}).contiguous();
+  grad.grad_loss = grad_loss.contiguous();
+  grad.target = target_2d(target, s.rows, classes, is_index);
+  grad.is_index = is_index;
+  grad.reduction = red;
+  grad.grad_target = want_target ? &gt : nullptr;
+  auto g = network_backward_2d<B>(grad, input.reshape({s.rows, s.sizes[0]}), make_network(weights, {}, activations),
+                                  rows_2d(hidden, s.rows), mask);
+  if (mask.input) g.input = g.input.view(input.sizes());
+  if (want_target) gt = gt.view(log_probs.sizes());
+  return {g.input, g.weights, g.biases, gt};
 }
 
 // ------------------------------------------------------------ registration
@@ -396,6 +572,10 @@ void register_kernels(torch::Library& m) {
   FASTFFNN_REGISTER(ffnn_backward);
   FASTFFNN_REGISTER(ffnn_nll);
   FASTFFNN_REGISTER(ffnn_nll_backward);
+  FASTFFNN_REGISTER(mlp);
+  FASTFFNN_REGISTER(mlp_backward);
+  FASTFFNN_REGISTER(mlp_nll);
+  FASTFFNN_REGISTER(mlp_nll_backward);
 #undef FASTFFNN_REGISTER
 }
 

@@ -55,6 +55,27 @@ TORCH_LIBRARY(fastffnn, m) {
       "Tensor hidden, Tensor log_probs, Tensor target, str activation, str reduction, "
       "bool[6] output_mask) -> (Tensor, Tensor, Tensor, Tensor, Tensor, Tensor)");
 
+  // The network of any depth L >= 1: softmax(L_L(act_{L-1}(... act_1(L_1(input))))) (log_softmax if
+  // log), with weights[k] (n_{k+1}, n_k) and biases[k] (n_{k+1},) or None for layer k, and one
+  // activation per hidden layer (L - 1 of them). Also returns the hidden activations, saved for the
+  // backward. ffnn is the case L = 2 of the same engine (csrc/ops.h).
+  m.def(
+      "mlp(Tensor input, Tensor[] weights, Tensor?[] biases, str[] activations, bool log=False) "
+      "-> (Tensor, Tensor[])");
+  // output_mask: [input, weights..., biases...]; returns (grad_input, grad_weights, grad_biases).
+  m.def(
+      "mlp_backward(Tensor grad_output, Tensor input, Tensor[] weights, Tensor[] hidden, Tensor output, "
+      "str[] activations, bool log, bool[] output_mask) -> (Tensor, Tensor[], Tensor[])");
+  // The network and its loss, as ffnn_nll: returns (loss, hidden, log_probs).
+  m.def(
+      "mlp_nll(Tensor input, Tensor[] weights, Tensor?[] biases, Tensor target, str[] activations, "
+      "str reduction='mean') -> (Tensor, Tensor[], Tensor)");
+  // output_mask: [input, weights..., biases..., target]; the target's gradient is for probability targets.
+  m.def(
+      "mlp_nll_backward(Tensor grad_loss, Tensor input, Tensor[] weights, Tensor[] hidden, Tensor log_probs, "
+      "Tensor target, str[] activations, str reduction, bool[] output_mask) "
+      "-> (Tensor, Tensor[], Tensor[], Tensor)");
+
   // The closed-form gradients of the forward ops composed of differentiable
   // ATen ops (CompositeImplicitAutograd): what a backward that records a
   // graph computes, so that double backward and torch.func transforms of a
@@ -90,6 +111,13 @@ TORCH_LIBRARY(fastffnn, m) {
   m.def(
       "_check_ffnn_nll(Tensor input, Tensor V_weight, Tensor? V_bias, Tensor W_weight, Tensor? W_bias, "
       "Tensor target, str activation, str reduction) -> ()");
+  m.def("_check_mlp(Tensor input, Tensor[] weights, Tensor?[] biases, str[] activations) -> ()");
+  m.def(
+      "_check_mlp_nll(Tensor input, Tensor[] weights, Tensor?[] biases, Tensor target, str[] activations, "
+      "str reduction) -> ()");
+  m.def(
+      "_check_mlp_nll_adam_step_(Tensor input, Tensor target, Tensor[] params, bool has_bias, str[] activations, "
+      "str reduction) -> ()");
   m.def(
       "_check_ffnn_nll_adam_step_(Tensor input, Tensor target, Tensor[] params, bool has_bias, str activation, "
       "str reduction) -> ()");
@@ -122,5 +150,19 @@ TORCH_LIBRARY(fastffnn, m) {
       "ffnn_nll_adam_step_.tensor_lr(Tensor input, Tensor target, Tensor(a!)[] params, bool has_bias, "
       "Tensor(b!)[] exp_avgs, Tensor(c!)[] exp_avg_sqs, Tensor(d!)[] max_exp_avg_sqs, Tensor(e!)[] steps, "
       "str activation, str reduction, Tensor lr, float beta1, float beta2, float eps, float weight_decay, "
+      "bool amsgrad, bool maximize, bool decoupled_weight_decay) -> Tensor");
+
+  // The training step of the network of any depth, as ffnn_nll_adam_step_: params are [weights[0],
+  // biases[0], weights[1], biases[1], ...] (the biases left out when has_bias is false), with
+  // len(activations) + 1 layers. ffnn_nll_adam_step_ is its case of one hidden layer.
+  m.def(
+      "mlp_nll_adam_step_(Tensor input, Tensor target, Tensor(a!)[] params, bool has_bias, "
+      "Tensor(b!)[] exp_avgs, Tensor(c!)[] exp_avg_sqs, Tensor(d!)[] max_exp_avg_sqs, Tensor(e!)[] steps, "
+      "str[] activations, str reduction, float lr, float beta1, float beta2, float eps, float weight_decay, "
+      "bool amsgrad, bool maximize, bool decoupled_weight_decay) -> Tensor");
+  m.def(
+      "mlp_nll_adam_step_.tensor_lr(Tensor input, Tensor target, Tensor(a!)[] params, bool has_bias, "
+      "Tensor(b!)[] exp_avgs, Tensor(c!)[] exp_avg_sqs, Tensor(d!)[] max_exp_avg_sqs, Tensor(e!)[] steps, "
+      "str[] activations, str reduction, Tensor lr, float beta1, float beta2, float eps, float weight_decay, "
       "bool amsgrad, bool maximize, bool decoupled_weight_decay) -> Tensor");
 }

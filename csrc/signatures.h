@@ -8,9 +8,12 @@
 
 #include <ATen/core/Tensor.h>
 #include <c10/util/Optional.h>
+#include <ATen/core/List.h>
 #include <c10/util/string_view.h>
 
 #include <array>
+#include <string>
+#include <vector>
 #include <tuple>
 
 namespace fastffnn::signature {
@@ -47,5 +50,19 @@ using ffnn_nll_backward = std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Ten
     const at::Tensor& W_weight, const at::Tensor& hidden, const at::Tensor& log_probs,
     const at::Tensor& target, c10::string_view activation, c10::string_view reduction,
     std::array<bool, 6> output_mask);
+
+using mlp = std::tuple<at::Tensor, std::vector<at::Tensor>>(
+    const at::Tensor& input, at::TensorList weights, const c10::List<c10::optional<at::Tensor>>& biases,
+    c10::ArrayRef<std::string> activations, bool log);
+using mlp_backward = std::tuple<at::Tensor, std::vector<at::Tensor>, std::vector<at::Tensor>>(
+    const at::Tensor& grad_output, const at::Tensor& input, at::TensorList weights, at::TensorList hidden,
+    const at::Tensor& output, c10::ArrayRef<std::string> activations, bool log, const c10::List<bool>& output_mask);
+using mlp_nll = std::tuple<at::Tensor, std::vector<at::Tensor>, at::Tensor>(
+    const at::Tensor& input, at::TensorList weights, const c10::List<c10::optional<at::Tensor>>& biases,
+    const at::Tensor& target, c10::ArrayRef<std::string> activations, c10::string_view reduction);
+using mlp_nll_backward = std::tuple<at::Tensor, std::vector<at::Tensor>, std::vector<at::Tensor>, at::Tensor>(
+    const at::Tensor& grad_loss, const at::Tensor& input, at::TensorList weights, at::TensorList hidden,
+    const at::Tensor& log_probs, const at::Tensor& target, c10::ArrayRef<std::string> activations,
+    c10::string_view reduction, const c10::List<bool>& output_mask);
 
 }  // namespace fastffnn::signature

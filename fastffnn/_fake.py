@@ -92,6 +92,40 @@ def register() -> None:
         mask[5] = mask[5] and target.is_floating_point()
         return _grad_placeholders(input, mask, shapes)
 
+    def _mlp_outputs(input, weights):
+        lead = tuple(input.shape[:-1])
+        return input.new_empty((*lead, weights[-1].shape[0])), [input.new_empty((*lead, w.shape[0]))
+                                                                for w in weights[:-1]]
+
+    @torch.library.register_fake(lib + "mlp")
+    def _(input, weights, biases, activations, log=False):
+        _checks._check_mlp(input, weights, biases, activations)
+        return _mlp_outputs(input, weights)
+
+    def _mlp_grads(input, weights, mask):
+        depth = len(weights)
+        gx = input.new_empty(input.shape) if mask[0] else input.new_empty(0)
+        gw = [input.new_empty(w.shape) if mask[1 + k] else input.new_empty(0) for k, w in enumerate(weights)]
+        gb = [input.new_empty((w.shape[0],)) if mask[1 + depth + k] else input.new_empty(0)
+              for k, w in enumerate(weights)]
+        return gx, gw, gb
+
+    @torch.library.register_fake(lib + "mlp_backward")
+    def _(grad_output, input, weights, hidden, output, activations, log, output_mask):
+        return _mlp_grads(input, weights, output_mask)
+
+    @torch.library.register_fake(lib + "mlp_nll")
+    def _(input, weights, biases, target, activations, reduction="mean"):
+        _checks._check_mlp_nll(input, weights, biases, target, activations, reduction)
+        out, hidden = _mlp_outputs(input, weights)
+        return input.new_empty(_loss_shape(tuple(input.shape[:-1]), reduction)), hidden, out
+
+    @torch.library.register_fake(lib + "mlp_nll_backward")
+    def _(grad_loss, input, weights, hidden, log_probs, target, activations, reduction, output_mask):
+        gx, gw, gb = _mlp_grads(input, weights, output_mask)
+        want_target = output_mask[-1] and target.is_floating_point()
+        return gx, gw, gb, input.new_empty(log_probs.shape) if want_target else input.new_empty(0)
+
     def _adam_step(params, grads, exp_avgs, exp_avg_sqs, max_exp_avg_sqs, steps, lr, beta1, beta2, eps, weight_decay,
                    amsgrad, maximize, decoupled_weight_decay):
         return None
@@ -99,12 +133,16 @@ def register() -> None:
     for overload in ("", ".tensor_lr"):
         torch.library.register_fake(lib + "adam_step_" + overload)(_adam_step)
 
-    def _train_step(input, target, params, has_bias, exp_avgs, exp_avg_sqs, max_exp_avg_sqs, steps, activation,
-                    reduction, lr, beta1, beta2, eps, weight_decay, amsgrad, maximize, decoupled_weight_decay):
-        # A meta input or target beside real parameters lands here too: the
-        # checks name the devices, where an uninitialised loss would be silent.
-        _checks._check_ffnn_nll_adam_step_(input, target, params, has_bias, activation, reduction)
-        return input.new_empty(())
+    def _train_step(check):
+        def fake(input, target, params, has_bias, exp_avgs, exp_avg_sqs, max_exp_avg_sqs, steps, activation,
+                 reduction, lr, beta1, beta2, eps, weight_decay, amsgrad, maximize, decoupled_weight_decay):
+            # A meta input or target beside real parameters lands here too: the
+            # checks name the devices, where an uninitialised loss would be silent.
+            check(input, target, params, has_bias, activation, reduction)
+            return input.new_empty(())
+        return fake
 
-    for overload in ("", ".tensor_lr"):
-        torch.library.register_fake(lib + "ffnn_nll_adam_step_" + overload)(_train_step)
+    for name, check in (("ffnn_nll_adam_step_", _checks._check_ffnn_nll_adam_step_),
+                        ("mlp_nll_adam_step_", _checks._check_mlp_nll_adam_step_)):
+        for overload in ("", ".tensor_lr"):
+            torch.library.register_fake(lib + name + overload)(_train_step(check))

@@ -1,10 +1,11 @@
 """FastMLP: a feed-forward classifier of any depth, with the keys of the equivalent ``nn.Sequential``.
 
-This first form composes the fused ops layer by layer: each hidden layer is
-one ``linear_act`` call and the output one ``linear_softmax`` (or
-``softmax_nll``) call, forward and backward, on every backend the ops have.
-The whole-network op of issue 12 (one native call each way, and the CUDA
-fully fused tier for any depth) is not written yet.
+Its forward, log-probabilities and loss are one call each of the whole-network
+ops ``fastffnn.ops.mlp`` and ``mlp_nll`` (forward and backward: one native
+call each way), and ``fastffnn.optim.Adam.train_step`` takes it in one native
+call with the update. On CUDA the deep networks take the general tier
+(cuBLAS products and fastffnn's epilogues); the fully fused tier is written
+for one hidden layer only.
 """
 
 from __future__ import annotations
@@ -13,7 +14,6 @@ import warnings
 from typing import Sequence
 
 import torch
-import torch.nn.functional as F
 from torch import Tensor, nn
 
 from . import ops
@@ -66,7 +66,7 @@ class FastMLP(nn.Sequential):
 
     # ------------------------------------------------------------ the plan
     def _plan(self):
-        """``([(weight, bias, activation)] per hidden layer, (weight, bias) of the output)``, or None.
+        """``(weights, biases, activations)`` lists for the fused ops, or None.
 
         None when a hook, a parametrization or a swapped module would make the
         fused ops compute something else than the modules: the modules then run.
@@ -74,24 +74,36 @@ class FastMLP(nn.Sequential):
         if any(_GLOBAL_HOOKS):
             return None
         mods = list(self._modules.values())
-        if len(mods) < 2 or len(mods) % 2 or type(mods[-1]) is not nn.Softmax or mods[-1].dim != -1:
+        if len(mods) < 2 or len(mods) % 2 or type(mods[-1]) is not nn.Softmax or mods[-1].dim != -1 \
+                or _hooked(mods[-1]):
             return None
-        hidden = []
-        for i in range(0, len(mods) - 2, 2):
-            lin, act = mods[i], mods[i + 1]
-            name = _ACTIVATION_NAMES.get(type(act))
-            if type(lin) is not nn.Linear or name is None or "weight" not in lin._parameters or _hooked(lin) \
-                    or _hooked(act):
+        weights, biases, acts = [], [], []
+        for i in range(0, len(mods), 2):
+            lin = mods[i]
+            if type(lin) is not nn.Linear or "weight" not in lin._parameters or _hooked(lin):
                 return None
-            hidden.append((lin._parameters["weight"], lin._parameters.get("bias"), name))
-        out = mods[-2]
-        if type(out) is not nn.Linear or "weight" not in out._parameters or _hooked(out) or _hooked(mods[-1]):
-            return None
-        return hidden, (out._parameters["weight"], out._parameters.get("bias"))
+            weights.append(lin._parameters["weight"])
+            biases.append(lin._parameters.get("bias"))
+            if i + 2 < len(mods):
+                act = mods[i + 1]
+                name = _ACTIVATION_NAMES.get(type(act))
+                if name is None or _hooked(act):
+                    return None
+                acts.append(name)
+        return weights, biases, acts
 
     def fused(self) -> bool:
         """Whether the fused ops run (see :class:`fastffnn.FastFFNN`'s ``fused``)."""
         return self._plan() is not None
+
+    def _fused_args(self):
+        """``(weights[0], biases[0], weights[1], biases[1], ..., activations)`` for ``optim.Adam.train_step``,
+        or None when the modules must run (see ``_plan``)."""
+        plan = self._plan()
+        if plan is None:
+            return None
+        weights, biases, acts = plan
+        return (*[t for pair in zip(weights, biases) for t in pair], acts)
 
     def _unfused(self, what: str) -> None:
         if not self.__dict__.get("_warned_unfused"):
@@ -100,11 +112,6 @@ class FastMLP(nn.Sequential):
                           "hooks, a parametrization or another type than FastMLP builds; the results are stock "
                           "PyTorch's", stacklevel=3)
 
-    def _hidden(self, x: Tensor, hidden) -> Tensor:
-        for w, b, act in hidden:
-            x = ops.linear_act(x, w, b, act)
-        return x
-
     def _logits_unfused(self, x: Tensor) -> Tensor:
         for m in list(self._modules.values())[:-1]:
             x = m(x)
@@ -112,13 +119,12 @@ class FastMLP(nn.Sequential):
 
     # ------------------------------------------------------------ the API
     def forward(self, x: Tensor) -> Tensor:
-        """Probabilities ``(..., out)`` for ``x`` of shape ``(..., in)``."""
+        """Probabilities ``(..., out)`` for ``x`` of shape ``(..., in)``: one native call (``fastffnn.ops.mlp``)."""
         plan = self._plan()
         if plan is None:
             self._unfused("forward")
             return super().forward(x)
-        hidden, (w, b) = plan
-        return ops.linear_softmax(self._hidden(x, hidden), w, b)
+        return ops.mlp(x, *plan)
 
     def log_probs(self, x: Tensor) -> Tensor:
         """Log-probabilities ``(..., out)``, computed as ``z - logsumexp(z)``."""
@@ -126,8 +132,7 @@ class FastMLP(nn.Sequential):
         if plan is None:
             self._unfused("log_probs")
             return torch.log_softmax(self._logits_unfused(x), -1)
-        hidden, (w, b) = plan
-        return ops.linear_softmax(self._hidden(x, hidden), w, b, log=True)
+        return ops.mlp(x, *plan, log=True)
 
     def nll_loss(self, x: Tensor, target: Tensor, reduction: str = "mean") -> Tensor:
         """The cross-entropy of the prediction for ``x`` against class indices ``(...)`` or probabilities ``(..., out)``."""
@@ -135,8 +140,8 @@ class FastMLP(nn.Sequential):
         if plan is None:
             self._unfused("nll_loss")
             return cross_entropy_last_dim(self._logits_unfused(x), target, reduction)
-        hidden, (w, b) = plan
-        return ops.softmax_nll(F.linear(self._hidden(x, hidden), w, b), target, reduction)
+        weights, biases, acts = plan
+        return ops.mlp_nll(x, weights, biases, target, acts, reduction)
 
     @classmethod
     def from_module(cls, m: nn.Module) -> "FastMLP":

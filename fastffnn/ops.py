@@ -219,3 +219,75 @@ def ffnn_nll(
     if _python_route():
         return _autograd.FFNNNLL.apply(input, V_weight, V_bias, W_weight, W_bias, target, activation, reduction)[0]
     return _ops.ffnn_nll.default(input, V_weight, V_bias, W_weight, W_bias, target, activation, reduction)[0]
+
+
+def _check_layers(op: str, weights, biases, activations) -> None:
+    """TypeErrors for lists of the wrong kind (the native checks do the sizes, dtypes and devices)."""
+    for name, values, kind in (("weights", weights, Tensor), ("biases", biases, _MAYBE_TENSOR),
+                               ("activations", activations, str)):
+        if not isinstance(values, (list, tuple)):
+            raise TypeError(f"fastffnn.{op}: {name} must be a list, got {type(values).__name__}")
+        for i, v in enumerate(values):
+            if not isinstance(v, kind):
+                wanted = "Tensor or None" if kind is _MAYBE_TENSOR else kind.__name__
+                raise TypeError(f"fastffnn.{op}: {name}[{i}] must be {wanted}, got {type(v).__name__}")
+
+
+def _composed_logits(input, weights, biases, activations):
+    """The hidden layers through linear_act, for the transforms' route: the same arithmetic, and the layer
+    Functions carry the jvp and vmap rules."""
+    for w, b, act in zip(weights[:-1], biases[:-1], activations):
+        input = _autograd.LinearAct.apply(input, w, b, act)
+    return input
+
+
+def mlp(input: Tensor, weights, biases, activations, log: bool = False) -> Tensor:
+    """A network of any depth ``softmax(L_L(g_{L-1}(... g_1(L_1(input)))))`` in one native call each way.
+
+    Args:
+        input: ``(..., n_0)``.
+        weights: ``L >= 1`` tensors, ``weights[k]`` of shape ``(n_{k+1}, n_k)`` as in ``nn.Linear``.
+        biases: ``L`` entries, ``biases[k]`` of shape ``(n_{k+1},)`` or None.
+        activations: ``L - 1`` names, one per hidden layer: ``"tanh"``, ``"relu"`` or ``"sigmoid"``.
+        log: return log-probabilities instead.
+
+    Returns:
+        ``(..., n_L)`` probabilities (log-probabilities if ``log``) in ``input``'s dtype.
+        With one hidden layer this is :func:`ffnn`.
+    """
+    if not (isinstance(input, Tensor) and isinstance(log, bool)):
+        _bad_arguments("mlp", ("input", input, Tensor), ("log", log, bool))
+    _check_layers("mlp", weights, biases, activations)
+    ensure_loaded()
+    weights, biases, activations = list(weights), list(biases), list(activations)
+    if _autocast_on():
+        input, *rest = _autocast(input, *weights, *biases)
+        weights, biases = list(rest[:len(weights)]), list(rest[len(weights):])
+    if _python_route():
+        _ops._check_mlp(input, weights, biases, activations)
+        hidden = _composed_logits(input, weights, biases, activations)
+        return _autograd.LinearSoftmax.apply(hidden, weights[-1], biases[-1], log)
+    return _ops.mlp.default(input, weights, biases, activations, log)[0]
+
+
+def mlp_nll(input: Tensor, weights, biases, target: Tensor, activations, reduction: str = "mean") -> Tensor:
+    """The cross-entropy of :func:`mlp`'s prediction against ``target``, in one native call each way.
+
+    Takes the arguments of :func:`mlp` and the ``target`` and ``reduction``
+    of :func:`softmax_nll`; returns what :func:`softmax_nll` returns.
+    """
+    if not (isinstance(input, Tensor) and isinstance(target, Tensor) and isinstance(reduction, str)):
+        _bad_arguments("mlp_nll", ("input", input, Tensor), ("target", target, Tensor),
+                       ("reduction", reduction, str))
+    _check_layers("mlp_nll", weights, biases, activations)
+    ensure_loaded()
+    weights, biases, activations = list(weights), list(biases), list(activations)
+    if _autocast_on():
+        input, target, *rest = _autocast(input, target, *weights, *biases)
+        weights, biases = list(rest[:len(weights)]), list(rest[len(weights):])
+    if _python_route():
+        _ops._check_mlp_nll(input, weights, biases, target, activations, reduction)
+        hidden = _composed_logits(input, weights, biases, activations)
+        logits = torch.nn.functional.linear(hidden, weights[-1], biases[-1])
+        return _autograd.SoftmaxNLL.apply(logits, target, reduction)[0]
+    return _ops.mlp_nll.default(input, weights, biases, target, activations, reduction)[0]

@@ -174,7 +174,7 @@ class Adam(torch.optim.Optimizer):
 
     def train_step(self, model: torch.nn.Module, input: torch.Tensor, target: torch.Tensor,
                    reduction: str = "mean") -> torch.Tensor:
-        """A whole training step of a FastFFNN in one native call; returns the loss.
+        """A whole training step of a FastFFNN or FastMLP in one native call; returns the loss.
 
         Forward, the cross-entropy against ``target`` (class indices, or
         one-hot/probability rows), backward and this optimizer's update, as
@@ -203,21 +203,27 @@ class Adam(torch.optim.Optimizer):
         if hooked:
             for hook in chain(_PRE_HOOKS.values(), self._optimizer_step_pre_hooks.values()):
                 hook(self, (self,), {})
-        # (V.weight, V.bias, W.weight, W.bias, activation), or None when the model must run its submodules
+        # (weights[0], biases[0], weights[1], ..., activation(s)), or None when the model must run its submodules:
+        # FastFFNN gives (V.weight, V.bias, W.weight, W.bias, activation), FastMLP a list of activations
         fused = model._fused_args()
-        if fused is None or not all(p is None or p.requires_grad for p in fused[:4]):
+        params = fused[:-1] if fused is not None else ()
+        if fused is None or not _one_native_call(params):
             loss = self._train_step_with_autograd(model, input, target, reduction, fused)
         else:
-            args = self._train_step_args(fused[:4])
+            args = self._train_step_args(params)
             hyper = self._hyper(self.param_groups[0])
+            acts = fused[-1]
+            if not isinstance(acts, str):
+                op = torch.ops.fastffnn.mlp_nll_adam_step_.default
             # torch.no_grad() as a context manager costs several microseconds; the
             # step records nothing, so grad mode is switched off directly.
             grad_enabled = torch.is_grad_enabled()
             torch._C._set_grad_enabled(False)
             try:
                 if isinstance(hyper[0], torch.Tensor):
-                    op = torch.ops.fastffnn.ffnn_nll_adam_step_.tensor_lr
-                loss = op(input, target, *args, fused[4], reduction, *hyper)
+                    op = (torch.ops.fastffnn.ffnn_nll_adam_step_ if isinstance(acts, str)
+                          else torch.ops.fastffnn.mlp_nll_adam_step_).tensor_lr
+                loss = op(input, target, *args, acts, reduction, *hyper)
             finally:
                 torch._C._set_grad_enabled(grad_enabled)
         if hooked:
@@ -226,17 +232,19 @@ class Adam(torch.optim.Optimizer):
         return loss
 
     def _train_step_with_autograd(self, model, input, target, reduction, fused):
-        """train_step for a model that is not one native call: frozen parameters, or a model not ``fused()``.
+        """train_step for a model that is not one native call: frozen parameters, some layers without a bias,
+        or a model not ``fused()``.
 
         As ``zero_grad(); nll_loss(...).backward(); step()`` would do: a
         frozen parameter gets no gradient, so ``step()`` leaves it and its
         state alone; an unfused model's loss runs its submodules (hooks,
         parametrizations). Autograd and the fused update: two native calls.
         """
-        if fused is not None:
-            plist = self._check_holds(fused[:4])
-            torch.ops.fastffnn._check_ffnn_nll_adam_step_(input, target, plist, fused[1] is not None, fused[4],
-                                                          reduction)
+        if fused is not None and _uniform_biases(fused[:-1]):
+            plist = self._check_holds(fused[:-1])
+            check = (torch.ops.fastffnn._check_ffnn_nll_adam_step_ if isinstance(fused[-1], str)
+                     else torch.ops.fastffnn._check_mlp_nll_adam_step_)
+            check(input, target, plist, fused[1] is not None, fused[-1], reduction)
         else:
             plist = self._check_holds(list(model.parameters()))
             if reduction not in ("mean", "sum"):
@@ -254,6 +262,17 @@ class Adam(torch.optim.Optimizer):
                 hyper = self._hyper(group)
                 _op("adam_step_", hyper[0])(ps, gs, *self._state_lists(group, ps), *hyper)
         return loss.detach()
+
+
+def _uniform_biases(params) -> bool:
+    """Whether every layer has a bias or none has: ``params`` is (weights[0], biases[0], weights[1], ...)."""
+    with_bias = params[1] is not None
+    return all((b is not None) == with_bias for b in params[1::2])
+
+
+def _one_native_call(params) -> bool:
+    """Whether train_step's one native call applies: every parameter trainable, and biases in all layers or none."""
+    return _uniform_biases(params) and all(p is None or p.requires_grad for p in params)
 
 
 def _op(name: str, lr):

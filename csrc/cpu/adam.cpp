@@ -220,27 +220,44 @@ AdamBuffers<T> buffers(at::TensorList params, at::TensorList m, at::TensorList v
           vmax.empty() ? nullptr : vmax[i].data_ptr<T>()};
 }
 
-template <typename T, Activation A>
-T one_row_step(const T* x, int64_t in, const AdamBuffers<T>& Vw, const AdamBuffers<T>* Vb, const AdamBuffers<T>& Ww,
-               const AdamBuffers<T>* Wb, int64_t hidden, int64_t classes, int64_t index, const T* probs,
-               const std::array<double, 4>& counts, const AdamConfig& config) {
+// One layer's parameters and their Adam steps.
+template <typename T>
+struct LayerBuffers {
+  AdamBuffers<T> weight, bias;
+  bool has_bias;
+  double weight_step, bias_step;
+  int64_t out, in;
+};
+
+template <typename T>
+T one_row_step(const T* x, const std::vector<LayerBuffers<T>>& layers, const std::vector<Activation>& acts,
+               int64_t index, const T* probs, const AdamConfig& config) {
   using Vec = at::vec::Vectorized<T>;
-  std::vector<T> h(hidden), dh(hidden, T(0)), z(classes), dz2(classes);
-  // forward: h = act(V x + b), z = W h + c, log-softmax, loss
-  cpu::matvec(Vw.p, x, h.data(), hidden, in);
-  cpu::bias_act_row<A>(h.data(), Vb ? Vb->p : nullptr, hidden);
-  cpu::matvec(Ww.p, h.data(), z.data(), classes, hidden);
-  if (Wb)
-    for (int64_t c = 0; c < classes; ++c) z[c] += Wb->p[c];
+  const size_t depth = layers.size();
+  // forward: a[k+1] = act(W_k a[k] + b_k) for the hidden layers, then the logits z, log-softmax and the loss
+  std::vector<std::vector<T>> a(depth);
+  for (size_t k = 1; k < depth; ++k) a[k].resize(layers[k].in);
+  const auto input_of = [&](size_t k) { return k == 0 ? x : a[k].data(); };
+  const int64_t classes = layers.back().out;
+  std::vector<T> z(classes), dz(classes);
+  for (size_t k = 0; k < depth; ++k) {
+    const LayerBuffers<T>& l = layers[k];
+    T* out = k + 1 == depth ? z.data() : a[k + 1].data();
+    cpu::matvec(l.weight.p, input_of(k), out, l.out, l.in);
+    if (k + 1 < depth) {
+      dispatch_activation(acts[k], [&](auto tag) {
+        cpu::bias_act_row<decltype(tag)::value>(out, l.has_bias ? l.bias.p : nullptr, l.out);
+      });
+    } else if (l.has_bias) {
+      for (int64_t c = 0; c < classes; ++c) out[c] += l.bias.p[c];
+    }
+  }
   const T lse = row_logsumexp(z.data(), classes);
   const T loss = probs ? soft_nll_row(z.data(), lse, probs, classes) : lse - z[index];
-  // backward: dz2 = sum(y) softmax(z) - y; dh = W^T dz2 (before W moves); dz1 = dh * act'(h)
-  nll_backward_row(dz2.data(), z.data(), lse, probs, index, T(1), classes);
-  cpu::matvec_transposed_add(Ww.p, dz2.data(), dh.data(), classes, hidden);
-  act_backward_row<A>(dh.data(), dh.data(), h.data(), hidden);  // dh is now dz1
-  // Adam, with each weight gradient formed as the outer product it is
-  const AdamVec<T> adam_Vw(config, counts[0]), adam_Vb(config, counts[1]), adam_Ww(config, counts[2]),
-      adam_Wb(config, counts[3]);
+  // backward, from the top: dz = sum(y) softmax(z) - y; at each layer the gradient of its input,
+  // W_k^T dz times act' (before W_k moves), then Adam on W_k and b_k with the weight gradient formed
+  // as the outer product it is, a row at a time
+  nll_backward_row(dz.data(), z.data(), lse, probs, index, T(1), classes);
   auto update_rows = [&](const AdamBuffers<T>& b, const AdamVec<T>& adam, const T* row_grad, const T* col,
                          int64_t rows, int64_t cols) {
     at::parallel_for(0, rows, cpu::one_row_grain(cols), [&](int64_t r0, int64_t r1) {
@@ -259,60 +276,75 @@ T one_row_step(const T* x, int64_t in, const AdamBuffers<T>& Vw, const AdamBuffe
       adam.update(b.p + i, Vec::loadu(grad + i, count), b.m + i, b.v + i, b.vmax ? b.vmax + i : nullptr, count);
     });
   };
-  update_rows(Ww, adam_Ww, dz2.data(), h.data(), classes, hidden);
-  if (Wb) update_vector(*Wb, adam_Wb, dz2.data(), classes);
-  update_rows(Vw, adam_Vw, dh.data(), x, hidden, in);
-  if (Vb) update_vector(*Vb, adam_Vb, dh.data(), hidden);
+  std::vector<T> below;
+  for (size_t k = depth; k-- > 0;) {
+    const LayerBuffers<T>& l = layers[k];
+    if (k > 0) {
+      below.assign(l.in, T(0));
+      cpu::matvec_transposed_add(l.weight.p, dz.data(), below.data(), l.out, l.in);
+      dispatch_activation(acts[k - 1], [&](auto tag) {
+        act_backward_row<decltype(tag)::value>(below.data(), below.data(), a[k].data(), l.in);
+      });
+    }
+    update_rows(l.weight, AdamVec<T>(config, l.weight_step), dz.data(), input_of(k), l.out, l.in);
+    if (l.has_bias) update_vector(l.bias, AdamVec<T>(config, l.bias_step), dz.data(), l.out);
+    dz.swap(below);
+  }
   return loss;
 }
 
-at::Tensor ffnn_nll_adam_step_(const at::Tensor& input, const at::Tensor& target, at::TensorList params,
-                               bool has_bias, at::TensorList exp_avgs, at::TensorList exp_avg_sqs,
-                               at::TensorList max_exp_avg_sqs, at::TensorList steps, c10::string_view activation,
-                               c10::string_view reduction, double lr, double beta1, double beta2, double eps,
-                               double weight_decay, bool amsgrad, bool maximize, bool decoupled_weight_decay) {
-  constexpr const char* op = "ffnn_nll_adam_step_";
-  const auto args = check_train_step_args(cpu::Backend::kReducedPrecision, input, target, params, has_bias,
-                                          activation, reduction);
-  const NetworkShape s = args.shape.concrete();
-  const at::Tensor& Vw = params[0];
-  const at::Tensor& Ww = params[has_bias ? 2 : 1];
-  const c10::optional<at::Tensor> Vb = has_bias ? c10::optional<at::Tensor>(params[1]) : c10::nullopt;
-  const c10::optional<at::Tensor> Wb = has_bias ? c10::optional<at::Tensor>(params[3]) : c10::nullopt;
-
+// The training step of a validated network (shape s, layers given by params), in one call: the whole
+// step as direct loops for one example (see one_row_step), else the CPU kernels of mlp_nll, its
+// backward and adam_step_, called as C++ functions.
+at::Tensor network_step(const char* op, const at::Tensor& input, const at::Tensor& target, at::TensorList params,
+                        bool has_bias, at::TensorList exp_avgs, at::TensorList exp_avg_sqs,
+                        at::TensorList max_exp_avg_sqs, at::TensorList steps,
+                        c10::ArrayRef<std::string> activations, const MlpShape& s, bool is_index,
+                        c10::string_view reduction, double lr, double beta1, double beta2, double eps,
+                        double weight_decay, bool amsgrad, bool maximize, bool decoupled_weight_decay) {
+  const size_t depth = activations.size() + 1, per_layer = has_bias ? 2 : 1;
+  std::vector<at::Tensor> weights;
+  c10::List<c10::optional<at::Tensor>> biases;
+  for (size_t k = 0; k < depth; ++k) {
+    weights.push_back(params[k * per_layer]);
+    biases.push_back(has_bias ? c10::optional<at::Tensor>(params[k * per_layer + 1]) : c10::nullopt);
+  }
   bool contiguous = true;
   for (size_t i = 0; i < params.size(); ++i)
     contiguous = contiguous && all_contiguous(params[i], nullptr, exp_avgs, exp_avg_sqs, max_exp_avg_sqs, i);
   if (s.rows == 1 && input.device().is_cpu() && contiguous) {
-    // One example: the whole step as direct loops (see one_row_step).
-    const bool is_index = args.is_index;
     const AdamConfig config = check_adam(params, {}, exp_avgs, exp_avg_sqs, max_exp_avg_sqs, steps, lr, beta1,
                                          beta2, eps, weight_decay, amsgrad, maximize, decoupled_weight_decay);
+    const int64_t classes = s.sizes.back();
     int64_t index = 0;
     at::Tensor probs;
     if (is_index) {
       index = target.item<int64_t>();
-      check_class_index(op, index, s.out);
+      check_class_index(op, index, classes);
     } else {
-      probs = target.reshape({s.out}).contiguous();
+      probs = target.reshape({classes}).contiguous();
     }
-    const at::Tensor x = input.reshape({s.in}).contiguous();
-    std::array<double, 4> counts{};
-    for (size_t i = 0; i < params.size(); ++i) counts[has_bias ? i : 2 * i] = advance_step(steps[i]);
-    const Activation act = parse_activation(activation);
+    const at::Tensor x = input.reshape({s.sizes[0]}).contiguous();
+    std::vector<double> counts;
+    for (const at::Tensor& step : steps) counts.push_back(advance_step(step));
+    std::vector<Activation> acts;
+    for (const auto& name : activations) acts.push_back(parse_activation(name));
     double loss = 0;
     AT_DISPATCH_FLOATING_TYPES(input.scalar_type(), "fastffnn.one_row_step", [&] {
       using T = scalar_t;
-      const auto b = [&](size_t i) { return buffers<T>(params, exp_avgs, exp_avg_sqs, max_exp_avg_sqs, i); };
-      const AdamBuffers<T> vw = b(0), ww = b(has_bias ? 2 : 1);
-      AdamBuffers<T> vb{}, wb{};
-      if (has_bias) vb = b(1), wb = b(3);
-      dispatch_activation(act, [&](auto tag) {
-        constexpr Activation A = decltype(tag)::value;
-        loss = one_row_step<T, A>(x.const_data_ptr<T>(), s.in, vw, has_bias ? &vb : nullptr, ww,
-                                  has_bias ? &wb : nullptr, s.hidden, s.out, index,
-                                  is_index ? nullptr : probs.const_data_ptr<T>(), counts, config);
-      });
+      std::vector<LayerBuffers<T>> layers;
+      for (size_t k = 0; k < depth; ++k) {
+        const size_t i = k * per_layer;
+        LayerBuffers<T> l{buffers<T>(params, exp_avgs, exp_avg_sqs, max_exp_avg_sqs, i), {}, has_bias, counts[i], 0,
+                          s.sizes[k + 1], s.sizes[k]};
+        if (has_bias) {
+          l.bias = buffers<T>(params, exp_avgs, exp_avg_sqs, max_exp_avg_sqs, i + 1);
+          l.bias_step = counts[i + 1];
+        }
+        layers.push_back(l);
+      }
+      loss = one_row_step<T>(x.const_data_ptr<T>(), layers, acts, index,
+                             is_index ? nullptr : probs.const_data_ptr<T>(), config);
     });
     bump_versions(params, exp_avgs, exp_avg_sqs, max_exp_avg_sqs, steps);
     return at::scalar_tensor(loss, input.options());
@@ -321,15 +353,52 @@ at::Tensor ffnn_nll_adam_step_(const at::Tensor& input, const at::Tensor& target
   // The CPU kernels themselves, called directly, below autograd: this is the
   // whole step, so the matrix products inside must record no graph.
   at::AutoDispatchBelowADInplaceOrView below_autograd;
-  auto [loss, hidden, log_probs] = ops::ffnn_nll<cpu::Backend>(input, Vw, Vb, Ww, Wb, target, activation, reduction);
+  auto [loss, hidden, log_probs] = ops::mlp_nll<cpu::Backend>(input, weights, biases, target, activations, reduction);
   const auto grad_loss = at::ones({}, loss.options());
-  auto [gx, gVw, gVb, gWw, gWb, gt] = ops::ffnn_nll_backward<cpu::Backend>(grad_loss, input, Vw, Ww, hidden, log_probs, target, activation,
-                                                    reduction, {false, true, has_bias, true, has_bias, false});
-  std::vector<at::Tensor> grads = has_bias ? std::vector<at::Tensor>{gVw, gVb, gWw, gWb}
-                                           : std::vector<at::Tensor>{gVw, gWw};
+  c10::List<bool> mask;
+  mask.push_back(false);
+  for (size_t k = 0; k < depth; ++k) mask.push_back(true);
+  for (size_t k = 0; k < depth; ++k) mask.push_back(has_bias);
+  mask.push_back(false);
+  auto [gx, gw, gb, gt] = ops::mlp_nll_backward<cpu::Backend>(grad_loss, input, weights, hidden, log_probs, target,
+                                                              activations, reduction, mask);
+  std::vector<at::Tensor> grads;
+  for (size_t k = 0; k < depth; ++k) {
+    grads.push_back(gw[k]);
+    if (has_bias) grads.push_back(gb[k]);
+  }
   adam_step_(params, grads, exp_avgs, exp_avg_sqs, max_exp_avg_sqs, steps, lr, beta1, beta2, eps, weight_decay,
              amsgrad, maximize, decoupled_weight_decay);
   return loss;
+}
+
+at::Tensor ffnn_nll_adam_step_(const at::Tensor& input, const at::Tensor& target, at::TensorList params,
+                               bool has_bias, at::TensorList exp_avgs, at::TensorList exp_avg_sqs,
+                               at::TensorList max_exp_avg_sqs, at::TensorList steps, c10::string_view activation,
+                               c10::string_view reduction, double lr, double beta1, double beta2, double eps,
+                               double weight_decay, bool amsgrad, bool maximize, bool decoupled_weight_decay) {
+  const auto args = check_train_step_args(cpu::Backend::kReducedPrecision, input, target, params, has_bias,
+                                          activation, reduction);
+  const NetworkShape n = args.shape.concrete();
+  const std::string act(activation);
+  return network_step("ffnn_nll_adam_step_", input, target, params, has_bias, exp_avgs, exp_avg_sqs,
+                      max_exp_avg_sqs, steps, c10::ArrayRef<std::string>(act), MlpShape{n.rows, {n.in, n.hidden, n.out}},
+                      args.is_index, reduction, lr, beta1, beta2, eps, weight_decay, amsgrad, maximize,
+                      decoupled_weight_decay);
+}
+
+at::Tensor mlp_nll_adam_step_(const at::Tensor& input, const at::Tensor& target, at::TensorList params,
+                              bool has_bias, at::TensorList exp_avgs, at::TensorList exp_avg_sqs,
+                              at::TensorList max_exp_avg_sqs, at::TensorList steps,
+                              c10::ArrayRef<std::string> activations, c10::string_view reduction, double lr,
+                              double beta1, double beta2, double eps, double weight_decay, bool amsgrad,
+                              bool maximize, bool decoupled_weight_decay) {
+  constexpr const char* op = "mlp_nll_adam_step_";
+  const auto args = check_mlp_train_step_args(op, cpu::Backend::kReducedPrecision, input, target, params, has_bias,
+                                              activations, reduction);
+  return network_step(op, input, target, params, has_bias, exp_avgs, exp_avg_sqs, max_exp_avg_sqs, steps,
+                      activations, args.shape.concrete(), args.is_index, reduction, lr, beta1, beta2, eps,
+                      weight_decay, amsgrad, maximize, decoupled_weight_decay);
 }
 
 // The learning rate of the tensor_lr overloads, read on the host (a CPU tensor: no device sync).
@@ -359,6 +428,17 @@ at::Tensor ffnn_nll_adam_step_tensor_lr(const at::Tensor& input, const at::Tenso
                              weight_decay, amsgrad, maximize, decoupled_weight_decay);
 }
 
+at::Tensor mlp_nll_adam_step_tensor_lr(const at::Tensor& input, const at::Tensor& target, at::TensorList params,
+                                       bool has_bias, at::TensorList exp_avgs, at::TensorList exp_avg_sqs,
+                                       at::TensorList max_exp_avg_sqs, at::TensorList steps,
+                                       c10::ArrayRef<std::string> activations, c10::string_view reduction,
+                                       const at::Tensor& lr, double beta1, double beta2, double eps,
+                                       double weight_decay, bool amsgrad, bool maximize, bool decoupled_weight_decay) {
+  return mlp_nll_adam_step_(input, target, params, has_bias, exp_avgs, exp_avg_sqs, max_exp_avg_sqs, steps,
+                            activations, reduction, lr_value("mlp_nll_adam_step_", lr), beta1, beta2, eps,
+                            weight_decay, amsgrad, maximize, decoupled_weight_decay);
+}
+
 }  // namespace
 
 TORCH_LIBRARY_IMPL(fastffnn, CPU, m) {
@@ -366,6 +446,8 @@ TORCH_LIBRARY_IMPL(fastffnn, CPU, m) {
   m.impl("adam_step_.tensor_lr", &adam_step_tensor_lr);
   m.impl("ffnn_nll_adam_step_", &ffnn_nll_adam_step_);
   m.impl("ffnn_nll_adam_step_.tensor_lr", &ffnn_nll_adam_step_tensor_lr);
+  m.impl("mlp_nll_adam_step_", &mlp_nll_adam_step_);
+  m.impl("mlp_nll_adam_step_.tensor_lr", &mlp_nll_adam_step_tensor_lr);
 }
 
 }  // namespace fastffnn

@@ -34,15 +34,12 @@ at::Tensor input_grad_one_row(const at::Tensor& dz, const at::Tensor& w);
 // dz^T @ x for dz (1, out) and x (1, in): the weight gradient, (out, in).
 at::Tensor weight_grad_one_row(const at::Tensor& dz, const at::Tensor& x);
 
-// The whole network's forward for x (1, in): (softmax(W act(V x + b) + c), the
-// hidden activations act(V x + b)), each a new contiguous (1, n). Needs
-// contiguous weights; one native pass with two allocations, where the general
-// path makes two products, two epilogue passes and their dispatches.
-std::pair<at::Tensor, at::Tensor> ffnn_forward_one_row(const at::Tensor& x, const at::Tensor& V_weight,
-                                                       const c10::optional<at::Tensor>& V_bias,
-                                                       const at::Tensor& W_weight,
-                                                       const c10::optional<at::Tensor>& W_bias, Activation act,
-                                                       bool log);
+// The whole network's forward for x (1, n_0): (softmax of the logits, the
+// hidden activations), each a new contiguous (1, n). Needs contiguous
+// weights; one native pass with one allocation per layer, where the general
+// path makes a product, an epilogue pass and their dispatches per layer.
+std::pair<at::Tensor, std::vector<at::Tensor>> network_forward_one_row(const at::Tensor& x, const Network& net,
+                                                                       bool log);
 
 // ------------------------------------------ the small-batch products (kernels.cpp)
 // A batch of 2 to kSmallBatch rows takes the register-blocked loops of
@@ -93,16 +90,15 @@ struct Backend {
   static constexpr auto nll_backward = &cpu::nll_backward;
   static constexpr auto reduce_loss = &cpu::reduce_loss;
 
-  static c10::optional<std::pair<at::Tensor, at::Tensor>> ffnn_forward(
-      const at::Tensor& x, const at::Tensor& V_weight, const c10::optional<at::Tensor>& V_bias,
-      const at::Tensor& W_weight, const c10::optional<at::Tensor>& W_bias, Activation act, bool log) {
-    if (one_row_applies(x, V_weight) && W_weight.is_contiguous())
-      return ffnn_forward_one_row(x, V_weight, V_bias, W_weight, W_bias, act, log);
-    return c10::nullopt;
+  static c10::optional<std::pair<at::Tensor, std::vector<at::Tensor>>> network_forward(const at::Tensor& x,
+                                                                                      const Network& net, bool log) {
+    if (!one_row_applies(x)) return c10::nullopt;
+    for (const auto& w : net.weights)
+      if (!w.is_contiguous()) return c10::nullopt;
+    return network_forward_one_row(x, net, log);
   }
-  static c10::optional<NetworkGrads> network_backward(const OutputGradient&, const at::Tensor&, const at::Tensor&,
-                                                      const at::Tensor&, const at::Tensor&, Activation,
-                                                      c10::ArrayRef<bool>) {
+  static c10::optional<NetworkGradients> network_backward(const OutputGradient&, const at::Tensor&, const Network&,
+                                                          const std::vector<at::Tensor>&, const NetworkMask&) {
     return c10::nullopt;
   }
 };

@@ -237,29 +237,34 @@ at::Tensor weight_grad_small(const at::Tensor& dz, const at::Tensor& x) {
   return gw;
 }
 
-std::pair<at::Tensor, at::Tensor> ffnn_forward_one_row(const at::Tensor& x, const at::Tensor& V_weight,
-                                                       const c10::optional<at::Tensor>& V_bias,
-                                                       const at::Tensor& W_weight,
-                                                       const c10::optional<at::Tensor>& W_bias, Activation act,
-                                                       bool log) {
+std::pair<at::Tensor, std::vector<at::Tensor>> network_forward_one_row(const at::Tensor& x, const Network& net,
+                                                                       bool log) {
   const at::Tensor xc = x.contiguous();
-  const int64_t in = V_weight.size(1), hidden = V_weight.size(0), classes = W_weight.size(0);
-  auto h = at::empty({1, hidden}, x.options());
-  auto p = at::empty({1, classes}, x.options());
-  AT_DISPATCH_FLOATING_TYPES(x.scalar_type(), "fastffnn.ffnn_forward_one_row", [&] {
+  const size_t depth = net.depth();
+  std::vector<at::Tensor> hidden;
+  auto p = at::empty({1, net.weights.back().size(0)}, x.options());
+  AT_DISPATCH_FLOATING_TYPES(x.scalar_type(), "fastffnn.network_forward_one_row", [&] {
     using T = scalar_t;
-    const at::Tensor Vb = V_bias.has_value() ? V_bias->contiguous() : at::Tensor();
-    const at::Tensor Wb = W_bias.has_value() ? W_bias->contiguous() : at::Tensor();
-    T* hp = h.data_ptr<T>();
-    T* pp = p.data_ptr<T>();
-    matvec(V_weight.const_data_ptr<T>(), xc.const_data_ptr<T>(), hp, hidden, in);
-    dispatch_activation(act, [&](auto tag) {
-      bias_act_row<decltype(tag)::value>(hp, Vb.defined() ? Vb.const_data_ptr<T>() : nullptr, hidden);
-    });
-    matvec(W_weight.const_data_ptr<T>(), hp, pp, classes, hidden);
-    bias_softmax_row(pp, Wb.defined() ? Wb.const_data_ptr<T>() : nullptr, classes, log);
+    const T* a = xc.const_data_ptr<T>();
+    for (size_t k = 0; k < depth; ++k) {
+      const at::Tensor& w = net.weights[k];
+      const bool last = k + 1 == depth;
+      at::Tensor out = last ? p : at::empty({1, w.size(0)}, x.options());
+      T* op = out.data_ptr<T>();
+      const c10::optional<at::Tensor> b = net.bias(k);
+      const at::Tensor bc = b.has_value() ? b->contiguous() : at::Tensor();
+      const T* bp = bc.defined() ? bc.const_data_ptr<T>() : nullptr;
+      matvec(w.const_data_ptr<T>(), a, op, w.size(0), w.size(1));
+      if (last) {
+        bias_softmax_row(op, bp, w.size(0), log);
+      } else {
+        dispatch_activation(net.acts[k], [&](auto tag) { bias_act_row<decltype(tag)::value>(op, bp, w.size(0)); });
+        hidden.push_back(out);
+      }
+      a = op;
+    }
   });
-  return {p, h};
+  return {p, std::move(hidden)};
 }
 
 }  // namespace fastffnn::cpu

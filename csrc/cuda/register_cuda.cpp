@@ -43,33 +43,35 @@ struct Backend {
   static constexpr auto nll_backward = &cuda::nll_backward;
   static constexpr auto reduce_loss = &cuda::reduce_loss;
 
-  static c10::optional<std::pair<at::Tensor, at::Tensor>> ffnn_forward(
-      const at::Tensor& x, const at::Tensor& V_weight, const c10::optional<at::Tensor>& V_bias,
-      const at::Tensor& W_weight, const c10::optional<at::Tensor>& W_bias, Activation act, bool log) {
-    if (fused_tier_applies(x, x.size(1), V_weight.size(0), W_weight.size(0)))
-      return fused_ffnn_forward(x, V_weight, V_bias, W_weight, W_bias, act, log);
-    return c10::nullopt;
+  // The fused tier is written for one hidden layer (the lecture's network);
+  // deeper networks take the general tier.
+  static c10::optional<std::pair<at::Tensor, std::vector<at::Tensor>>> network_forward(const at::Tensor& x,
+                                                                                      const Network& net, bool log) {
+    if (net.depth() != 2) return c10::nullopt;
+    const at::Tensor &V_weight = net.weights[0], &W_weight = net.weights[1];
+    if (!fused_tier_applies(x, x.size(1), V_weight.size(0), W_weight.size(0))) return c10::nullopt;
+    auto [p, h] = fused_ffnn_forward(x, V_weight, net.bias(0), W_weight, net.bias(1), net.acts[0], log);
+    return std::pair<at::Tensor, std::vector<at::Tensor>>{std::move(p), {std::move(h)}};
   }
 
   // The fused tier's backward: one kernel forms dz2, dz1 and both bias
   // gradients; cuBLAS the weight and input gradients. Not for a probability
   // target's own gradient, which the general tier's NLL epilogue forms.
-  static c10::optional<NetworkGrads> network_backward(const OutputGradient& grad, const at::Tensor& x,
-                                                      const at::Tensor& V_weight, const at::Tensor& W_weight,
-                                                      const at::Tensor& hidden, Activation act,
-                                                      c10::ArrayRef<bool> mask) {
+  static c10::optional<NetworkGradients> network_backward(const OutputGradient& grad, const at::Tensor& x,
+                                                          const Network& net, const std::vector<at::Tensor>& hiddens,
+                                                          const NetworkMask& mask) {
     const at::Tensor& y = grad.output;
-    if (grad.grad_target != nullptr || !fused_tier_applies(y, x.size(1), hidden.size(1), y.size(1)))
-      return c10::nullopt;
-    const bool lower = mask[0] || mask[1] || mask[2];
-    at::Tensor gWb = mask[4] ? at::empty({y.size(1)}, y.options()) : no_grad_placeholder(y);
-    at::Tensor gVb = mask[2] ? at::empty({hidden.size(1)}, hidden.options()) : no_grad_placeholder(y);
-    auto [dz2, dz1] = fused_network_backward(grad, W_weight, hidden, act, mask[4] ? &gWb : nullptr,
-                                             mask[2] ? &gVb : nullptr, lower);
-    at::Tensor gWw = mask[3] ? at::mm(dz2.t(), hidden) : no_grad_placeholder(y);
-    auto [gx, gVw] = lower ? linear_backward_2d<Backend>(dz1, x, V_weight, mask[0], mask[1])
-                           : std::pair<at::Tensor, at::Tensor>{no_grad_placeholder(y), no_grad_placeholder(y)};
-    return NetworkGrads{gx, gVw, gVb, gWw, gWb};
+    if (net.depth() != 2 || grad.grad_target != nullptr) return c10::nullopt;
+    const at::Tensor &V_weight = net.weights[0], &hidden = hiddens[0];
+    if (!fused_tier_applies(y, x.size(1), hidden.size(1), y.size(1))) return c10::nullopt;
+    NetworkGradients g = network_gradients(net, mask, y);
+    const bool lower = mask.below(1);
+    auto [dz2, dz1] = fused_network_backward(grad, net.weights[1], hidden, net.acts[0],
+                                             mask.biases[1] ? &g.biases[1] : nullptr,
+                                             mask.biases[0] ? &g.biases[0] : nullptr, lower);
+    if (mask.weights[1]) g.weights[1] = at::mm(dz2.t(), hidden);
+    if (lower) std::tie(g.input, g.weights[0]) = linear_backward_2d<Backend>(dz1, x, V_weight, mask.input, mask.weights[0]);
+    return g;
   }
 };
 
