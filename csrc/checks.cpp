@@ -284,7 +284,7 @@ bool reduced_precision_on(const c10::Device& device) {
 // whatever tensors they are given, FakeTensors included, where a Meta kernel
 // would see every FakeTensor as a meta tensor and could check neither devices
 // nor the CUDA-only dtypes.
-TORCH_LIBRARY_IMPL(fastffnn, CompositeImplicitAutograd, m) {
+static void register_checks(torch::Library& m) {
   using at::Tensor;
   using c10::optional;
   using fastffnn::reduced_precision_on;
@@ -330,3 +330,8 @@ TORCH_LIBRARY_IMPL(fastffnn, CompositeImplicitAutograd, m) {
     fastffnn::check_train_step_args(reduced_precision_on(x.device()), x, target, params, has_bias, act, reduction);
   });
 }
+
+TORCH_LIBRARY_IMPL(fastffnn, CompositeImplicitAutograd, m) { register_checks(m); }
+// Under vmap (the transforms' route of fastffnn.ops.mlp checks the whole network first), where a
+// BatchedTensor shows each sample's shape, which is what the checks are about.
+TORCH_LIBRARY_IMPL(fastffnn, FuncTorchBatchedDecomposition, m) { register_checks(m); }

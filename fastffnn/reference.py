@@ -62,6 +62,21 @@ def ffnn_nll(
     return softmax_nll(logits, target, reduction)
 
 
+def _hidden(input: Tensor, weights, biases, activations) -> Tensor:
+    for w, b, act in zip(weights[:-1], biases[:-1], activations):
+        input = linear_act(input, w, b, act)
+    return input
+
+
+def mlp(input: Tensor, weights, biases, activations, log: bool = False) -> Tensor:
+    return linear_softmax(_hidden(input, weights, biases, activations), weights[-1], biases[-1], log)
+
+
+def mlp_nll(input: Tensor, weights, biases, target: Tensor, activations, reduction: str = "mean") -> Tensor:
+    logits = F.linear(_hidden(input, weights, biases, activations), weights[-1], biases[-1])
+    return softmax_nll(logits, target, reduction)
+
+
 class LectureFFNN(nn.Module):
     """The lecture's FFNN, with the softmax over the last (class) dim so that it also takes batches."""
 

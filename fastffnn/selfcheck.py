@@ -38,6 +38,13 @@ def _cases(device: torch.device, dtype: torch.dtype):
     yield "ffnn[1-D, log]", "ffnn", (rand(7), Vw, Vb, Ww, Wb, "relu", True)
     yield "ffnn_nll[index]", "ffnn_nll", (*net, index, "sigmoid", "mean")
     yield "ffnn_nll[probs]", "ffnn_nll", (*net, probs, "tanh", "none")
+    # the network of any depth: 0 hidden layers (softmax regression), 1 and 3
+    for sizes, acts in (((7, 5), []), ((7, 13, 5), ["relu"]), ((7, 13, 11, 6, 5), ["tanh", "relu", "sigmoid"])):
+        weights = [rand(o, i) for i, o in zip(sizes[:-1], sizes[1:])]
+        biases = [rand(o) for o in sizes[1:]]
+        depth = len(acts)
+        yield f"mlp[depth {depth}]", "mlp", (x, weights, biases, acts, False)
+        yield f"mlp_nll[depth {depth}]", "mlp_nll", (x, weights, biases, index, acts, "mean")
 
 
 def run(device: str | torch.device = "cpu", dtype: torch.dtype = torch.float64, tol: float = 1e-8) -> list[CheckResult]:
@@ -47,7 +54,8 @@ def run(device: str | torch.device = "cpu", dtype: torch.dtype = torch.float64, 
     for label, name, args in _cases(torch.device(device), dtype):
         ours = getattr(ops, name)(*args)
         theirs = getattr(reference, name)(*args)
-        leaves = [a for a in args if isinstance(a, torch.Tensor) and a.requires_grad]
+        flat = [t for a in args for t in (a if isinstance(a, list) else [a])]
+        leaves = [a for a in flat if isinstance(a, torch.Tensor) and a.requires_grad]
         seed = torch.randn_like(ours)
         err = (ours - theirs).abs().max().item()
         for a, b in zip(torch.autograd.grad(ours, leaves, seed), torch.autograd.grad(theirs, leaves, seed)):

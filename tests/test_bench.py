@@ -47,17 +47,22 @@ def test_smoke_run_writes_tagged_csv_and_plot(tmp_path, capsys):
     assert out_png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
 
-def test_a_wrong_implementation_is_not_timed(monkeypatch, capsys):
+def _plant_a_bug(monkeypatch, impl, corrupt):
+    """Makes peers.build give `impl` a model that `corrupt` has changed: a wrong answer the check must catch."""
     real_build = peers.build
 
     def build_with_a_bug(name, point, stock, x, y, gold):
         runner = real_build(name, point, stock, x, y, gold)
-        if name == "fastffnn":
+        if name == impl:
             with torch.no_grad():
-                runner.model.W.bias[0] += 0.5  # a wrong answer the check must catch
+                corrupt(runner.model)
         return runner
 
     monkeypatch.setattr(peers, "build", build_with_a_bug)
+
+
+def test_a_wrong_implementation_is_not_timed(monkeypatch, capsys):
+    _plant_a_bug(monkeypatch, "fastffnn", lambda m: m.W.bias[0].add_(0.5))
     rc = cli.main(["--smoke", "--batches", "32", "--modes", "forward,train"])
     err = capsys.readouterr().err
     assert rc == 1
@@ -140,3 +145,22 @@ def test_tiers_time_each_fastffnn_implementation_once_per_tier(monkeypatch):
 def test_tiers_need_cuda(capsys):
     assert cli.main(["--device", "cpu", "--tiers", "general", "--idle-wait", "0"]) == 2
     assert "--tiers" in capsys.readouterr().err
+
+
+def test_a_deep_shape_times_fastmlp_against_the_stock_sequential(tmp_path, capsys):
+    out_csv = tmp_path / "deep.csv"
+    rc = cli.main(["--shapes", "20x16x12x3", "--batches", "1,8", "--modes", "forward,train",
+                   "--impls", "eager,fastffnn,fastffnn+fused,fastffnn-step", "--block-s", "0.002", "--blocks", "2",
+                   "--idle-wait", "0", "--skip", "compile", "--csv", str(out_csv)])
+    assert rc == 0, capsys.readouterr()
+    rows = list(csv.DictReader(out_csv.open()))
+    assert {r["shape"] for r in rows} == {"20,16,12,3"}
+    assert {r["impl"] for r in rows if r["mode"] == "train"} == {"eager", "fastffnn", "fastffnn+fused",
+                                                                  "fastffnn-step"}
+
+
+def test_a_wrong_deep_model_is_not_timed(monkeypatch, capsys):
+    _plant_a_bug(monkeypatch, "fastffnn-step", lambda m: m[2].weight.mul_(-1))  # the middle layer
+    rc = cli.main(["--shapes", "20x16x12x3", "--batches", "8", "--modes", "train", "--impls", "eager,fastffnn-step",
+                   "--block-s", "0.002", "--blocks", "2", "--idle-wait", "0", "--skip", "compile"])
+    assert rc == 1 and "NOT timed" in capsys.readouterr().err

@@ -15,7 +15,9 @@ def test_main_prints_environment_and_self_check():
     assert proc.returncode == 0, proc.stdout + proc.stderr
     for key in ("torch", "device", "compiler", "build directory", "kernels"):
         assert key in proc.stdout
-    assert "11 passed, 0 failed" in proc.stdout
+    assert "17 passed, 0 failed" in proc.stdout
+    for depth in (0, 1, 3):  # the network of any depth
+        assert f"mlp_nll[depth {depth}]" in proc.stdout
 
 
 def test_self_check_detects_a_wrong_kernel():

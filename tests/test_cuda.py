@@ -281,3 +281,53 @@ def test_module_and_checkpoints_move_between_devices():
     torch.testing.assert_close(back(x), expected)
     with pytest.raises(ValueError, match="V_weight is on cuda"):
         fastffnn.ffnn(x, model.V.weight, None, model.W.weight.cpu(), None)
+
+
+# ------------------------------------------------------------ the network of any depth (mlp ops)
+def layers(sizes, bias=True):
+    out = []
+    for n_in, n_out in zip(sizes[:-1], sizes[1:]):
+        out += [torch.randn(n_out, n_in, dtype=torch.float64) / n_in ** 0.5,
+                torch.randn(n_out, dtype=torch.float64) * 0.5 if bias else None]
+    return out
+
+
+def ref_mlp(x, *params, activations, log=False, target=None, reduction="mean"):
+    a = x
+    for k, act in enumerate(activations):
+        a = ref.ACTIVATIONS[act](torch.nn.functional.linear(a, params[2 * k], params[2 * k + 1]))
+    logits = torch.nn.functional.linear(a, params[-2], params[-1])
+    if target is not None:
+        return ref.softmax_nll(logits, target, reduction)
+    return torch.log_softmax(logits, -1) if log else torch.softmax(logits, -1)
+
+
+# Depth 1 (softmax regression), 2 (the fused tier's network, through the list op) and 3-4, across the
+# fused tier's width limits (256 hidden, 64 classes) and its 32-row tiles; tanh/sigmoid, whose derivative
+# has no kink, in every precision; ReLU in float64 (tests/test_mlp_ops.py covers it on the CPU).
+@pytest.mark.parametrize("mode", ["float64", *MODES])
+@pytest.mark.parametrize("sizes,acts,batch", [
+    ((7, 5), (), 33), ((300, 100, 5), ("tanh",), rows(4097, 65)), ((300, 128, 128, 5), ("tanh", "sigmoid"), 33),
+    ((20, 257, 33, 17, 65), ("sigmoid", "tanh", "tanh"), rows(1025, 97)), ((1, 1, 1), ("sigmoid",), 1),
+    ((9, 6, 4), ("tanh",), 0),
+])
+def test_mlp(tier, mode, sizes, acts, batch):
+    x = torch.randn(batch, sizes[0], dtype=torch.float64)
+    params = layers(sizes, bias=batch != 1)
+    K = max(*sizes, batch)
+    for log in (False, True):
+        check(lambda x, *p: fastffnn.ops.mlp(x, list(p[0::2]), list(p[1::2]), list(acts), log),
+              lambda x, *p: ref_mlp(x, *p, activations=acts, log=log), [x, *params], mode, K=K)
+    y = torch.randint(0, sizes[-1], (batch,))
+    check(lambda x, *p: fastffnn.ops.mlp_nll(x, list(p[0:-1:2]), list(p[1:-1:2]), p[-1], list(acts)),
+          lambda x, *p: ref_mlp(x, *p[:-1], activations=acts, target=p[-1]), [x, *params, y], mode, K=K)
+
+
+@pytest.mark.parametrize("reduction", ["mean", "none"])
+def test_mlp_relu_and_probability_targets(tier, reduction):
+    sizes, acts = (30, 40, 20, 7), ("relu", "relu")
+    x = torch.randn(35, 30, dtype=torch.float64)
+    y = torch.softmax(torch.randn(35, 7, dtype=torch.float64), -1)
+    check(lambda x, *p: fastffnn.ops.mlp_nll(x, list(p[0:-1:2]), list(p[1:-1:2]), p[-1], list(acts), reduction),
+          lambda x, *p: ref_mlp(x, *p[:-1], activations=acts, target=p[-1], reduction=reduction),
+          [x, *layers(sizes), y], "float64", K=40)

@@ -178,6 +178,11 @@ def test_opcheck_optimizer_ops():
     torch.library.opcheck(torch.ops.fastffnn.ffnn_nll_adam_step_.tensor_lr,
                           (x, y, params, True, state(), state(), [], [torch.tensor(1.0) for _ in params], "tanh",
                            "mean", lr, 0.9, 0.999, 1e-8, 0.0, False, False, False))
+    # the network of any depth, here the same two layers as a list, with amsgrad
+    for overload, rate in (("default", 0.01), ("tensor_lr", lr)):
+        torch.library.opcheck(getattr(torch.ops.fastffnn.mlp_nll_adam_step_, overload),
+                              (x, y, params, True, state(), state(), state(), [torch.tensor(1.0) for _ in params],
+                               ["tanh"], "sum", rate, 0.9, 0.999, 1e-8, 0.1, True, False, False))
 
 
 @pytest.mark.parametrize("how", ["step", "train_step"])

@@ -147,8 +147,39 @@ def _check_cases():
     yield "_check_ffnn_nll_adam_step_", (x, y, [Vw, Vb, Ww, Wb], True, "relu", "mean")
 
 
+def _mlp_cases():
+    """The network of any depth: depth 1 and 3, with and without biases, each op and its check."""
+    x = input_of((4, 3))
+    for sizes, acts in (((3, 5), []), ((3, 6, 4, 5), ["tanh", "relu"])):
+        weights = [layer(n_out, n_in)[0] for n_in, n_out in zip(sizes[:-1], sizes[1:])]
+        biases = [layer(n_out, 1)[1] for n_out in sizes[1:]]
+        for bs in (biases, [None] * len(biases)):
+            for log in (False, True):
+                yield "mlp", (x, weights, bs, acts, log)
+            for kind in ("index", "probs"):
+                for red in ("mean", "none"):
+                    yield "mlp_nll", (x, weights, bs, targets(kind, (4,), 5), acts, red)
+        yield "_check_mlp", (x, weights, biases, acts)
+        yield "_check_mlp_nll", (x, weights, biases, targets("index", (4,), 5), acts, "sum")
+        params = [t for pair in zip(weights, biases) for t in pair]
+        yield "_check_mlp_nll_adam_step_", (x, targets("index", (4,), 5), params, True, acts, "mean")
+        with torch.no_grad():
+            hidden, a = [], x
+            for w, b, act in zip(weights, biases, acts):
+                a = {"tanh": torch.tanh, "relu": torch.relu}[act](torch.nn.functional.linear(a, w, b))
+                hidden.append(a)
+            lp = torch.log_softmax(torch.nn.functional.linear(a, weights[-1], biases[-1]), -1)
+            out = lp.exp()
+        depth = len(weights)
+        detached = [w.detach() for w in weights]
+        for mask in ([True] * (1 + 2 * depth), [False] + [True] * depth + [False] * depth):
+            yield "mlp_backward", (torch.randn_like(out), x.detach(), detached, hidden, out, acts, False, mask)
+            yield "mlp_nll_backward", (torch.randn((), dtype=torch.float64), x.detach(), detached, hidden, lp,
+                                       targets("probs", (4,), 5), acts, "mean", mask + [True])
+
+
 def _all_cases():
-    return [*_forward_cases(), *_backward_cases(), *_differentiable_cases(), *_check_cases()]
+    return [*_forward_cases(), *_backward_cases(), *_differentiable_cases(), *_check_cases(), *_mlp_cases()]
 
 
 @pytest.mark.parametrize("name,args", _all_cases(), ids=lambda v: v if isinstance(v, str) else "")
@@ -161,5 +192,6 @@ def test_every_registered_op_is_opchecked():
     checked = {f"fastffnn::{name}" for name, _ in _all_cases()}
     # in test_optim.py, each in both overloads
     checked |= {"fastffnn::adam_step_", "fastffnn::ffnn_nll_adam_step_", "fastffnn::adam_step_.tensor_lr",
-                "fastffnn::ffnn_nll_adam_step_.tensor_lr"}
+                "fastffnn::ffnn_nll_adam_step_.tensor_lr", "fastffnn::mlp_nll_adam_step_",
+                "fastffnn::mlp_nll_adam_step_.tensor_lr"}
     assert registered == checked

@@ -131,3 +131,29 @@ def test_info_with_a_bad_backend_is_one_error():
     proc = _cli("info", env={"FASTFFNN_BACKEND": "garbage"})
     assert proc.returncode == 1 and "Traceback" not in proc.stderr, proc.stderr
     assert "FASTFFNN_BACKEND must be auto, cpu, cuda or emulated, got 'garbage'" in proc.stderr
+
+
+def test_several_hidden_widths_train_a_fastmlp_whose_checkpoint_the_sequential_loads(tmp_path, capsys):
+    pytest.importorskip("sklearn")
+    rc = cli.main(["--epochs", "2", "--hidden", "32,16", "--batch-size", "4", "--out", str(tmp_path),
+                   "--no-progress", "--compare"])
+    out = capsys.readouterr().out
+    assert rc == 0, out
+    assert "MLP(64, 32, 16, 10)" in out and "stock" in out
+    meta = json.loads((tmp_path / "fastffnn.json").read_text())
+    assert meta["hidden_size"] == [32, 16] and meta["dev_accuracy"] > 0.8
+    from torch import nn
+
+    stock = nn.Sequential(nn.Linear(64, 32), nn.Tanh(), nn.Linear(32, 16), nn.Tanh(), nn.Linear(16, 10),
+                          nn.Softmax(dim=-1))
+    stock.load_state_dict(torch.load(tmp_path / "fastffnn.pt"))
+    from sklearn.datasets import load_digits
+
+    d = load_digits()
+    assert (stock(torch.from_numpy(d.data).float()).argmax(-1).numpy() == d.target).mean() > 0.8
+
+
+@pytest.mark.parametrize("hidden", ["32,", "32,0", "a,b"])
+def test_bad_hidden_widths_are_named(hidden):
+    with pytest.raises(SystemExit):
+        cli.parse_args(["--hidden", hidden])

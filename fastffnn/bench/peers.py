@@ -51,6 +51,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from ..mlp import FastMLP
 from ..module import FastFFNN
 from ..optim import Adam as FastAdam
 from ..reference import LectureFFNN, lecture_loss
@@ -68,7 +69,7 @@ MODES = ["forward", "grad-forward", "forward-backward", "train"]
 class Point:
     """One measured point: a shape, a batch, a mode, on a device in a dtype."""
 
-    shape: tuple[int, int, int]
+    shape: tuple[int, ...]  # (in, hidden..., out): one hidden width is the lecture's FFNN
     batch: int
     mode: str  # one of MODES
     device: torch.device
@@ -76,7 +77,7 @@ class Point:
 
     def make_inputs(self, seed: int = 0) -> tuple[Tensor, Tensor, Tensor]:
         """(x, class indices, one-hot gold); batch 1 is a 1-D input, as in the lecture's loop."""
-        inp, _, out = self.shape
+        inp, out = self.shape[0], self.shape[-1]
         g = torch.Generator().manual_seed(seed)
         lead = () if self.batch == 1 else (self.batch,)
         x = torch.randn(*lead, inp, generator=g, dtype=self.dtype)
@@ -136,7 +137,28 @@ def _step(model: nn.Module, loss_fn: Callable[[], Tensor], opt: torch.optim.Opti
     return step
 
 
-def build(name: str, point: Point, stock: LectureFFNN, x: Tensor, y: Tensor, gold: Tensor) -> Runner:
+class StockMLP(nn.Sequential):
+    """The lecture's classifier with several hidden layers, as its users write it: an
+    ``nn.Sequential(Linear, Tanh, ..., Linear, Softmax(dim=-1))``, with the lecture FFNN's ``logits``."""
+
+    def __init__(self, *sizes: int, activation: str = "tanh"):
+        layers: list[nn.Module] = []
+        for n_in, n_out in zip(sizes[:-2], sizes[1:-1]):
+            layers += [nn.Linear(n_in, n_out), {"tanh": nn.Tanh, "relu": nn.ReLU, "sigmoid": nn.Sigmoid}[activation]()]
+        super().__init__(*layers, nn.Linear(sizes[-2], sizes[-1]), nn.Softmax(dim=-1))
+
+    def logits(self, x: Tensor) -> Tensor:
+        for m in list(self)[:-1]:
+            x = m(x)
+        return x
+
+
+def stock_model(shape: tuple[int, ...]) -> nn.Module:
+    """The stock model a shape names: the lecture's FFNN for (in, hidden, out), else a StockMLP."""
+    return LectureFFNN(*shape) if len(shape) == 3 else StockMLP(*shape)
+
+
+def build(name: str, point: Point, stock: nn.Module, x: Tensor, y: Tensor, gold: Tensor) -> Runner:
     """The implementation ``name`` at ``point``, on fresh copies of ``stock``'s weights."""
     name, tier = split_tier(name)
     if tier is not None:
@@ -147,7 +169,7 @@ def build(name: str, point: Point, stock: LectureFFNN, x: Tensor, y: Tensor, gol
         runner.setup = lambda: set_cuda_tier(tier)
         return runner
     if name.startswith("fastffnn"):
-        model: nn.Module = FastFFNN.from_module(stock)
+        model: nn.Module = (FastFFNN if isinstance(stock, LectureFFNN) else FastMLP).from_module(stock)
     else:
         model = copy.deepcopy(stock)
     if point.mode == "forward":
@@ -185,7 +207,7 @@ def build(name: str, point: Point, stock: LectureFFNN, x: Tensor, y: Tensor, gol
             return compiled_loss(x, y)
     elif name == "fastffnn-step":
         opt = FastAdam(model.parameters(), lr=LR)
-        return Runner(lambda: model.train_step(x, y, opt), model)
+        return Runner(lambda: opt.train_step(model, x, y), model)
     else:
         raise ValueError(f"fastffnn bench: unknown implementation {name!r}; known: {STOCK + FAST}")
 
@@ -216,8 +238,8 @@ def _sync(device: torch.device) -> None:
         torch.cuda.synchronize(device)
 
 
-def _params(model: nn.Module) -> list[Tensor]:
-    return [model.V.weight, model.V.bias, model.W.weight, model.W.bias]
+def _params(model: nn.Module) -> list[tuple[str, Tensor]]:
+    return list(model.named_parameters())
 
 
 def check(name: str, runner: Runner, reference: Runner, point: Point, initial: list[Tensor]) -> str | None:
@@ -238,8 +260,7 @@ def check(name: str, runner: Runner, reference: Runner, point: Point, initial: l
     if point.mode == "forward-backward":
         runner.fn()
         reference.fn()
-        for label, p, r in zip(("V.weight", "V.bias", "W.weight", "W.bias"), _params(runner.model),
-                               _params(reference.model)):
+        for (label, p), (_, r) in zip(_params(runner.model), _params(reference.model)):
             try:
                 torch.testing.assert_close(p.grad, r.grad, rtol=1e-4, atol=1e-5)
             except AssertionError as e:
@@ -251,8 +272,7 @@ def check(name: str, runner: Runner, reference: Runner, point: Point, initial: l
         reference.fn()
         reference.extra["stepped"] = True
     runner.extra["stepped"] = True
-    for label, p, r, p0 in zip(("V.weight", "V.bias", "W.weight", "W.bias"), _params(runner.model),
-                               _params(reference.model), initial):
+    for (label, p), (_, r), p0 in zip(_params(runner.model), _params(reference.model), initial):
         delta, ref_delta = (p.detach() - p0).double(), (r.detach() - p0).double()
         err = (delta - ref_delta).abs().sum() / ref_delta.abs().sum().clamp_min(1e-30)
         if not torch.isfinite(err) or err > 1e-3:

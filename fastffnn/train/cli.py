@@ -14,6 +14,7 @@ from torch import nn
 from .. import __version__
 from .._build import BuildError
 from .._runtime import ensure_loaded
+from ..mlp import FastMLP
 from ..module import FastFFNN
 from . import data as datasets
 from ..reference import LectureFFNN
@@ -36,7 +37,9 @@ def parse_args(argv):
                                 epilog=EXAMPLES, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--data", default=None, help="a .npz or .csv dataset (default: scikit-learn's bundled digits)")
     p.add_argument("--label-column", type=int, default=-1, help="the CSV column holding the label (default: last)")
-    p.add_argument("--hidden", type=int, default=64, help="hidden width (default 64)")
+    p.add_argument("--hidden", default="64",
+                   help="hidden width (default 64), or comma-separated widths for a deeper network (FastMLP), "
+                        "e.g. 128,64")
     p.add_argument("--activation", choices=["tanh", "relu", "sigmoid"], default="tanh")
     p.add_argument("--epochs", type=int, default=10)
     p.add_argument("--batch-size", type=int, default=1, help="examples per step; 1 is the lecture's loop (default)")
@@ -49,7 +52,8 @@ def parse_args(argv):
     p.add_argument("--compare", action="store_true", help="also train the stock PyTorch FFNN from the same weights")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
     args = p.parse_args(argv)
-    for name in ("hidden", "epochs", "batch_size"):
+    args.hidden = _widths(p, args.hidden)
+    for name in ("epochs", "batch_size"):
         if getattr(args, name) < 1:
             p.error(f"--{name.replace('_', '-')} must be at least 1")
     if not (args.lr > 0 and math.isfinite(args.lr)):
@@ -59,6 +63,42 @@ def parse_args(argv):
     if not 0 < args.dev_fraction < 1:
         p.error(f"--dev-fraction must be between 0 and 1, got {args.dev_fraction}")
     return args
+
+
+def _widths(p: argparse.ArgumentParser, text: str) -> list[int]:
+    try:
+        widths = [int(w) for w in text.split(",")]
+    except ValueError:
+        p.error(f"--hidden must be one width or comma-separated widths such as 128,64, got {text!r}")
+    if any(w < 1 for w in widths):
+        p.error(f"--hidden widths must be at least 1, got {text!r}")
+    return widths
+
+
+def _describe(features: int, hidden: list[int], classes: int) -> str:
+    return f"{'FFNN' if len(hidden) == 1 else 'MLP'}({', '.join(map(str, [features, *hidden, classes]))})"
+
+
+def _models(features: int, hidden: list[int], classes: int, activation: str, device, dtype):
+    """(the stock model, its FastFFNN or FastMLP copy, how to load the checkpoint).
+
+    One hidden width is the lecture's FFNN; more are the nn.Sequential of Linear and activation layers
+    ending in Softmax(dim=-1), which FastMLP is.
+    """
+    if len(hidden) == 1:
+        stock = LectureFFNN(features, hidden[0], classes, activation).to(device, dtype)
+        nn.init.xavier_uniform_(stock.V.weight)  # "initializing to a nonzero value is critical"
+        return (stock, FastFFNN.from_module(stock),
+                f"{_describe(features, hidden, classes)}.load_state_dict(torch.load(path))")
+    sizes = [features, *hidden, classes]
+    layers = []
+    for n_in, n_out in zip(sizes[:-2], sizes[1:-1]):
+        layers += [nn.Linear(n_in, n_out), {"tanh": nn.Tanh, "relu": nn.ReLU, "sigmoid": nn.Sigmoid}[activation]()]
+    stock = nn.Sequential(*layers, nn.Linear(sizes[-2], sizes[-1]), nn.Softmax(dim=-1)).to(device, dtype)
+    nn.init.xavier_uniform_(stock[0].weight)
+    load = (f"fastffnn.FastMLP({sizes}, {activation!r}).load_state_dict(torch.load(path)), or the nn.Sequential "
+            "of Linear and activation layers ending in Softmax(dim=-1)")
+    return stock, FastMLP.from_module(stock), load
 
 
 def _device(name: str) -> torch.device:
@@ -107,16 +147,15 @@ def _run(args) -> int:
     dev_set = datasets.to_tensors(data, dev_idx, device, dtype)
     features = data.features.shape[1]
     print(f"fastffnn {__version__}: {data.name}: {len(data.labels)} examples, {features} features, "
-          f"{data.classes} classes; {len(train_idx)} train / {len(dev_idx)} dev; FFNN({features}, {args.hidden}, "
-          f"{data.classes}) {args.activation}, batch {args.batch_size}, lr {args.lr}, {args.epochs} epochs, "
-          f"{device} {args.dtype}")
+          f"{data.classes} classes; {len(train_idx)} train / {len(dev_idx)} dev; "
+          f"{_describe(features, args.hidden, data.classes)} {args.activation}, "
+          f"batch {args.batch_size}, lr {args.lr}, {args.epochs} epochs, {device} {args.dtype}")
     ensure_loaded()
 
     torch.manual_seed(args.seed)
-    stock = LectureFFNN(features, args.hidden, data.classes, args.activation).to(device, dtype)
-    nn.init.xavier_uniform_(stock.V.weight)  # "initializing to a nonzero value is critical"
+    name = _describe(features, args.hidden, data.classes)
+    stock, fast, load_with = _models(features, args.hidden, data.classes, args.activation, device, dtype)
     initial = copy.deepcopy(stock)
-    fast = FastFFNN.from_module(stock)
     common = dict(classes=data.classes, epochs=args.epochs, batch_size=args.batch_size, lr=args.lr, seed=args.seed,
                   progress=not args.no_progress)
     histories = [train(fast, "fastffnn", train_set, dev_set, **common)]
@@ -128,16 +167,17 @@ def _run(args) -> int:
 
     os.makedirs(args.out, exist_ok=True)
     ckpt = os.path.join(args.out, "fastffnn.pt")
-    meta = {"dataset": data.name, "input_size": features, "hidden_size": args.hidden, "out_size": data.classes,
+    hidden = args.hidden[0] if len(args.hidden) == 1 else args.hidden
+    meta = {"dataset": data.name, "input_size": features, "hidden_size": hidden, "out_size": data.classes,
             "activation": args.activation, "epochs": args.epochs, "batch_size": args.batch_size, "lr": args.lr,
             "seed": args.seed, "dev_accuracy": histories[0].dev_accuracy[-1], "fastffnn": __version__,
             "torch": torch.__version__,
-            "load_with": f"FFNN({features}, {args.hidden}, {data.classes}).load_state_dict(torch.load(path))"}
+            "load_with": load_with}
     save_checkpoint(fast, ckpt, meta)
     png = os.path.join(args.out, "curves.png")
-    plotted = plot_curves(png, histories, f"{data.name}: FFNN({features}, {args.hidden}, {data.classes}), "
-                                           f"batch {args.batch_size}, {device}")
+    plotted = plot_curves(png, histories, f"{data.name}: {name}, batch {args.batch_size}, {device}")
     print("\n" + summary(histories))
-    print(f"\ncheckpoint: {ckpt} (a state_dict the lecture's FFNN loads; how it was made: {os.path.splitext(ckpt)[0]}.json)")
+    loader = "the lecture's FFNN" if len(args.hidden) == 1 else "FastMLP and the stock nn.Sequential"
+    print(f"\ncheckpoint: {ckpt} (a state_dict {loader} loads; how it was made: {os.path.splitext(ckpt)[0]}.json)")
     print(f"curves: {png}" if plotted else "curves: skipped (pip install matplotlib)")
     return 0

@@ -5,8 +5,8 @@ by the run's seed and the epoch), start from the same weights and use Adam
 with the same learning rate, so their accuracies and times compare like for
 like. Batch size 1 is the lecture's loop: one 1-D example per step.
 
-* FastFFNN on the CPU: ``fastffnn.optim.Adam`` and ``FastFFNN.train_step``,
-  the whole step in one native call. On CUDA: ``FastFFNN.nll_loss`` with
+* FastFFNN (FastMLP for several hidden widths) on the CPU: ``fastffnn.optim.Adam``
+  and its ``train_step``, the whole step in one native call. On CUDA: ``nll_loss`` with
   ``torch.optim.Adam(fused=True)``.
 * The stock FFNN: the lecture's step, ``zero_grad``, ``probs = ffnn(x)``,
   ``loss = neg(log(probs)) . one_hot``, ``backward``, ``optim.Adam.step``.
@@ -25,6 +25,7 @@ import torch
 from torch import Tensor, nn
 
 from .. import optim as fast_optim
+from ..mlp import FastMLP
 from ..module import FastFFNN
 from ..reference import lecture_loss
 
@@ -59,10 +60,10 @@ def _stock_step(model: nn.Module, opt: torch.optim.Optimizer, classes: int):
     return step
 
 
-def _fast_step(model: FastFFNN, lr: float):
-    if model.V.weight.device.type == "cpu":
+def _fast_step(model: FastFFNN | FastMLP, lr: float):
+    if next(model.parameters()).device.type == "cpu":
         opt = fast_optim.Adam(model.parameters(), lr=lr)
-        return lambda x, y: model.train_step(x, y, opt)
+        return lambda x, y: opt.train_step(model, x, y)
     opt = torch.optim.Adam(model.parameters(), lr=lr, fused=True)
 
     def step(x: Tensor, y: Tensor) -> Tensor:
@@ -79,7 +80,7 @@ def train(model: nn.Module, label: str, train_set: tuple[Tensor, Tensor], dev_se
           classes: int, epochs: int, batch_size: int, lr: float, seed: int, progress: bool = True) -> History:
     """Trains ``model`` in place and returns its per-epoch history."""
     x, y = train_set
-    step = _fast_step(model, lr) if isinstance(model, FastFFNN) else _stock_step(
+    step = _fast_step(model, lr) if isinstance(model, (FastFFNN, FastMLP)) else _stock_step(
         model, torch.optim.Adam(model.parameters(), lr=lr), classes)
     history = History(label)
     n = x.shape[0]
