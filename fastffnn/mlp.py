@@ -11,6 +11,7 @@ for one hidden layer only.
 from __future__ import annotations
 
 import warnings
+from collections import OrderedDict
 from typing import Sequence
 
 import torch
@@ -21,7 +22,8 @@ from .module import _ACTIVATION_MODULES, _ACTIVATION_NAMES, _GLOBAL_HOOKS, cross
 
 
 def _hooked(m: nn.Module) -> bool:
-    return bool(m._forward_hooks or m._forward_pre_hooks or m._backward_hooks or m._backward_pre_hooks)
+    d = m.__dict__
+    return bool(d["_forward_hooks"] or d["_forward_pre_hooks"] or d["_backward_hooks"] or d["_backward_pre_hooks"])
 
 
 class FastMLP(nn.Sequential):
@@ -64,6 +66,13 @@ class FastMLP(nn.Sequential):
         layers += [nn.Linear(sizes[-2], sizes[-1], bias=bias, **factory), nn.Softmax(dim=-1)]
         super().__init__(*layers)
 
+    def __getitem__(self, idx):
+        # nn.Sequential slices by calling its own class with the modules; a slice of a classifier is
+        # not one, so it is the plain nn.Sequential of those modules (model[:-1] gives the logits).
+        if isinstance(idx, slice):
+            return nn.Sequential(OrderedDict(list(self._modules.items())[idx]))
+        return super().__getitem__(idx)
+
     # ------------------------------------------------------------ the plan
     def _plan(self):
         """``(weights, biases, activations)`` lists for the fused ops, or None.
@@ -73,17 +82,22 @@ class FastMLP(nn.Sequential):
         """
         if any(_GLOBAL_HOOKS):
             return None
-        mods = list(self._modules.values())
-        if len(mods) < 2 or len(mods) % 2 or type(mods[-1]) is not nn.Softmax or mods[-1].dim != -1 \
-                or _hooked(mods[-1]):
+        mods = tuple(self._modules.values())
+        last = mods[-1] if mods else None
+        if len(mods) < 2 or len(mods) % 2 or type(last) is not nn.Softmax or last.dim != -1 or _hooked(last):
             return None
         weights, biases, acts = [], [], []
+        # every call, because hooks, parametrizations and swapped modules can come at any time
         for i in range(0, len(mods), 2):
             lin = mods[i]
-            if type(lin) is not nn.Linear or "weight" not in lin._parameters or _hooked(lin):
+            if type(lin) is not nn.Linear or _hooked(lin):
                 return None
-            weights.append(lin._parameters["weight"])
-            biases.append(lin._parameters.get("bias"))
+            p = lin._parameters
+            w = p.get("weight")
+            if w is None:
+                return None
+            weights.append(w)
+            biases.append(p.get("bias"))
             if i + 2 < len(mods):
                 act = mods[i + 1]
                 name = _ACTIVATION_NAMES.get(type(act))
@@ -124,7 +138,9 @@ class FastMLP(nn.Sequential):
         if plan is None:
             self._unfused("forward")
             return super().forward(x)
-        return ops.mlp(x, *plan)
+        if not isinstance(x, Tensor):
+            ops._bad_arguments("FastMLP", ("input", x, Tensor))
+        return ops._mlp(x, *plan, False)
 
     def log_probs(self, x: Tensor) -> Tensor:
         """Log-probabilities ``(..., out)``, computed as ``z - logsumexp(z)``."""
@@ -132,7 +148,9 @@ class FastMLP(nn.Sequential):
         if plan is None:
             self._unfused("log_probs")
             return torch.log_softmax(self._logits_unfused(x), -1)
-        return ops.mlp(x, *plan, log=True)
+        if not isinstance(x, Tensor):
+            ops._bad_arguments("FastMLP.log_probs", ("input", x, Tensor))
+        return ops._mlp(x, *plan, True)
 
     def nll_loss(self, x: Tensor, target: Tensor, reduction: str = "mean") -> Tensor:
         """The cross-entropy of the prediction for ``x`` against class indices ``(...)`` or probabilities ``(..., out)``."""
@@ -140,8 +158,11 @@ class FastMLP(nn.Sequential):
         if plan is None:
             self._unfused("nll_loss")
             return cross_entropy_last_dim(self._logits_unfused(x), target, reduction)
+        if not (isinstance(x, Tensor) and isinstance(target, Tensor) and isinstance(reduction, str)):
+            ops._bad_arguments("FastMLP.nll_loss", ("input", x, Tensor), ("target", target, Tensor),
+                               ("reduction", reduction, str))
         weights, biases, acts = plan
-        return ops.mlp_nll(x, weights, biases, target, acts, reduction)
+        return ops._mlp_nll(x, weights, biases, target, acts, reduction)
 
     @classmethod
     def from_module(cls, m: nn.Module) -> "FastMLP":

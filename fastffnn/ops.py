@@ -258,8 +258,12 @@ def mlp(input: Tensor, weights, biases, activations, log: bool = False) -> Tenso
     if not (isinstance(input, Tensor) and isinstance(log, bool)):
         _bad_arguments("mlp", ("input", input, Tensor), ("log", log, bool))
     _check_layers("mlp", weights, biases, activations)
+    return _mlp(input, list(weights), list(biases), list(activations), log)
+
+
+def _mlp(input: Tensor, weights: list, biases: list, activations: list, log: bool) -> Tensor:
+    """:func:`mlp` for arguments known to be of the right types (FastMLP's own)."""
     ensure_loaded()
-    weights, biases, activations = list(weights), list(biases), list(activations)
     if _autocast_on():
         input, *rest = _autocast(input, *weights, *biases)
         weights, biases = list(rest[:len(weights)]), list(rest[len(weights):])
@@ -280,8 +284,12 @@ def mlp_nll(input: Tensor, weights, biases, target: Tensor, activations, reducti
         _bad_arguments("mlp_nll", ("input", input, Tensor), ("target", target, Tensor),
                        ("reduction", reduction, str))
     _check_layers("mlp_nll", weights, biases, activations)
+    return _mlp_nll(input, list(weights), list(biases), target, list(activations), reduction)
+
+
+def _mlp_nll(input: Tensor, weights: list, biases: list, target: Tensor, activations: list, reduction: str) -> Tensor:
+    """:func:`mlp_nll` for arguments known to be of the right types (FastMLP's own, but for the target)."""
     ensure_loaded()
-    weights, biases, activations = list(weights), list(biases), list(activations)
     if _autocast_on():
         input, target, *rest = _autocast(input, target, *weights, *biases)
         weights, biases = list(rest[:len(weights)]), list(rest[len(weights):])

@@ -10,6 +10,7 @@ into ``torch.optim.Adam`` and the reverse. CPU tensors only (on CUDA use
 from __future__ import annotations
 
 from itertools import chain
+from operator import is_
 from typing import Callable, Iterable
 
 import torch
@@ -149,13 +150,16 @@ class Adam(torch.optim.Optimizer):
         state = self.state
 
         def key():
-            per_param = [state.get(p) for p in group["params"]]
+            per_param = list(map(state.get, group["params"]))
             return (state, len(state), group["params"], group["amsgrad"], *params, *group["params"], *per_param,
-                    *[v for d in per_param if d for v in d.values()])
+                    *chain.from_iterable([d.values() for d in per_param if d]))
 
         cached = self.__dict__.get("_train_step_cache")
-        if cached is not None and len(groups) == 1 and all(a is b for a, b in zip(cached[0], key())):
-            return cached[1]
+        if cached is not None and len(groups) == 1:
+            now = key()
+            # compared by identity, in C (map), since this runs at every step
+            if len(now) == len(cached[0]) and all(map(is_, cached[0], now)):
+                return cached[1]
         has_bias = params[1] is not None
         plist = self._check_holds(params)
         args = (plist, has_bias, *self._state_lists(group, plist))
@@ -195,7 +199,7 @@ class Adam(torch.optim.Optimizer):
 
             _bad_arguments("optim.Adam.train_step", ("input", input, torch.Tensor), ("target", target, torch.Tensor),
                            ("reduction", reduction, str))
-        op = _train_step_op or _load_train_step_op()
+        ops = _train_step_ops or _load_train_step_ops()
         # As step() would: LR schedulers read this flag ("lr_scheduler.step() before optimizer.step()"), and the
         # optimizer's step hooks run around the update.
         self._stepped.called = True
@@ -213,16 +217,13 @@ class Adam(torch.optim.Optimizer):
             args = self._train_step_args(params)
             hyper = self._hyper(self.param_groups[0])
             acts = fused[-1]
-            if not isinstance(acts, str):
-                op = torch.ops.fastffnn.mlp_nll_adam_step_.default
+            # (ffnn or mlp) x (float or Tensor lr): a str activation is FastFFNN's
+            op = ops[(not isinstance(acts, str)) * 2 + isinstance(hyper[0], torch.Tensor)]
             # torch.no_grad() as a context manager costs several microseconds; the
             # step records nothing, so grad mode is switched off directly.
             grad_enabled = torch.is_grad_enabled()
             torch._C._set_grad_enabled(False)
             try:
-                if isinstance(hyper[0], torch.Tensor):
-                    op = (torch.ops.fastffnn.ffnn_nll_adam_step_ if isinstance(acts, str)
-                          else torch.ops.fastffnn.mlp_nll_adam_step_).tensor_lr
                 loss = op(input, target, *args, acts, reduction, *hyper)
             finally:
                 torch._C._set_grad_enabled(grad_enabled)
@@ -267,12 +268,20 @@ class Adam(torch.optim.Optimizer):
 def _uniform_biases(params) -> bool:
     """Whether every layer has a bias or none has: ``params`` is (weights[0], biases[0], weights[1], ...)."""
     with_bias = params[1] is not None
-    return all((b is not None) == with_bias for b in params[1::2])
+    for b in params[3::2]:
+        if (b is not None) != with_bias:
+            return False
+    return True
 
 
 def _one_native_call(params) -> bool:
     """Whether train_step's one native call applies: every parameter trainable, and biases in all layers or none."""
-    return _uniform_biases(params) and all(p is None or p.requires_grad for p in params)
+    if not _uniform_biases(params):
+        return False
+    for p in params:
+        if p is not None and not p.requires_grad:
+            return False
+    return True
 
 
 def _op(name: str, lr):
@@ -301,11 +310,13 @@ def _step_tensor(value) -> torch.Tensor:
     return torch.tensor(float(value), dtype=dtype)
 
 
-_train_step_op = None
+_train_step_ops = None
 
 
-def _load_train_step_op():
-    global _train_step_op
+def _load_train_step_ops():
+    """The one-call step's ops, looked up once (each torch.ops lookup costs microseconds at batch 1)."""
+    global _train_step_ops
     ensure_loaded()
-    _train_step_op = torch.ops.fastffnn.ffnn_nll_adam_step_.default
-    return _train_step_op
+    ffnn, mlp = torch.ops.fastffnn.ffnn_nll_adam_step_, torch.ops.fastffnn.mlp_nll_adam_step_
+    _train_step_ops = (ffnn.default, ffnn.tensor_lr, mlp.default, mlp.tensor_lr)
+    return _train_step_ops

@@ -103,3 +103,12 @@ def test_a_plain_model_runs_the_fused_ops():
     # one native call each way for the whole network, not a call per layer
     assert counts.get("fastffnn::mlp_nll") == 1 and counts.get("fastffnn::mlp_nll_backward") == 1
     assert "fastffnn::linear_act" not in counts and "fastffnn::linear_act_backward" not in counts
+
+
+def test_a_slice_is_the_plain_sequential_of_those_layers():
+    fast = FastMLP([6, 5, 4, 3], dtype=F64)
+    body = fast[:-1]
+    assert type(body) is torch.nn.Sequential and list(body) == list(fast)[:-1]
+    x = torch.randn(2, 6, dtype=F64)
+    torch.testing.assert_close(torch.softmax(body(x), -1), fast(x))
+    assert list(body.state_dict()) == list(fast.state_dict())
