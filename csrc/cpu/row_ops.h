@@ -325,26 +325,47 @@ inline void for_each_row_with_colsum(int64_t rows, int64_t cols, const T* m, T* 
 // The least work (multiply-adds or element updates) worth a second thread.
 constexpr int64_t kOneRowParallelWork = 131072;
 
-// Items of `per_item` work each that one thread should take at least.
-inline int64_t one_row_grain(int64_t per_item) {
-  return std::max<int64_t>(1, kOneRowParallelWork / std::max<int64_t>(per_item, 1));
+// The grain for at::parallel_for over `items` items of `per_item` work each:
+// all of them on the calling thread below kOneRowParallelWork, else equal
+// shares for as many threads as the work pays for (a share of at least
+// kOneRowParallelWork / 2, so the split never costs more than it saves).
+// Equal shares, not kOneRowParallelWork each, because the slowest thread sets
+// the time: 784 x 256 split as 167 + 89 rows takes 167 rows' time, as 128 +
+// 128 rows 128's.
+inline int64_t one_row_grain(int64_t per_item, int64_t items) {
+  const int64_t work = std::max<int64_t>(per_item, 1) * items;
+  if (work < kOneRowParallelWork) return std::max<int64_t>(items, 1);
+  const int64_t shares =
+      std::min<int64_t>(at::get_num_threads(), std::max<int64_t>(2 * work / kOneRowParallelWork, 1));
+  return std::max<int64_t>((items + shares - 1) / shares, 1);
 }
 
 // sum(a[i] * b[i]) over n elements, vectorised.
+// Four running sums: with one, each add waits for the previous one (3-4
+// cycles), which made the one-row products half as fast as reading the weights.
 template <typename T>
 inline T dot(const T* a, const T* b, int64_t n) {
   using V = Vectorized<T>;
-  V acc(0);
-  for_each_vector<T>(n, [&](int64_t i, int64_t count) {
-    acc = acc + V::loadu(a + i, count) * V::loadu(b + i, count);  // padded lanes load as 0
-  });
-  return horizontal_sum(acc);
+  constexpr int64_t w = V::size();
+  V acc0(0), acc1(0), acc2(0), acc3(0);
+  int64_t i = 0;
+  for (; i + 4 * w <= n; i += 4 * w) {
+    acc0 = at::vec::fmadd(V::loadu(a + i), V::loadu(b + i), acc0);
+    acc1 = at::vec::fmadd(V::loadu(a + i + w), V::loadu(b + i + w), acc1);
+    acc2 = at::vec::fmadd(V::loadu(a + i + 2 * w), V::loadu(b + i + 2 * w), acc2);
+    acc3 = at::vec::fmadd(V::loadu(a + i + 3 * w), V::loadu(b + i + 3 * w), acc3);
+  }
+  for (; i < n; i += w) {
+    const int64_t count = std::min<int64_t>(w, n - i);
+    acc0 = at::vec::fmadd(V::loadu(a + i, count), V::loadu(b + i, count), acc0);  // padded lanes load as 0
+  }
+  return horizontal_sum((acc0 + acc1) + (acc2 + acc3));
 }
 
 // y[j] = dot(w[j, :], x) for the rows of a contiguous (out, in) matrix w.
 template <typename T>
 inline void matvec(const T* w, const T* x, T* y, int64_t out, int64_t in) {
-  at::parallel_for(0, out, one_row_grain(in), [&](int64_t j0, int64_t j1) {
+  at::parallel_for(0, out, one_row_grain(in, out), [&](int64_t j0, int64_t j1) {
     for (int64_t j = j0; j < j1; ++j) y[j] = dot(w + j * in, x, in);
   });
 }
@@ -355,7 +376,7 @@ inline void matvec(const T* w, const T* x, T* y, int64_t out, int64_t in) {
 template <typename T>
 inline void matvec_transposed_add(const T* w, const T* d, T* y, int64_t out, int64_t in) {
   using V = Vectorized<T>;
-  at::parallel_for(0, in, one_row_grain(out), [&](int64_t i0, int64_t i1) {
+  at::parallel_for(0, in, one_row_grain(out, in), [&](int64_t i0, int64_t i1) {
     for (int64_t j = 0; j < out; ++j) {
       const V dj(d[j]);
       const T* row = w + j * in;
@@ -370,7 +391,7 @@ inline void matvec_transposed_add(const T* w, const T* d, T* y, int64_t out, int
 template <typename T>
 inline void outer(const T* d, const T* x, T* g, int64_t out, int64_t in) {
   using V = Vectorized<T>;
-  at::parallel_for(0, out, one_row_grain(in), [&](int64_t j0, int64_t j1) {
+  at::parallel_for(0, out, one_row_grain(in, out), [&](int64_t j0, int64_t j1) {
     for (int64_t j = j0; j < j1; ++j) {
       const V dj(d[j]);
       T* row = g + j * in;
