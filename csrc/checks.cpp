@@ -206,7 +206,7 @@ SymMlpShape check_mlp(const char* op, bool reduced_precision, const at::Tensor& 
   TORCH_CHECK_VALUE(!biases || biases->size() == depth, "fastffnn.", op, ": got ", depth, " weights but ",
                     biases ? biases->size() : 0, " biases; give one bias (or None) per layer");
   TORCH_CHECK_VALUE(activations.size() == depth - 1, "fastffnn.", op, ": got ", activations.size(),
-                    " activations for ", depth - 1, " hidden layers (", depth,
+                    " activations for ", depth - 1, depth == 2 ? " hidden layer (" : " hidden layers (", depth,
                     " weights); give one per hidden layer");
   for (size_t k = 0; k < activations.size(); ++k) {
     TORCH_CHECK_VALUE(activations[k] == "tanh" || activations[k] == "relu" || activations[k] == "sigmoid",

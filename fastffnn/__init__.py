@@ -9,7 +9,7 @@ from ._build import BuildError
 from ._runtime import ensure_loaded
 from .mlp import FastMLP
 from .module import FastFFNN
-from .ops import ffnn, ffnn_nll, linear_act, linear_softmax, softmax_nll
+from .ops import ffnn, ffnn_nll, linear_act, linear_softmax, mlp, mlp_nll, softmax_nll
 from .tier import cuda_tier, set_cuda_tier
 
 __version__ = "0.1.0"
@@ -24,6 +24,8 @@ __all__ = [
     "ffnn_nll",
     "linear_act",
     "linear_softmax",
+    "mlp",
+    "mlp_nll",
     "optim",
     "set_cuda_tier",
     "softmax_nll",

@@ -54,7 +54,8 @@ class FastMLP(nn.Sequential):
         hidden = len(sizes) - 2
         acts = [activation] * hidden if isinstance(activation, str) else list(activation)
         if len(acts) != hidden:
-            raise ValueError(f"fastffnn.FastMLP: {len(acts)} activations for {hidden} hidden layers (sizes {sizes})")
+            raise ValueError(f"fastffnn.FastMLP: {len(acts)} activations for {hidden} hidden "
+                             f"layer{'' if hidden == 1 else 's'} (sizes {sizes})")
         for i, a in enumerate(acts):
             if a not in _ACTIVATION_MODULES:
                 raise ValueError(f"fastffnn.FastMLP: activation {i} must be one of {sorted(_ACTIVATION_MODULES)}, "

@@ -106,6 +106,44 @@ CASES = [
     ("FastFFNN.train_step", "input on meta, model on the CPU", lambda: _train_step(
         lambda m: fastffnn.optim.Adam(m.parameters()), x=_x(4).to("meta")), ValueError,
      ['ffnn_nll_adam_step_', 'V_weight', 'meta', 'cpu']),
+    # the network of any depth
+    ("mlp", "no layers", lambda: fastffnn.mlp(_x(2, 4), [], [], []), ValueError, ['mlp', 'at least one layer']),
+    ("mlp", "weights[1] expects 6 inputs, layer 0 gives 5", lambda: fastffnn.mlp(
+        _x(2, 4), [_x(5, 4), _x(3, 6)], [None, None], ["tanh"]), ValueError,
+     ['weights[1]', 'the output of layer 0', '5 features', '[3, 6]']),
+    ("mlp", "a width of 0 in layer 1", lambda: fastffnn.mlp(
+        _x(2, 4), [_x(5, 4), _x(0, 5), _x(3, 0)], [None] * 3, ["tanh", "tanh"]), ValueError,
+     ['weights[1]', 'layer 1', 'width']),
+    ("mlp", "2 activations for 1 hidden layer", lambda: fastffnn.mlp(
+        _x(2, 4), [_x(5, 4), _x(3, 5)], [None, None], ["tanh", "relu"]), ValueError,
+     ['2 activations', '1 hidden layer']),
+    ("mlp", "activations[0] is 'gelu'", lambda: fastffnn.mlp(
+        _x(2, 4), [_x(5, 4), _x(3, 5)], [None, None], ["gelu"]), ValueError, ['activations[0]', 'gelu']),
+    ("mlp", "biases[1] of shape [5] for 3 outputs", lambda: fastffnn.mlp(
+        _x(2, 4), [_x(5, 4), _x(3, 5)], [_x(5), _x(5)], ["tanh"]), ValueError, ['biases[1]', '[3]', '[5]']),
+    ("mlp", "weights[1] is float64, input float32", lambda: fastffnn.mlp(
+        _x(2, 4), [_x(5, 4), _x(3, 5, dtype=torch.float64)], [None, None], ["tanh"]), TypeError,
+     ['weights[1]', 'Double', 'Float']),
+    ("mlp", "weights[1] on meta, input on the CPU", lambda: fastffnn.mlp(
+        _x(2, 4), [_x(5, 4), _x(3, 5).to("meta")], [None, None], ["tanh"]), ValueError, ['weights[1]', 'meta', 'cpu']),
+    ("mlp", "weights is a tensor, not a list", lambda: fastffnn.mlp(_x(2, 4), _x(5, 4), [None], []), TypeError,
+     ['weights', 'list', 'Tensor']),
+    ("mlp_nll", "class index 3 of 3 classes", lambda: fastffnn.mlp_nll(
+        _x(2, 4), [_x(5, 4), _x(3, 5)], [None, None], torch.tensor([0, 3]), ["tanh"]), IndexError,
+     ['target', '3', '3 classes']),
+    ("FastMLP", "sizes [4]", lambda: fastffnn.FastMLP([4]), ValueError, ['sizes', 'at least 2']),
+    ("FastMLP", "a width of 0", lambda: fastffnn.FastMLP([4, 0, 3]), ValueError, ['sizes[1]', '0']),
+    ("FastMLP", "2 activations for 1 hidden layer", lambda: fastffnn.FastMLP([4, 5, 3], ["tanh", "relu"]),
+     ValueError, ['2 activations', '1 hidden layer']),
+    ("FastMLP", "input has 6 features, layer 0 expects 4", lambda: fastffnn.FastMLP([4, 5, 3])(_x(2, 6)), ValueError,
+     ['input', '6 features', 'weights[0]']),
+    ("FastMLP.from_module", "layer 1 is nn.GELU", lambda: fastffnn.FastMLP.from_module(
+        nn.Sequential(nn.Linear(4, 5), nn.GELU(), nn.Linear(5, 3))), ValueError, ['layer 1', 'GELU']),
+    ("FastMLP.from_module", "layer 2 takes 6 inputs, layer 0 gives 5", lambda: fastffnn.FastMLP.from_module(
+        nn.Sequential(nn.Linear(4, 5), nn.Tanh(), nn.Linear(6, 3))), ValueError, ['layer 2', '6 inputs', '5']),
+    ("optim.Adam.train_step", "FastMLP, target on meta", lambda: (lambda m: fastffnn.optim.Adam(
+        m.parameters()).train_step(m, _x(4), torch.tensor(1, device="meta")))(fastffnn.FastMLP([4, 5, 5, 3])),
+     ValueError, ['mlp_nll_adam_step_', 'target', 'meta', 'cpu']),
 ]
 
 # RuntimeError is torch's own for load_state_dict; fastffnn's checks raise the other three.

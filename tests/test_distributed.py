@@ -17,7 +17,7 @@ import torch
 import torch.distributed as dist
 import torch.multiprocessing as mp
 
-from fastffnn import FastFFNN
+from fastffnn import FastFFNN, FastMLP
 
 ROOT = Path(__file__).resolve().parent.parent
 WORLD = 2
@@ -29,14 +29,21 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
+def _model(kind: str) -> torch.nn.Module:
+    """The lecture's network, or a FastMLP of two hidden layers (the network op of any depth)."""
+    if kind == "ffnn":
+        return FastFFNN(7, 9, 4, dtype=torch.float64)
+    return FastMLP([7, 9, 6, 4], ["tanh", "relu"], dtype=torch.float64)
+
+
 def _worker(rank: int, backend: str, port: int, state: dict, x: torch.Tensor, y: torch.Tensor,
-            out_dir: str) -> None:
+            out_dir: str, kind: str) -> None:
     # gloo on the loopback interface: the machine's hostname need not resolve to a reachable address
     os.environ.setdefault("GLOO_SOCKET_IFNAME", "lo")
     dist.init_process_group(backend, init_method=f"tcp://127.0.0.1:{port}", rank=rank, world_size=WORLD,
                             timeout=datetime.timedelta(seconds=120))
     device = torch.device(f"cuda:{rank}") if backend == "nccl" else torch.device("cpu")
-    model = FastFFNN(7, 9, 4, dtype=torch.float64).to(device)
+    model = _model(kind).to(device)
     model.load_state_dict(state)
     ddp = torch.nn.parallel.DistributedDataParallel(model)
     xs, ys = x.chunk(WORLD)[rank].to(device), y.chunk(WORLD)[rank].to(device)
@@ -50,15 +57,17 @@ BACKENDS = ["gloo", pytest.param("nccl", marks=pytest.mark.skipif(
     torch.cuda.device_count() < 2 or not dist.is_nccl_available(), reason="nccl needs 2 GPUs"))]
 
 
+@pytest.mark.parametrize("kind", ["ffnn", "mlp"])
 @pytest.mark.parametrize("backend", BACKENDS)
-def test_ddp_gradients_equal_single_process_over_the_whole_batch(tmp_path, backend):
+def test_ddp_gradients_equal_single_process_over_the_whole_batch(tmp_path, backend, kind):
     if not dist.is_available():
         pytest.skip("torch.distributed is not available")
-    model = FastFFNN(7, 9, 4, dtype=torch.float64)
+    model = _model(kind)
     x = torch.randn(12, 7, dtype=torch.float64)
     y = torch.randint(0, 4, (12,))
     state = {k: v.clone() for k, v in model.state_dict().items()}
-    context = mp.spawn(_worker, args=(backend, _free_port(), state, x, y, str(tmp_path)), nprocs=WORLD, join=False)
+    context = mp.spawn(_worker, args=(backend, _free_port(), state, x, y, str(tmp_path), kind), nprocs=WORLD,
+                       join=False)
     deadline = time.monotonic() + 180
     # join returns False while some process still runs (it raises if one failed)
     while not context.join(timeout=max(1.0, deadline - time.monotonic())):

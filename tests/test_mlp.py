@@ -69,7 +69,7 @@ def test_checkpoints_load_both_ways_and_from_module_converts():
 @pytest.mark.parametrize("bad,words", [
     (lambda: FastMLP([7]), "at least 2 entries"),
     (lambda: FastMLP([7, 0, 3]), "sizes[1] must be a positive int"),
-    (lambda: FastMLP([7, 5, 3], ["tanh", "relu"]), "2 activations for 1 hidden layers"),
+    (lambda: FastMLP([7, 5, 3], ["tanh", "relu"]), "2 activations for 1 hidden layer"),
     (lambda: FastMLP([7, 5, 3], "gelu"), "activation 0 must be one of"),
     (lambda: FastMLP.from_module(nn.Sequential(nn.Linear(3, 4), nn.GELU(), nn.Linear(4, 2))),
      "layer 1 must be nn.Tanh, nn.ReLU or nn.Sigmoid, got GELU"),
