@@ -44,8 +44,8 @@ namespace fastffnn {
 //   bias_softmax_, act_backward, softmax_backward, nll_rows, nll_backward,
 //   reduce_loss;
 // * its whole-network shortcuts, which return nullopt where they do not
-//   apply: ffnn_forward (the CPU's one-row loops, CUDA's fused tier) and
-//   network_backward (CUDA's fused tier).
+//   apply: network_forward (the CPU's one-row loops for any depth, CUDA's
+//   fused tier for one hidden layer) and network_backward (CUDA's fused tier).
 
 // An empty tensor of shape [0]: the placeholder for a gradient not asked for.
 inline at::Tensor no_grad_placeholder(const at::Tensor& like) { return at::empty({0}, like.options()); }

@@ -73,3 +73,22 @@ def test_float64_is_left_alone_under_cpu_autocast():
         out = model(x)
     assert out.dtype == torch.float64
     torch.testing.assert_close(out, ref.ffnn(x, *model.layer_parameters()))
+
+
+@pytest.mark.parametrize("device,dtype", DEVICE_DTYPES)
+def test_fastmlp_under_autocast_matches_float32(device, dtype):
+    model = fastffnn.FastMLP([64, 48, 32, 10], ["tanh", "relu"]).to(device)
+    x = torch.randn(33, 64, device=device)
+    y = torch.randint(0, 10, (33,), device=device)
+    with torch.no_grad():
+        full = model(x)
+        full_loss = model.nll_loss(x, y)
+    with torch.autocast(device, dtype=dtype):
+        probs = model(x)
+        loss = model.nll_loss(x, y)
+        assert probs.dtype == _expected_dtype(device)
+    torch.testing.assert_close(probs.float(), full, **TOL[dtype])
+    torch.testing.assert_close(loss.float(), full_loss, **TOL[dtype])
+    loss.backward()
+    for p in model.parameters():
+        assert p.grad is not None and p.grad.dtype == torch.float32 and torch.isfinite(p.grad).all()

@@ -1,4 +1,5 @@
-// fastffnn::adam_step_ and fastffnn::ffnn_nll_adam_step_: the CPU's training step.
+// fastffnn::adam_step_, and fastffnn::mlp_nll_adam_step_ with its case of one
+// hidden layer fastffnn::ffnn_nll_adam_step_: the CPU's training step.
 //
 // adam_step_ applies torch.optim.Adam's update (its single-tensor form, the
 // one it uses for CPU tensors) to every parameter in one call: one pass over
@@ -7,11 +8,12 @@
 // sizes of this model that replaces ~10 ATen ops per parameter, 170-290 µs a
 // step, with a few microseconds.
 //
-// ffnn_nll_adam_step_ is a whole training step as one native call: the
-// network's forward and loss (fastffnn::ffnn_nll), its backward
-// (fastffnn::ffnn_nll_backward, asked for the parameters' gradients only) and
-// adam_step_, with no Python and no autograd graph in between: the kernels
-// are called as C++ functions, not through the dispatcher.
+// mlp_nll_adam_step_ is a whole training step as one native call, for a
+// network of any depth: its forward and loss (fastffnn::mlp_nll), its
+// backward (fastffnn::mlp_nll_backward, asked for the parameters' gradients
+// only) and adam_step_, with no Python and no autograd graph in between: the
+// kernels are called as C++ functions, not through the dispatcher. One
+// example takes direct loops instead (one_row_step).
 #include <ATen/Dispatch.h>
 #include <ATen/Parallel.h>
 #include <ATen/cpu/vec/vec.h>
