@@ -310,17 +310,22 @@ def ref_mlp(x, *params, activations, log=False, target=None, reduction="mean"):
     ((7, 5), (), 33), ((300, 100, 5), ("tanh",), rows(4097, 65)), ((300, 128, 128, 5), ("tanh", "sigmoid"), 33),
     ((20, 257, 33, 17, 65), ("sigmoid", "tanh", "tanh"), rows(1025, 97)), ((1, 1, 1), ("sigmoid",), 1),
     ((9, 6, 4), ("tanh",), 0),
+    # the fused tier's bounds in a deep network: widths 256 and 1, 64 classes, and 8 layers (its most)
+    ((40, 256, 1, 31, 64), ("tanh", "sigmoid", "tanh"), 33), ((9, 8, 7, 6, 5, 4, 3, 2, 3), ("sigmoid",) * 7, 35),
+    ((9, 8, 7, 6, 5, 4, 3, 2, 3, 3), ("tanh",) * 8, 33),  # 9 layers: the general tier
 ])
 def test_mlp(tier, mode, sizes, acts, batch):
     x = torch.randn(batch, sizes[0], dtype=torch.float64)
     params = layers(sizes, bias=batch != 1)
     K = max(*sizes, batch)
+    depth = len(sizes) - 1
     for log in (False, True):
         check(lambda x, *p: fastffnn.ops.mlp(x, list(p[0::2]), list(p[1::2]), list(acts), log),
-              lambda x, *p: ref_mlp(x, *p, activations=acts, log=log), [x, *params], mode, K=K)
+              lambda x, *p: ref_mlp(x, *p, activations=acts, log=log), [x, *params], mode, K=K, layers=depth)
     y = torch.randint(0, sizes[-1], (batch,))
     check(lambda x, *p: fastffnn.ops.mlp_nll(x, list(p[0:-1:2]), list(p[1:-1:2]), p[-1], list(acts)),
-          lambda x, *p: ref_mlp(x, *p[:-1], activations=acts, target=p[-1]), [x, *params, y], mode, K=K)
+          lambda x, *p: ref_mlp(x, *p[:-1], activations=acts, target=p[-1]), [x, *params, y], mode, K=K,
+          layers=depth)
 
 
 @pytest.mark.parametrize("reduction", ["mean", "none"])
@@ -331,3 +336,43 @@ def test_mlp_relu_and_probability_targets(tier, reduction):
     check(lambda x, *p: fastffnn.ops.mlp_nll(x, list(p[0:-1:2]), list(p[1:-1:2]), p[-1], list(acts), reduction),
           lambda x, *p: ref_mlp(x, *p[:-1], activations=acts, target=p[-1], reduction=reduction),
           [x, *layers(sizes), y], "float64", K=40)
+
+
+@pytest.mark.parametrize("sizes,fused", [
+    ((30, 40, 20, 7), True), ((30, 256, 256, 256, 64), True), ((30, 257, 20, 7), False), ((30, 40, 20, 65), False),
+    ((9, 8, 7, 6, 5, 4, 3, 2, 3), True), ((9, 8, 7, 6, 5, 4, 3, 2, 3, 3), False),
+])
+def test_a_deep_network_takes_the_fused_tier_where_it_fits(sizes, fused):
+    # forward: one kernel for the whole network; backward: one kernel for every layer's row work
+    previous = fastffnn.set_cuda_tier("fused")
+    try:
+        model = fastffnn.FastMLP(list(sizes)).to(DEVICE)
+        x = torch.randn(40, sizes[0], device=DEVICE)
+        y = torch.randint(0, sizes[-1], (40,), device=DEVICE)
+        forward = launched_kernels(lambda: model(x))
+        step = launched_kernels(lambda: model.nll_loss(x, y).backward())
+    finally:
+        fastffnn.set_cuda_tier(previous)
+    def count(names, kernel):
+        return sum(kernel in n for n in names)  # the profiler's names carry the template arguments
+
+    if fused:
+        assert len(forward) == 1 and count(forward, "fused_forward_kernel") == 1, forward
+        assert count(step, "fused_forward_kernel") == 1 and count(step, "fused_backward_kernel") == 1, step
+        assert not count(step, "bias_act") and not count(step, "rows_with_colsum"), step
+    else:
+        assert not count(forward, "fused_forward_kernel") and not count(step, "fused_backward_kernel"), (forward, step)
+
+
+@pytest.mark.parametrize("frozen", ["first layer", "all but the last", "input only"])
+def test_the_deep_fused_backward_forms_only_what_is_asked(tier, frozen):
+    sizes, acts = (30, 40, 20, 16, 7), ("tanh", "relu", "sigmoid")
+    x = torch.randn(33, 30, dtype=torch.float64)
+    params = layers(sizes)
+    y = torch.randint(0, 7, (33,))
+    # positions in [x, w0, b0, w1, b1, w2, b2, w3, b3, y]: the kernel then stops at layer 1, at layer 3, or
+    # forms every layer's dz but not the input's gradient
+    constant = {"first layer": (0, 1, 2), "all but the last": (0, 1, 2, 3, 4, 5, 6), "input only": (0,)}[frozen]
+    check(lambda x, *p: fastffnn.ops.mlp_nll(x, list(p[0:-1:2]), list(p[1:-1:2]), p[-1], list(acts), "sum"),
+          lambda x, *p: ref_mlp(x, *p[:-1], activations=acts, target=p[-1], reduction="sum"),
+          [x, *params, y], "float64" if tier == "general" else "float32", K=40, constant=constant)

@@ -1,26 +1,32 @@
-// The fully fused CUDA tier, for narrow networks (hidden <= 256, classes <=
-// 64, float32/float16/bfloat16): the whole forward in one kernel, and the
-// backward's row-local work (both layers' pre-activation gradients and the
-// bias gradients) in one kernel, a tile of rows per block, with the
-// activations or gradients between the two layers in shared memory, in the spirit of
-// tiny-cuda-nn's fully fused MLP (but with biases, softmax and any width up
-// to the bounds). The first layer's products run on the tensor cores
-// (mma.sync: TF32 for float32 when allowed, bf16/fp16 for those dtypes) or as
-// exact float32 FMAs; the second layer, at most 256 x 64 per row, in FMAs.
+// The fully fused CUDA tier, for narrow networks of 2 to 8 layers (every
+// hidden width <= 256, classes <= 64, float32/float16/bfloat16): the whole
+// forward in one kernel, and the backward's row-local work (every layer's
+// pre-activation gradient and the bias gradients) in one kernel, a tile of
+// rows per block, with the activations or gradients between the layers in
+// shared memory, in the spirit of tiny-cuda-nn's fully fused MLP (but with
+// biases, softmax and any width up to the bounds). The hidden layers'
+// products run on the tensor cores (mma.sync: TF32 for float32 when allowed,
+// bf16/fp16 for those dtypes) or as exact float32 FMAs; the output layer, at
+// most 256 x 64 per row, in FMAs.
 //
-// Forward, per block of kRows rows:
-//   1. h = x @ V^T, streaming x and V through shared memory kK columns of the
-//      input at a time; each thread accumulates a 4 x 8 register tile of h.
-//   2. h = act(h + V_bias), kept in shared memory (and written out when the
-//      backward will need it).
-//   3. z = h @ W^T + W_bias with W^T staged in shared memory, one warp per 4
-//      rows, each lane two classes; then softmax or log_softmax per row with
-//      warp reductions, written out.
-// Backward, per block of kRows rows: dz2 = dL/dz from the softmax output and
-//   its gradient (or from the NLL loss), kept in shared memory; then
-//   dz1 = (dz2 @ W) * act'(h) with W in shared memory. Both are written out
-//   for the weight and input gradients (cuBLAS), and the block's column sums
-//   of both (the bias gradients) are reduced in a fixed order.
+// Forward, per block of kRows rows, for each hidden layer:
+//   1. acc = a @ V^T, streaming the layer's input a (x from global memory for
+//      the first layer, the previous layer's activations from shared memory
+//      after it) and V through shared memory kK columns at a time; each
+//      thread accumulates a 4 x 8 register tile.
+//   2. a = act(acc + V_bias), kept in shared memory (and written out for the
+//      backward), in the place of the layer's input.
+//   then 3. z = a @ W^T + W_bias with W^T staged in shared memory, one warp
+//   per 4 rows, each lane two classes; softmax or log_softmax per row with
+//   warp reductions, written out.
+// Backward, per block of kRows rows: the output layer's dz = dL/dz from the
+//   softmax output and its gradient (or from the NLL loss), kept in shared
+//   memory; then for each hidden layer, from the top down to the lowest one
+//   anything is asked of, dz_k = (dz_{k+1} @ W_{k+1}) * act'(h_k), streaming
+//   W_{k+1} through shared memory, dz_k replacing dz_{k+1} on chip. Every dz
+//   is written out for the weight and input gradients (cuBLAS), and the
+//   block's column sums of each (the bias gradients) are reduced in a fixed
+//   order.
 #include <ATen/Context.h>
 #include <ATen/Dispatch.h>
 #include <cuda_bf16.h>
@@ -38,6 +44,7 @@
 #include <string>
 #include <type_traits>
 #include <utility>
+#include <vector>
 
 #include "fused_tier.h"
 #include "common.cuh"
@@ -252,56 +259,120 @@ struct Tile {
   }
 };
 
-template <typename T, Activation A, Mma M>
+// The network as the kernels read it: layer k maps n[k] features to n[k + 1]
+// with weight w[k] (n[k + 1], n[k]) and bias b[k] (null if none); the hidden
+// layers k < depth - 1 apply act[k]; h[k] is where hidden layer k's output
+// goes (the forward writes it, the backward reads it). Passed by value: a
+// kernel parameter of a few hundred bytes.
+constexpr int kMaxFusedDepth = 8;
+
+template <typename T>
+struct FusedNet {
+  const T* w[kMaxFusedDepth];
+  const T* b[kMaxFusedDepth];
+  T* h[kMaxFusedDepth];
+  Activation act[kMaxFusedDepth];
+  int n[kMaxFusedDepth + 1];
+  int depth;
+  int max_hidden;  // the widest hidden layer: the stride of the on-chip activations is max_hidden + 1
+};
+
+__device__ __forceinline__ float act_forward(Activation a, float v) {
+  switch (a) {
+    case Activation::ReLU:
+      return Act<Activation::ReLU>::forward(v);
+    case Activation::Sigmoid:
+      return Act<Activation::Sigmoid>::forward(v);
+    case Activation::Tanh:
+      break;
+  }
+  return Act<Activation::Tanh>::forward(v);
+}
+
+__device__ __forceinline__ float act_backward(Activation a, float y, float dy) {
+  switch (a) {
+    case Activation::ReLU:
+      return Act<Activation::ReLU>::backward(y, dy);
+    case Activation::Sigmoid:
+      return Act<Activation::Sigmoid>::backward(y, dy);
+    case Activation::Tanh:
+      break;
+  }
+  return Act<Activation::Tanh>::backward(y, dy);
+}
+
+// Per block of kRows rows, layer after layer: each hidden layer's product
+// (step 1), its bias + activation (step 2) into the on-chip activations, which
+// the next layer reads in place of x; then the output layer and softmax
+// (step 3). A hidden layer's output overwrites its input on chip: every read
+// of the input is behind the stage loop's last barrier.
+template <typename T, Mma M>
 __global__ void __launch_bounds__(kThreads, 1) fused_forward_kernel(
-    const T* __restrict__ x, const T* __restrict__ Vw, const T* __restrict__ Vb, const T* __restrict__ Ww,
-    const T* __restrict__ Wb, T* __restrict__ out, T* __restrict__ hidden_out, int64_t rows, int in, int hidden,
-    int classes, bool log) {
+    const T* __restrict__ x, FusedNet<T> net, T* __restrict__ out, int64_t rows, bool log) {
   FASTFFNN_DYNAMIC_SHARED(float, smem);
-  const ForwardSmem<M> layout(hidden, classes);
+  const int classes = net.n[net.depth];
+  const ForwardSmem<M> layout(net.max_hidden, classes);
+  const int hs_stride = net.max_hidden + 1;
   float* xs = smem;                 // [kRows][x_stride]
-  float* hs = xs + layout.x_stage;  // [kRows][hidden + 1]
+  float* hs = xs + layout.x_stage;  // [kRows][max_hidden + 1]
   float* region = hs + layout.h;    // V stage [kK][v_stride], then W^T [hidden][w_stride]
   const int tid = threadIdx.x, lane = tid % 32, warp = tid / 32;
   const int64_t row0 = static_cast<int64_t>(blockIdx.x) * kRows;
 
-  // ---- 1. h = x @ V^T, kK input columns per shared-memory stage.
   float acc[32];
+  for (int layer = 0; layer + 1 < net.depth; ++layer) {
+    const int in = net.n[layer], width = net.n[layer + 1];
+    const T* __restrict__ Vw = net.w[layer];
+    // the layout's padding for this layer's width (no wider than the widest layer's, which sized the region)
+    const int v_stride = pad_to(width, M == Mma::TF32 ? 8 : 4);
+    // ---- 1. acc = input @ V^T, kK input columns per shared-memory stage; the input is x for the
+    // first layer, the previous layer's activations (on chip) after it.
 #pragma unroll
-  for (int i = 0; i < 32; ++i) acc[i] = 0.f;
-  for (int k0 = 0; k0 < in; k0 += kK) {
-    for (int e = tid; e < kRows * kK; e += kThreads) {
-      const int r = e / kK, k = e % kK;
-      const int64_t gr = row0 + r;
-      xs[r * layout.x_stride + k] = (gr < rows && k0 + k < in) ? static_cast<float>(x[gr * in + k0 + k]) : 0.f;
-    }
-    constexpr int kRun = ForwardSmem<M>::kVRun, kRowsPerPatch = 32 / kRun, kRunsPerRow = kK / kRun;
-    const int patch_rows = (hidden + kRowsPerPatch - 1) / kRowsPerPatch * kRowsPerPatch;
-    for (int e = tid; e < patch_rows * kK; e += kThreads) {
-      const int patch = e / 32, l = e % 32;  // a warp's patch: kRun consecutive k of kRowsPerPatch rows of V
-      const int c = (patch / kRunsPerRow) * kRowsPerPatch + l / kRun, k = (patch % kRunsPerRow) * kRun + l % kRun;
-      if (c < hidden) {
-        region[k * layout.v_stride + c] =
-            (k0 + k < in) ? static_cast<float>(Vw[static_cast<int64_t>(c) * in + k0 + k]) : 0.f;
+    for (int i = 0; i < 32; ++i) acc[i] = 0.f;
+    for (int k0 = 0; k0 < in; k0 += kK) {
+      for (int e = tid; e < kRows * kK; e += kThreads) {
+        const int r = e / kK, k = e % kK;
+        const int64_t gr = row0 + r;
+        float v = 0.f;
+        if (k0 + k < in) v = layer == 0 ? (gr < rows ? static_cast<float>(x[gr * in + k0 + k]) : 0.f)
+                                        : hs[r * hs_stride + k0 + k];
+        xs[r * layout.x_stride + k] = v;
       }
+      constexpr int kRun = ForwardSmem<M>::kVRun, kRowsPerPatch = 32 / kRun, kRunsPerRow = kK / kRun;
+      const int patch_rows = (width + kRowsPerPatch - 1) / kRowsPerPatch * kRowsPerPatch;
+      for (int e = tid; e < patch_rows * kK; e += kThreads) {
+        const int patch = e / 32, l = e % 32;  // a warp's patch: kRun consecutive k of kRowsPerPatch rows of V
+        const int c = (patch / kRunsPerRow) * kRowsPerPatch + l / kRun, k = (patch % kRunsPerRow) * kRun + l % kRun;
+        if (c < width) {
+          region[k * v_stride + c] = (k0 + k < in) ? static_cast<float>(Vw[static_cast<int64_t>(c) * in + k0 + k]) : 0.f;
+        }
+      }
+      __syncthreads();
+      Tile<M>::stage(acc, xs, layout.x_stride, region, v_stride, width, warp, lane);
+      __syncthreads();
     }
-    __syncthreads();
-    Tile<M>::stage(acc, xs, layout.x_stride, region, layout.v_stride, hidden, warp, lane);
+
+    // ---- 2. h = act(acc + b), on chip and, for the backward, to global.
+    const T* __restrict__ Vb = net.b[layer];
+    T* __restrict__ hidden_out = net.h[layer];
+    const Activation act = net.act[layer];
+#pragma unroll
+    for (int i = 0; i < 32; ++i) {
+      const int r = Tile<M>::row(i, warp, lane), c = Tile<M>::col(i, warp, lane);
+      if (c >= width) continue;
+      const float b = Vb ? static_cast<float>(Vb[c]) : 0.f;
+      const T hv = static_cast<T>(act_forward(act, acc[i] + b));
+      hs[r * hs_stride + c] = static_cast<float>(hv);  // the rounded value, as the general tier sees it
+      const int64_t gr = row0 + r;
+      if (hidden_out && gr < rows) hidden_out[gr * width + c] = hv;
+    }
     __syncthreads();
   }
 
-  // ---- 2. h = act(h + b), into shared memory and, for the backward, to global.
-#pragma unroll
-  for (int i = 0; i < 32; ++i) {
-    const int r = Tile<M>::row(i, warp, lane), c = Tile<M>::col(i, warp, lane);
-    if (c >= hidden) continue;
-    const float b = Vb ? static_cast<float>(Vb[c]) : 0.f;
-    const T hv = static_cast<T>(Act<A>::forward(acc[i] + b));
-    hs[r * (hidden + 1) + c] = static_cast<float>(hv);  // the rounded value, as the general tier sees it
-    const int64_t gr = row0 + r;
-    if (hidden_out && gr < rows) hidden_out[gr * hidden + c] = hv;
-  }
-  // W^T into the region the V stage used (the last stage's reads are behind the barrier above).
+  // W^T into the region the V stages used (their last reads are behind the barriers above).
+  const int hidden = net.n[net.depth - 1];
+  const T* __restrict__ Ww = net.w[net.depth - 1];
+  const T* __restrict__ Wb = net.b[net.depth - 1];
   for (int e = tid; e < classes * hidden; e += kThreads) {
     const int c = e / hidden, k = e % hidden;
     region[k * layout.w_stride + c] = static_cast<float>(Ww[static_cast<int64_t>(c) * hidden + k]);
@@ -319,7 +390,7 @@ __global__ void __launch_bounds__(kThreads, 1) fused_forward_kernel(
       const int c = lane + 32 * q;
       float s = (c < classes && Wb) ? static_cast<float>(Wb[c]) : 0.f;
       if (c < classes) {
-        for (int k = 0; k < hidden; ++k) s = fmaf(hs[r * (hidden + 1) + k], region[k * layout.w_stride + c], s);
+        for (int k = 0; k < hidden; ++k) s = fmaf(hs[r * hs_stride + k], region[k * layout.w_stride + c], s);
       }
       z[q] = c < classes ? s : -std::numeric_limits<float>::infinity();
     }
@@ -353,27 +424,57 @@ struct OutputGradPtrs {
   float scale;           // NLL: 1/rows for 'mean'
 };
 
-// Per block of kRows rows: dz2 = dL/dz into shared memory (and out, for the
-// weight gradient), the block's column sums of dz2; then, if need_dz1,
-// dz1 = (dz2 @ W) * act'(h) and the block's column sums of dz1. Warp w owns
-// rows 4w..4w+3; for dz2 its lanes own classes lane and lane + 32, for dz1
-// hidden columns lane + 32j.
-template <typename T, Activation A>
-__global__ void __launch_bounds__(kThreads, 1) fused_backward_kernel(
-    OutputGradPtrs<T> grad, const T* __restrict__ Ww, const T* __restrict__ h, T* __restrict__ dz2,
-    T* __restrict__ dz1, float* __restrict__ partial_W, float* __restrict__ partial_V, int64_t rows, int hidden,
-    int classes, bool need_dz1) {
+// Where the backward kernel writes: dz[k], the gradient of layer k's
+// pre-activation (rows, n[k + 1]), for the layers k >= lowest (dz[depth - 1]
+// is the output layer's); partial[k], the block's column sums of dz[k]
+// ([blocks][n[k + 1]], the bias gradient's partial sums), or null.
+template <typename T>
+struct FusedGrads {
+  T* dz[kMaxFusedDepth];
+  float* partial[kMaxFusedDepth];
+  int lowest;
+};
+
+// The backward kernel's shared memory, in floats: the current layer's dz
+// [kRows][ds_stride] (the output layer's, then each hidden layer's in its
+// place), the stage of dz [kRows][kK + 4] and of W [kK][w_stride] for each
+// hidden layer's product, and the per-warp column sums [kThreads / 32][width].
+struct BackwardSmem {
+  int ds_stride, x_stride, w_stride;
+  int64_t ds, x_stage, w_stage, colsum;
+  __host__ __device__ BackwardSmem(int max_hidden, int classes)
+      : ds_stride((max_hidden > classes ? max_hidden : classes) + 1),
+        x_stride(kK + 4),
+        w_stride(max_hidden + 1),
+        ds(static_cast<int64_t>(kRows) * ds_stride),
+        x_stage(static_cast<int64_t>(kRows) * x_stride),
+        w_stage(static_cast<int64_t>(kK) * w_stride),
+        colsum(static_cast<int64_t>(kThreads / 32) * (max_hidden > classes ? max_hidden : classes)) {}
+  __host__ __device__ int64_t floats() const { return ds + x_stage + w_stage + colsum; }
+};
+
+// Per block of kRows rows: the output layer's dz = dL/dz (from softmax's
+// output and gradient, or from the NLL loss) on chip and out, with its column
+// sums; then, layer by layer down to `lowest`, dz_k = (dz_{k+1} @ W_{k+1}) *
+// act'(h_k): the product streams dz_{k+1} (on chip) and W_{k+1} through
+// shared memory kK rows at a time, in exact float32 FMAs (Tile<Mma::None>),
+// and dz_k replaces dz_{k+1} on chip once every read of it is done.
+template <typename T>
+__global__ void __launch_bounds__(kThreads, 1) fused_backward_kernel(OutputGradPtrs<T> grad, FusedNet<T> net,
+                                                                     FusedGrads<T> out, int64_t rows) {
   FASTFFNN_DYNAMIC_SHARED(float, smem);
-  float* ws = smem;                            // [classes][hidden]
-  float* ds = ws + classes * hidden;           // [kRows][classes + 1]
-  float* colsum = ds + kRows * (classes + 1);  // [kThreads / 32][hidden]
+  const int classes = net.n[net.depth];
+  const BackwardSmem layout(net.max_hidden, classes);
+  float* ds = smem;                      // [kRows][ds_stride]
+  float* xs = ds + layout.ds;            // [kRows][x_stride]
+  float* ws = xs + layout.x_stage;       // [kK][w_stride]
+  float* colsum = ws + layout.w_stage;   // [kThreads / 32][width]
   const int tid = threadIdx.x, lane = tid % 32, warp = tid / 32;
   const int64_t row0 = static_cast<int64_t>(blockIdx.x) * kRows;
-  if (need_dz1) {
-    for (int e = tid; e < classes * hidden; e += kThreads) ws[e] = static_cast<float>(Ww[e]);
-  }
+  const int top = net.depth - 1;
 
-  // ---- dz2, one row per warp at a time.
+  // ---- the output layer's dz, one row per warp at a time.
+  T* __restrict__ dz_top = out.dz[top];
   for (int i = 0; i < kRowsPerThread; ++i) {
     const int r = warp * kRowsPerThread + i;
     const int64_t gr = row0 + r;
@@ -419,7 +520,7 @@ __global__ void __launch_bounds__(kThreads, 1) fused_backward_kernel(
         const int c = lane + 32 * q;
         if (c < classes) {
           const T rounded = static_cast<T>(d2[q]);  // what the weight-gradient product will read
-          dz2[gr * classes + c] = rounded;
+          dz_top[gr * classes + c] = rounded;
           d2[q] = static_cast<float>(rounded);
         }
       }
@@ -427,48 +528,76 @@ __global__ void __launch_bounds__(kThreads, 1) fused_backward_kernel(
 #pragma unroll
     for (int q = 0; q < 2; ++q) {
       const int c = lane + 32 * q;
-      if (c < classes) ds[r * (classes + 1) + c] = d2[q];
+      if (c < classes) ds[r * layout.ds_stride + c] = d2[q];
     }
   }
   __syncthreads();
-  for (int c = tid; c < classes; c += kThreads) {
-    float s = 0.f;
-    for (int r = 0; r < kRows; ++r) s += ds[r * (classes + 1) + c];
-    partial_W[static_cast<int64_t>(blockIdx.x) * classes + c] = s;
+  if (out.partial[top]) {
+    for (int c = tid; c < classes; c += kThreads) {
+      float s = 0.f;
+      for (int r = 0; r < kRows; ++r) s += ds[r * layout.ds_stride + c];
+      out.partial[top][static_cast<int64_t>(blockIdx.x) * classes + c] = s;
+    }
   }
-  if (!need_dz1) return;  // the same for the whole block
 
-  // ---- dz1 = (dz2 @ W) * act'(h), dz2 read from shared memory.
-  float sums[kColsPerThread];
+  // ---- the hidden layers, from the top down.
+  float acc[32];
+  for (int k = top - 1; k >= out.lowest; --k) {
+    const int width = net.n[k + 1], K = net.n[k + 2];  // dz_k is (rows, width); dz_{k+1} (rows, K)
+    const T* __restrict__ W = net.w[k + 1];             // (K, width)
 #pragma unroll
-  for (int j = 0; j < kColsPerThread; ++j) sums[j] = 0.f;
-  for (int i = 0; i < kRowsPerThread; ++i) {
-    const int r = warp * kRowsPerThread + i;
-    const int64_t gr = row0 + r;
-    if (gr >= rows) break;
-#pragma unroll
-    for (int j = 0; j < kColsPerThread; ++j) {
-      const int c = lane + 32 * j;
-      if (c >= hidden) continue;
-      float dh = 0.f;
-      for (int o = 0; o < classes; ++o) dh = fmaf(ds[r * (classes + 1) + o], ws[o * hidden + c], dh);
-      const float g = Act<A>::backward(static_cast<float>(h[gr * hidden + c]), dh);
-      const T rounded = static_cast<T>(g);
-      dz1[gr * hidden + c] = rounded;
-      sums[j] += static_cast<float>(rounded);
+    for (int i = 0; i < 32; ++i) acc[i] = 0.f;
+    for (int o0 = 0; o0 < K; o0 += kK) {
+      for (int e = tid; e < kRows * kK; e += kThreads) {
+        const int r = e / kK, o = e % kK;
+        xs[r * layout.x_stride + o] = o0 + o < K ? ds[r * layout.ds_stride + o0 + o] : 0.f;
+      }
+      for (int e = tid; e < kK * width; e += kThreads) {
+        const int o = e / width, c = e % width;
+        ws[o * layout.w_stride + c] = o0 + o < K ? static_cast<float>(W[static_cast<int64_t>(o0 + o) * width + c]) : 0.f;
+      }
+      __syncthreads();
+      Tile<Mma::None>::stage(acc, xs, layout.x_stride, ws, layout.w_stride, width, warp, lane);
+      __syncthreads();
     }
-  }
-  // The block's column sums of dz1: per warp, then over the warps in order.
+    // dz_k = acc * act'(h_k), rounded as the weight-gradient product will read it, on chip in place of
+    // dz_{k+1} (whose last reads are behind the barrier above) and out; the column sums per warp.
+    const T* __restrict__ h = net.h[k];
+    T* __restrict__ dz = out.dz[k];
+    const Activation act = net.act[k];
+    float sums[kColsPerThread];
 #pragma unroll
-  for (int j = 0; j < kColsPerThread; ++j) {
-    const int c = lane + 32 * j;
-    if (c < hidden) colsum[warp * hidden + c] = sums[j];
-  }
-  __syncthreads();
-  for (int c = tid; c < hidden; c += kThreads) {
-    float s = 0.f;
-    for (int w = 0; w < kThreads / 32; ++w) s += colsum[w * hidden + c];
-    partial_V[static_cast<int64_t>(blockIdx.x) * hidden + c] = s;
+    for (int j = 0; j < kColsPerThread; ++j) sums[j] = 0.f;
+#pragma unroll
+    for (int i = 0; i < 32; ++i) {
+      const int r = Tile<Mma::None>::row(i, warp, lane), c = Tile<Mma::None>::col(i, warp, lane);
+      if (c >= width) continue;
+      const int64_t gr = row0 + r;
+      float g = 0.f;
+      if (gr < rows) {
+        const T rounded = static_cast<T>(act_backward(act, static_cast<float>(h[gr * width + c]), acc[i]));
+        dz[gr * width + c] = rounded;
+        g = static_cast<float>(rounded);
+      }
+      ds[r * layout.ds_stride + c] = g;
+      sums[i % kColsPerThread] += g;
+    }
+    if (out.partial[k]) {
+#pragma unroll
+      for (int j = 0; j < kColsPerThread; ++j) {
+        const int c = lane + 32 * j;
+        if (c < width) colsum[warp * width + c] = sums[j];
+      }
+    }
+    __syncthreads();
+    if (out.partial[k]) {
+      for (int c = tid; c < width; c += kThreads) {
+        float s = 0.f;
+        for (int w = 0; w < kThreads / 32; ++w) s += colsum[w * width + c];
+        out.partial[k][static_cast<int64_t>(blockIdx.x) * width + c] = s;
+      }
+    }
+    __syncthreads();  // the column sums are read before the next layer writes them
   }
 }
 
@@ -515,8 +644,8 @@ size_t forward_smem_bytes(int hidden, int classes, Mma mode) {
   return ForwardSmem<Mma::None>(hidden, classes).floats() * sizeof(float);
 }
 
-size_t backward_smem_bytes(int hidden, int classes) {
-  return (static_cast<size_t>(classes) * hidden + kRows * (classes + 1) + (kThreads / 32) * hidden) * sizeof(float);
+size_t backward_smem_bytes(int max_hidden, int classes) {
+  return static_cast<size_t>(BackwardSmem(max_hidden, classes).floats()) * sizeof(float);
 }
 
 // The auto heuristic's priors, until a GPU measures the crossover
@@ -534,9 +663,10 @@ constexpr double kAutoBlockSeconds = 10e-6;
 constexpr double kSmFmaFlops = 0.25e12;
 constexpr double kSmTensorFlops = 1.5e12;
 
-bool auto_prefers_fused(int64_t rows, int64_t in, int64_t hidden, Mma mode) {
+// `macs`: the multiply-adds per row of the network's hidden layers.
+bool auto_prefers_fused(int64_t rows, double macs, Mma mode) {
   if (rows > kAutoMaxRows) return false;
-  const double block_flops = 2.0 * kRows * static_cast<double>(in) * static_cast<double>(hidden);
+  const double block_flops = 2.0 * kRows * macs;
   return block_flops / (mode == Mma::None ? kSmFmaFlops : kSmTensorFlops) <= kAutoBlockSeconds;
 }
 
@@ -585,10 +715,18 @@ const char* tier_name(Tier tier) {
 
 }  // namespace
 
-bool fused_tier_applies(const at::Tensor& x, int64_t in, int64_t hidden, int64_t classes) {
-  if (!eligible_dtype(x.scalar_type()) || hidden < 1 || hidden > kMaxHidden ||
-      classes < 1 || classes > kMaxOut) {
-    return false;
+bool fused_tier_applies(const at::Tensor& x, const Network& net) {
+  const size_t depth = net.depth();
+  if (!eligible_dtype(x.scalar_type()) || depth < 2 || depth > static_cast<size_t>(kMaxFusedDepth)) return false;
+  const int64_t classes = net.weights.back().size(0);
+  if (classes < 1 || classes > kMaxOut) return false;
+  int64_t max_hidden = 0;
+  double macs = 0;
+  for (size_t k = 0; k + 1 < depth; ++k) {
+    const int64_t width = net.weights[k].size(0);
+    if (width < 1 || width > kMaxHidden) return false;
+    max_hidden = std::max(max_hidden, width);
+    macs += static_cast<double>(width) * static_cast<double>(net.weights[k].size(1));
   }
   const Tier tier = current_tier();
   if (tier == Tier::General) return false;
@@ -597,73 +735,91 @@ bool fused_tier_applies(const at::Tensor& x, int64_t in, int64_t hidden, int64_t
   const DeviceInfo& device = current_device_info();
   const Mma mode = tensor_core_mode(x.scalar_type(), device);
   const auto limit = static_cast<size_t>(device.smem_optin);
-  if (forward_smem_bytes(static_cast<int>(hidden), static_cast<int>(classes), mode) > limit ||
-      backward_smem_bytes(static_cast<int>(hidden), static_cast<int>(classes)) > limit) {
+  if (forward_smem_bytes(static_cast<int>(max_hidden), static_cast<int>(classes), mode) > limit ||
+      backward_smem_bytes(static_cast<int>(max_hidden), static_cast<int>(classes)) > limit) {
     return false;
   }
-  return tier == Tier::Fused || auto_prefers_fused(x.size(0), in, hidden, mode);
+  return tier == Tier::Fused || auto_prefers_fused(x.size(0), macs, mode);
 }
 
-std::pair<at::Tensor, at::Tensor> fused_ffnn_forward(const at::Tensor& x, const at::Tensor& V_weight,
-                                                     const c10::optional<at::Tensor>& V_bias,
-                                                     const at::Tensor& W_weight,
-                                                     const c10::optional<at::Tensor>& W_bias, Activation act,
-                                                     bool log) {
+namespace {
+
+// The network's pointers as the kernels take them (contiguous copies where needed are kept in `keep`).
+template <typename T>
+FusedNet<T> fused_net(const Network& net, std::vector<at::Tensor>& keep) {
+  FusedNet<T> f{};
+  f.depth = static_cast<int>(net.depth());
+  for (size_t k = 0; k < net.depth(); ++k) {
+    keep.push_back(net.weights[k].contiguous());
+    f.w[k] = keep.back().const_data_ptr<T>();
+    const auto b = net.bias(k);
+    if (b.has_value()) {
+      keep.push_back(b->contiguous());
+      f.b[k] = keep.back().const_data_ptr<T>();
+    }
+    f.n[k] = static_cast<int>(net.weights[k].size(1));
+    f.n[k + 1] = static_cast<int>(net.weights[k].size(0));
+    if (k + 1 < net.depth()) {
+      f.act[k] = net.acts[k];
+      f.max_hidden = std::max(f.max_hidden, f.n[k + 1]);
+    }
+  }
+  return f;
+}
+
+}  // namespace
+
+std::pair<at::Tensor, std::vector<at::Tensor>> fused_network_forward(const at::Tensor& x, const Network& net,
+                                                                     bool log) {
   const int64_t rows = x.size(0);
-  const int in = static_cast<int>(x.size(1)), hidden = static_cast<int>(V_weight.size(0)),
-            classes = static_cast<int>(W_weight.size(0));
+  const int classes = static_cast<int>(net.weights.back().size(0));
   auto out = at::empty({rows, classes}, x.options());
-  auto h = at::empty({rows, hidden}, x.options());
-  if (rows == 0) return {out, h};
-  const auto xc = x.contiguous(), Vc = V_weight.contiguous(), Wc = W_weight.contiguous();
-  const auto Vbc = V_bias ? c10::optional<at::Tensor>(V_bias->contiguous()) : c10::nullopt;
-  const auto Wbc = W_bias ? c10::optional<at::Tensor>(W_bias->contiguous()) : c10::nullopt;
+  std::vector<at::Tensor> hidden;
+  for (size_t k = 0; k + 1 < net.depth(); ++k) hidden.push_back(at::empty({rows, net.weights[k].size(0)}, x.options()));
+  if (rows == 0) return {out, hidden};
+  const auto xc = x.contiguous();
   const dim3 grid(static_cast<unsigned>(ceil_div(rows, kRows)));
   const Mma mode = tensor_core_mode(x.scalar_type(), current_device_info());
-  const size_t bytes = forward_smem_bytes(hidden, classes, mode);
   FASTFFNN_DISPATCH_FUSED_TYPES(x.scalar_type(), "fastffnn.fused_forward", [&] {
-    dispatch_activation(act, [&](auto tag) {
-      constexpr Activation A = decltype(tag)::value;
-      auto run = [&](auto kernel) {
-        allow_shared_memory(kernel, bytes);
-        launch("fused_forward_kernel", kernel, grid, dim3(kThreads), bytes, xc.const_data_ptr<scalar_t>(),
-               Vc.const_data_ptr<scalar_t>(), Vbc ? Vbc->const_data_ptr<scalar_t>() : nullptr,
-               Wc.const_data_ptr<scalar_t>(), Wbc ? Wbc->const_data_ptr<scalar_t>() : nullptr,
-               out.data_ptr<scalar_t>(), h.data_ptr<scalar_t>(), rows, in, hidden, classes, log);
-      };
-      if (mode == Mma::None) {
-        run(fused_forward_kernel<scalar_t, A, Mma::None>);
-      } else if constexpr (std::is_same_v<scalar_t, float>) {
-        run(fused_forward_kernel<scalar_t, A, Mma::TF32>);
-      } else if constexpr (std::is_same_v<scalar_t, at::BFloat16>) {
-        run(fused_forward_kernel<scalar_t, A, Mma::BF16>);
-      } else {
-        run(fused_forward_kernel<scalar_t, A, Mma::FP16>);
-      }
-    });
+    std::vector<at::Tensor> keep;
+    FusedNet<scalar_t> f = fused_net<scalar_t>(net, keep);
+    for (size_t k = 0; k < hidden.size(); ++k) f.h[k] = hidden[k].data_ptr<scalar_t>();
+    const size_t bytes = forward_smem_bytes(f.max_hidden, classes, mode);
+    auto run = [&](auto kernel) {
+      allow_shared_memory(kernel, bytes);
+      launch("fused_forward_kernel", kernel, grid, dim3(kThreads), bytes, xc.const_data_ptr<scalar_t>(), f,
+             out.data_ptr<scalar_t>(), rows, log);
+    };
+    if (mode == Mma::None) {
+      run(fused_forward_kernel<scalar_t, Mma::None>);
+    } else if constexpr (std::is_same_v<scalar_t, float>) {
+      run(fused_forward_kernel<scalar_t, Mma::TF32>);
+    } else if constexpr (std::is_same_v<scalar_t, at::BFloat16>) {
+      run(fused_forward_kernel<scalar_t, Mma::BF16>);
+    } else {
+      run(fused_forward_kernel<scalar_t, Mma::FP16>);
+    }
   });
-  return {out, h};
+  return {out, hidden};
 }
 
-std::pair<at::Tensor, at::Tensor> fused_network_backward(const OutputGradient& grad, const at::Tensor& W_weight,
-                                                         const at::Tensor& hidden, Activation act,
-                                                         at::Tensor* grad_W_bias, at::Tensor* grad_V_bias,
-                                                         bool need_dz1) {
+std::vector<at::Tensor> fused_network_backward(const OutputGradient& grad, const Network& net,
+                                               const std::vector<at::Tensor>& hidden, int lowest,
+                                               std::vector<at::Tensor*> grad_biases) {
   const at::Tensor& y = grad.output;
   const int64_t rows = y.size(0);
-  const int classes = static_cast<int>(y.size(1)), hid = static_cast<int>(hidden.size(1));
-  auto dz2 = at::empty({rows, classes}, y.options());
-  auto dz1 = need_dz1 ? at::empty({rows, hid}, hidden.options()) : at::empty({0}, hidden.options());
+  const int depth = static_cast<int>(net.depth());
+  std::vector<at::Tensor> dz(depth);
+  for (int k = lowest; k < depth; ++k) dz[k] = at::empty({rows, net.weights[k].size(0)}, y.options());
   if (rows == 0) {
-    if (grad_W_bias) grad_W_bias->zero_();
-    if (grad_V_bias) grad_V_bias->zero_();
-    return {dz2, dz1};
+    for (at::Tensor* g : grad_biases)
+      if (g) g->zero_();
+    return dz;
   }
   const int64_t blocks = ceil_div(rows, kRows);
-  auto partial_W = at::empty({blocks, classes}, y.options().dtype(at::kFloat));
-  auto partial_V = at::empty({need_dz1 ? blocks : 0, hid}, y.options().dtype(at::kFloat));
-  const auto Wc = W_weight.contiguous();
-  const size_t bytes = backward_smem_bytes(hid, classes);
+  std::vector<at::Tensor> partial(depth);
+  for (int k = lowest; k < depth; ++k)
+    if (grad_biases[k]) partial[k] = at::empty({blocks, net.weights[k].size(0)}, y.options().dtype(at::kFloat));
   FASTFFNN_DISPATCH_FUSED_TYPES(y.scalar_type(), "fastffnn.fused_backward", [&] {
     OutputGradPtrs<scalar_t> ptrs{};
     ptrs.y = y.const_data_ptr<scalar_t>();
@@ -677,24 +833,33 @@ std::pair<at::Tensor, at::Tensor> fused_network_backward(const OutputGradient& g
     } else {
       ptrs.dout = grad.grad_output.const_data_ptr<scalar_t>();
     }
-    dispatch_activation(act, [&](auto tag) {
-      constexpr Activation A = decltype(tag)::value;
-      auto kernel = fused_backward_kernel<scalar_t, A>;
-      allow_shared_memory(kernel, bytes);
-      launch("fused_backward_kernel", kernel, dim3(static_cast<unsigned>(blocks)), dim3(kThreads), bytes, ptrs,
-             Wc.const_data_ptr<scalar_t>(), hidden.const_data_ptr<scalar_t>(), dz2.data_ptr<scalar_t>(),
-             need_dz1 ? dz1.data_ptr<scalar_t>() : nullptr, partial_W.data_ptr<float>(),
-             need_dz1 ? partial_V.data_ptr<float>() : nullptr, rows, hid, classes, need_dz1);
-    });
-    auto finish = [&](const at::Tensor& partial, int n, at::Tensor* out) {
+    std::vector<at::Tensor> keep;
+    FusedNet<scalar_t> f = fused_net<scalar_t>(net, keep);
+    for (size_t k = 0; k < hidden.size(); ++k) {
+      keep.push_back(hidden[k].contiguous());
+      f.h[k] = const_cast<scalar_t*>(keep.back().const_data_ptr<scalar_t>());  // read only by the backward
+    }
+    FusedGrads<scalar_t> g{};
+    g.lowest = lowest;
+    for (int k = lowest; k < depth; ++k) {
+      g.dz[k] = dz[k].data_ptr<scalar_t>();
+      g.partial[k] = partial[k].defined() ? partial[k].data_ptr<float>() : nullptr;
+    }
+    const int classes = static_cast<int>(y.size(1));
+    const size_t bytes = backward_smem_bytes(f.max_hidden, classes);
+    auto kernel = fused_backward_kernel<scalar_t>;
+    allow_shared_memory(kernel, bytes);
+    launch("fused_backward_kernel", kernel, dim3(static_cast<unsigned>(blocks)), dim3(kThreads), bytes, ptrs, f, g,
+           rows);
+    for (int k = lowest; k < depth; ++k) {
+      if (!grad_biases[k]) continue;
+      const int64_t n = net.weights[k].size(0);
       launch("finish_colsum_kernel", finish_colsum_kernel<scalar_t, float>,
-             dim3(static_cast<unsigned>(ceil_div(n, 256))), dim3(256), 0, partial.const_data_ptr<float>(),
-             static_cast<int64_t>(blocks), static_cast<int64_t>(n), out->data_ptr<scalar_t>());
-    };
-    if (grad_W_bias) finish(partial_W, classes, grad_W_bias);
-    if (grad_V_bias && need_dz1) finish(partial_V, hid, grad_V_bias);
+             dim3(static_cast<unsigned>(ceil_div(n, 256))), dim3(256), 0, partial[k].const_data_ptr<float>(), blocks,
+             n, grad_biases[k]->data_ptr<scalar_t>());
+    }
   });
-  return {dz2, dz1};
+  return dz;
 }
 
 }  // namespace fastffnn::cuda

@@ -1,9 +1,10 @@
 // The CUDA backend (csrc/ops.h says what a backend provides) and the
 // registration of every op's kernel (csrc/ops.h) with it.
 //
-// Strategy: the network ops take the fused tier (fused_mlp.cu: the whole
-// forward, or the backward's row-local work, in one kernel with the hidden
-// activations kept on chip) where fused_tier_applies() says it pays;
+// Strategy: the network ops of 2 to 8 layers take the fused tier
+// (fused_mlp.cu: the whole forward, or the backward's row-local work, in one
+// kernel with every hidden layer's activations kept on chip) where
+// fused_tier_applies() says it pays;
 // everything else is the general tier: cuBLAS through at::mm, then one
 // epilogue kernel (epilogues.cu). All on the current stream of the input's
 // device, which the guard makes current.
@@ -43,34 +44,30 @@ struct Backend {
   static constexpr auto nll_backward = &cuda::nll_backward;
   static constexpr auto reduce_loss = &cuda::reduce_loss;
 
-  // The fused tier is written for one hidden layer (the lecture's network);
-  // deeper networks take the general tier.
   static c10::optional<std::pair<at::Tensor, std::vector<at::Tensor>>> network_forward(const at::Tensor& x,
                                                                                       const Network& net, bool log) {
-    if (net.depth() != 2) return c10::nullopt;
-    const at::Tensor &V_weight = net.weights[0], &W_weight = net.weights[1];
-    if (!fused_tier_applies(x, x.size(1), V_weight.size(0), W_weight.size(0))) return c10::nullopt;
-    auto [p, h] = fused_ffnn_forward(x, V_weight, net.bias(0), W_weight, net.bias(1), net.acts[0], log);
-    return std::pair<at::Tensor, std::vector<at::Tensor>>{std::move(p), {std::move(h)}};
+    if (!fused_tier_applies(x, net)) return c10::nullopt;
+    return fused_network_forward(x, net, log);
   }
 
-  // The fused tier's backward: one kernel forms dz2, dz1 and both bias
-  // gradients; cuBLAS the weight and input gradients. Not for a probability
-  // target's own gradient, which the general tier's NLL epilogue forms.
+  // The fused tier's backward: one kernel forms every layer's dz and bias
+  // gradient from the top down to the lowest layer anything is asked of;
+  // cuBLAS the weight and input gradients. Not for a probability target's
+  // own gradient, which the general tier's NLL epilogue forms.
   static c10::optional<NetworkGradients> network_backward(const OutputGradient& grad, const at::Tensor& x,
-                                                          const Network& net, const std::vector<at::Tensor>& hiddens,
+                                                          const Network& net, const std::vector<at::Tensor>& hidden,
                                                           const NetworkMask& mask) {
-    const at::Tensor& y = grad.output;
-    if (net.depth() != 2 || grad.grad_target != nullptr) return c10::nullopt;
-    const at::Tensor &V_weight = net.weights[0], &hidden = hiddens[0];
-    if (!fused_tier_applies(y, x.size(1), hidden.size(1), y.size(1))) return c10::nullopt;
-    NetworkGradients g = network_gradients(net, mask, y);
-    const bool lower = mask.below(1);
-    auto [dz2, dz1] = fused_network_backward(grad, net.weights[1], hidden, net.acts[0],
-                                             mask.biases[1] ? &g.biases[1] : nullptr,
-                                             mask.biases[0] ? &g.biases[0] : nullptr, lower);
-    if (mask.weights[1]) g.weights[1] = at::mm(dz2.t(), hidden);
-    if (lower) std::tie(g.input, g.weights[0]) = linear_backward_2d<Backend>(dz1, x, V_weight, mask.input, mask.weights[0]);
+    if (grad.grad_target != nullptr || !fused_tier_applies(grad.output, net)) return c10::nullopt;
+    const int depth = static_cast<int>(net.depth());
+    int lowest = depth - 1;  // the lowest layer whose dz anything needs
+    while (lowest > 0 && (mask.weights[lowest - 1] || mask.biases[lowest - 1] || mask.below(lowest - 1))) --lowest;
+    NetworkGradients g = network_gradients(net, mask, grad.output);
+    std::vector<at::Tensor*> grad_biases;
+    for (int k = 0; k < depth; ++k) grad_biases.push_back(mask.biases[k] && k >= lowest ? &g.biases[k] : nullptr);
+    const auto dz = fused_network_backward(grad, net, hidden, lowest, grad_biases);
+    for (int k = lowest; k < depth; ++k)
+      if (mask.weights[k]) g.weights[k] = at::mm(dz[k].t(), k == 0 ? x : hidden[k - 1]);
+    if (mask.input) g.input = at::mm(dz[0], net.weights[0]);
     return g;
   }
 };

@@ -76,6 +76,24 @@ def test_fused_tier_fits_every_gpus_shared_memory(arch, mode, hid, out):
         assert not fused, launches  # ~102 KB: too much for sm_75/86/89/120
 
 
+@pytest.mark.parametrize("arch", list(ARCHS))
+@pytest.mark.parametrize("sizes", [(50, 256, 128, 64), (50, 128, 128, 128, 64), (50, 31, 200, 31)])
+def test_a_deep_fused_network_fits_every_gpus_shared_memory(arch, sizes):
+    # The widest hidden layer sizes both kernels; where they do not fit, the general tier runs.
+    with device(arch) as optin, tier("fused"), precision("tf32"):
+        model = fastffnn.FastMLP(list(sizes))
+        x = torch.randn(40, sizes[0], requires_grad=True)
+        y = torch.randint(0, sizes[-1], (40,))
+        emu._emu_launches(True)
+        model.nll_loss(x, y).backward()
+        launches = [line.split() for line in emu._emu_launches(True)]
+    for name, *_, smem in launches:
+        assert int(smem.split("=")[1]) <= optin, (name, smem)
+    fused = [l for l in launches if l[0].startswith("fused_")]
+    if optin >= 163 * 1024 or max(sizes[1:-1]) <= 128:
+        assert len(fused) == 2, launches
+
+
 def test_at_the_shared_memory_limit_the_fused_kernels_still_run_and_agree():
     # sm_86: the largest eligible shape that fits, checked against the reference like any other
     x = torch.randn(45, 70, dtype=torch.float64)
