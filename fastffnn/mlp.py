@@ -3,7 +3,7 @@
 Its forward, log-probabilities and loss are one call each of the whole-network
 ops ``fastffnn.ops.mlp`` and ``mlp_nll`` (forward and backward: one native
 call each way), and ``fastffnn.optim.Adam.train_step`` takes it in one native
-call with the update. On CUDA, narrow networks of up to 8 layers take the
+call with the update. On CUDA, narrow networks of up to 16 layers take the
 fully fused tier (csrc/cuda/fused_mlp.cu), the others the general tier
 (cuBLAS products and fastffnn's epilogues).
 """

@@ -302,6 +302,9 @@ def ref_mlp(x, *params, activations, log=False, target=None, reduction="mean"):
     return torch.log_softmax(logits, -1) if log else torch.softmax(logits, -1)
 
 
+DEEPEST = (9, 8, 7, 6, 5, 4, 3, 2, 3, 4, 5, 6, 7, 8, 9, 10, 3)  # 16 layers
+
+
 # Depth 1 (softmax regression), 2 (the fused tier's network, through the list op) and 3-4, across the
 # fused tier's width limits (256 hidden, 64 classes) and its 32-row tiles; tanh/sigmoid, whose derivative
 # has no kink, in every precision; ReLU in float64 (tests/test_mlp_ops.py covers it on the CPU).
@@ -310,9 +313,9 @@ def ref_mlp(x, *params, activations, log=False, target=None, reduction="mean"):
     ((7, 5), (), 33), ((300, 100, 5), ("tanh",), rows(4097, 65)), ((300, 128, 128, 5), ("tanh", "sigmoid"), 33),
     ((20, 257, 33, 17, 65), ("sigmoid", "tanh", "tanh"), rows(1025, 97)), ((1, 1, 1), ("sigmoid",), 1),
     ((9, 6, 4), ("tanh",), 0),
-    # the fused tier's bounds in a deep network: widths 256 and 1, 64 classes, and 8 layers (its most)
+    # the fused tier's bounds in a deep network: widths 256 and 1, 64 classes, and 16 layers (its most)
     ((40, 256, 1, 31, 64), ("tanh", "sigmoid", "tanh"), 33), ((9, 8, 7, 6, 5, 4, 3, 2, 3), ("sigmoid",) * 7, 35),
-    ((9, 8, 7, 6, 5, 4, 3, 2, 3, 3), ("tanh",) * 8, 33),  # 9 layers: the general tier
+    (DEEPEST, ("tanh", "sigmoid") * 7 + ("tanh",), 33), (DEEPEST + (3,), ("tanh",) * 16, 33),  # 17: the general tier
 ])
 def test_mlp(tier, mode, sizes, acts, batch):
     x = torch.randn(batch, sizes[0], dtype=torch.float64)
@@ -340,7 +343,7 @@ def test_mlp_relu_and_probability_targets(tier, reduction):
 
 @pytest.mark.parametrize("sizes,fused", [
     ((30, 40, 20, 7), True), ((30, 256, 256, 256, 64), True), ((30, 257, 20, 7), False), ((30, 40, 20, 65), False),
-    ((9, 8, 7, 6, 5, 4, 3, 2, 3), True), ((9, 8, 7, 6, 5, 4, 3, 2, 3, 3), False),
+    ((9, 8, 7, 6, 5, 4, 3, 2, 3), True), (DEEPEST, True), (DEEPEST + (3,), False),
 ])
 def test_a_deep_network_takes_the_fused_tier_where_it_fits(sizes, fused):
     # forward: one kernel for the whole network; backward: one kernel for every layer's row work

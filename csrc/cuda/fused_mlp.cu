@@ -1,4 +1,4 @@
-// The fully fused CUDA tier, for narrow networks of 2 to 8 layers (every
+// The fully fused CUDA tier, for narrow networks of 2 to 16 layers (every
 // hidden width <= 256, classes <= 64, float32/float16/bfloat16): the whole
 // forward in one kernel, and the backward's row-local work (every layer's
 // pre-activation gradient and the bias gradients) in one kernel, a tile of
@@ -61,7 +61,7 @@ constexpr int kMaxOut = 64;      // = 32 lanes x 2 classes per lane
 constexpr int kRowsPerThread = 4;
 constexpr int kColsPerThread = 8;
 
-// How the first layer's products are computed: exact float32 FMAs, or the
+// How the hidden layers' products are computed: exact float32 FMAs, or the
 // tensor cores (mma.sync, sm_80+) with TF32 operands for float32 (when
 // torch.backends.cuda.matmul.allow_tf32 allows) and bfloat16/float16 operands
 // for those dtypes, always accumulating in float32.
@@ -70,9 +70,11 @@ enum class Mma { None, TF32, BF16, FP16 };
 // The smallest s >= n with s % 32 == residue.
 __host__ __device__ constexpr int pad_to(int n, int residue) { return n + ((residue - n) % 32 + 32) % 32; }
 
-// The forward kernel's shared memory, in floats: the x stage
-// [kRows][x_stride], h [kRows][hidden + 1], and a region that holds first
-// the V stage (V^T of kK input columns, [kK][v_stride]) and then W^T
+// The forward kernel's shared memory, in floats, for a network whose widest
+// hidden layer is `hidden`: the input stage [kRows][x_stride], the
+// activations h [kRows][hidden + 1], and a region that holds first each
+// layer's V stage (V^T of kK input columns, [kK][v_stride], v_stride padded
+// for that layer's width, at most the one here) and then W^T
 // [hidden][w_stride]. The strides are padded so that the accesses each mode
 // makes fall in distinct banks (32 banks of 4 bytes; g = lane / 4 and
 // t = lane % 4 in the mma fragments):
@@ -264,7 +266,7 @@ struct Tile {
 // layers k < depth - 1 apply act[k]; h[k] is where hidden layer k's output
 // goes (the forward writes it, the backward reads it). Passed by value: a
 // kernel parameter of a few hundred bytes.
-constexpr int kMaxFusedDepth = 8;
+constexpr int kMaxFusedDepth = 16;
 
 template <typename T>
 struct FusedNet {
@@ -649,12 +651,13 @@ size_t backward_smem_bytes(int max_hidden, int classes) {
 }
 
 // The auto heuristic's priors, until a GPU measures the crossover
-// (benchmarks/bench_gpu.py times both tiers). One launch instead of five, and
-// no round trip of the hidden matrix through memory, wins where a block's
-// work is short; but every block streams all of V, so a wide layer makes each
-// block long, and a few long blocks leave most of the GPU idle where cuBLAS
-// would spread the product. So: the fused tier while a block's first-layer
-// product, 2 * kRows * in * hidden FLOPs, takes at most about 10 us on one
+// (python -m fastffnn bench --tiers general,fused times both). One launch
+// instead of two per layer, and no round trip of the hidden matrices through
+// memory, wins where a block's work is short; but every block streams every
+// layer's weights, so wide layers make each block long, and a few long blocks
+// leave most of the GPU idle where cuBLAS would spread the products. So: the
+// fused tier while a block's hidden-layer products, 2 * kRows * (the sum of
+// in * out over the hidden layers) FLOPs, take at most about 10 us on one
 // SM, taking an SM at about 0.25 TFLOP/s in float32 FMAs and 1.5 TFLOP/s on
 // the tensor cores (mma.sync, roughly half of an H100 SM's peak each), and
 // for batches up to 4096 rows, beyond which cuBLAS's tiled products win.

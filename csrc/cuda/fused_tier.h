@@ -15,7 +15,7 @@
 
 namespace fastffnn::cuda {
 
-// Whether the fused tier runs the network `net` (2 to 8 layers) on a batch
+// Whether the fused tier runs the network `net` (2 to 16 layers) on a batch
 // whose rows and dtype are those of `x`: a CUDA float32, float16 or bfloat16
 // tensor, every hidden width 1..256, 1 <= classes <= 64, and both kernels'
 // shared memory within the device's opt-in limit. Then the tier setting

@@ -1,7 +1,7 @@
 // The CUDA backend (csrc/ops.h says what a backend provides) and the
 // registration of every op's kernel (csrc/ops.h) with it.
 //
-// Strategy: the network ops of 2 to 8 layers take the fused tier
+// Strategy: the network ops of 2 to 16 layers take the fused tier
 // (fused_mlp.cu: the whole forward, or the backward's row-local work, in one
 // kernel with every hidden layer's activations kept on chip) where
 // fused_tier_applies() says it pays;
