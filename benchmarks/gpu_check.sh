@@ -108,9 +108,12 @@ step "benchmark"
 # `python -m fastffnn bench --device cuda --impls compile,fastffnn+fused` on its own for it.
 BENCH_ARGS=(--device cuda --tiers general,fused --skip compile --csv "$OUT/gpu_bench.csv")
 if [ "$QUICK" = 1 ]; then
-  BENCH_ARGS+=(--quick --batches 32,4096 --modes forward,train)
+  # a deep network (FastMLP, the fused tier for any depth) beside the lecture's
+  BENCH_ARGS+=(--quick --shapes 300x100x2,784x256x256x10 --batches 32,4096 --modes forward,train)
 else
-  BENCH_ARGS+=(--shapes 300x100x2,300x300x5,784x256x10,1024x1024x16 --batches 1,32,1024,65536 --block-s 0.02 --blocks 5)
+  # the deep shape early, so that the budget's interruption, if it comes, takes the widest shape instead
+  BENCH_ARGS+=(--shapes 300x100x2,784x256x256x10,300x300x5,784x256x10,1024x1024x16 --batches 1,32,1024,65536
+               --block-s 0.02 --blocks 5)
 fi
 run_limited "$(budget 120 40)" "$PY" -m fastffnn bench "${BENCH_ARGS[@]}" > "$OUT/gpu_bench.txt" 2>&1
 rc=$?
