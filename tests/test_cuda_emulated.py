@@ -67,8 +67,8 @@ def test_the_cuda_tests_pass_on_the_emulator(sources):
 # (name, file under csrc/, original text, planted bug, tests that must catch it, what their failure says)
 MUTANTS = [
     ("dropped-syncthreads", "cuda/fused_mlp.cu",
-     "    Tile<M>::stage(acc, xs, layout.x_stride, region, layout.v_stride, hidden, warp, lane);\n    __syncthreads();\n",
-     "    Tile<M>::stage(acc, xs, layout.x_stride, region, layout.v_stride, hidden, warp, lane);\n",
+     "      Tile<M>::stage(acc, xs, layout.x_stride, region, v_stride, width, warp, lane);\n      __syncthreads();\n",
+     "      Tile<M>::stage(acc, xs, layout.x_stride, region, v_stride, width, warp, lane);\n",
      "test_ffnn and fused-tanh-7-100-5-33-float32", r"differs between thread schedule \d and \d: a race"),
     ("swapped-fragment", "cuda/fused_mlp.cu",
      "          a[mt][1] = tf32_bits(x_at(r + 8, kk + t));\n          a[mt][2] = tf32_bits(x_at(r, kk + t + 4));\n",

@@ -95,11 +95,17 @@ struct AdamVec {
   }
 };
 
+// An element's update costs about as much as kAdamWork multiply-adds (a
+// square root and a division, whose unit takes a dozen cycles per vector, and
+// a dozen other operations), which is how one_row_grain weighs it: a 256 x 256
+// layer's update is worth both threads, its 256 x 256 product is not.
+constexpr int64_t kAdamWork = 8;
+
 template <typename T>
 void adam_update(T* p, const T* g, T* m, T* v, T* vmax, int64_t n, double step, const AdamConfig& c) {
   using Vec = at::vec::Vectorized<T>;
   const AdamVec<T> adam(c, step);
-  at::parallel_for(0, n, cpu::one_row_grain(1, n), [&](int64_t begin, int64_t end) {
+  at::parallel_for(0, n, cpu::one_row_grain(kAdamWork, n), [&](int64_t begin, int64_t end) {
     cpu::for_each_vector<T>(begin, end, [&](int64_t i, int64_t count) {
       adam.update(p + i, Vec::loadu(g + i, count), m + i, v + i, vmax ? vmax + i : nullptr, count);
     });
@@ -262,7 +268,7 @@ T one_row_step(const T* x, const std::vector<LayerBuffers<T>>& layers, const std
   nll_backward_row(dz.data(), z.data(), lse, probs, index, T(1), classes);
   auto update_rows = [&](const AdamBuffers<T>& b, const AdamVec<T>& adam, const T* row_grad, const T* col,
                          int64_t rows, int64_t cols) {
-    at::parallel_for(0, rows, cpu::one_row_grain(cols, rows), [&](int64_t r0, int64_t r1) {
+    at::parallel_for(0, rows, cpu::one_row_grain(kAdamWork * cols, rows), [&](int64_t r0, int64_t r1) {
       for (int64_t r = r0; r < r1; ++r) {
         const Vec g(row_grad[r]);
         const int64_t o = r * cols;
