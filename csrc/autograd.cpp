@@ -544,6 +544,25 @@ struct NetworkEdges {
   }
 };
 
+// What both network nodes save: `first` (the input, and mlp_nll's target), the weights, the defined
+// biases, the hidden activations and `last` (the output or the log-probabilities), in that order, with
+// the layout and the activations; `no_grad` are the outputs that carry no gradient. One call of
+// mark_non_differentiable, which replaces what an earlier call marked.
+void save_network(AutogradContext* ctx, variable_list first, at::TensorList weights, at::TensorList defined_biases,
+                  const std::vector<at::Tensor>& hidden, const at::Tensor& last,
+                  const c10::List<c10::optional<at::Tensor>>& biases, const std::vector<std::string>& activations,
+                  const variable_list& no_grad) {
+  ctx->mark_non_differentiable(no_grad);
+  ctx->set_materialize_grads(false);
+  first.insert(first.end(), weights.begin(), weights.end());
+  first.insert(first.end(), defined_biases.begin(), defined_biases.end());
+  first.insert(first.end(), hidden.begin(), hidden.end());
+  first.push_back(last);
+  ctx->save_for_backward(first);
+  NetworkEdges{weights.size(), split_biases(biases).second}.save(ctx);
+  ctx->saved_data["activations"] = c10::List<std::string>(activations);
+}
+
 c10::List<bool> as_list(const std::vector<bool>& v) {
   c10::List<bool> out;
   for (bool b : v) out.push_back(b);
@@ -560,16 +579,7 @@ struct MlpBackward : torch::autograd::Function<MlpBackward> {
                                const std::vector<std::string>& activations, bool log) {
     at::AutoDispatchBelowADInplaceOrView below;
     auto [out, hidden] = FASTFFNN_OP(mlp).call(input, weights, biases, activations, log);
-    ctx->mark_non_differentiable(hidden);
-    ctx->set_materialize_grads(false);
-    variable_list saved{input};
-    saved.insert(saved.end(), weights.begin(), weights.end());
-    saved.insert(saved.end(), defined_biases.begin(), defined_biases.end());
-    saved.insert(saved.end(), hidden.begin(), hidden.end());
-    saved.push_back(out);
-    ctx->save_for_backward(saved);
-    NetworkEdges{weights.size(), split_biases(biases).second}.save(ctx);
-    ctx->saved_data["activations"] = c10::List<std::string>(activations);
+    save_network(ctx, {input}, weights, defined_biases, hidden, out, biases, activations, hidden);
     ctx->saved_data["log"] = log;
     variable_list result{out};
     result.insert(result.end(), hidden.begin(), hidden.end());
@@ -621,17 +631,10 @@ struct MlpNllBackward : torch::autograd::Function<MlpNllBackward> {
                                const std::vector<std::string>& activations, c10::string_view reduction) {
     at::AutoDispatchBelowADInplaceOrView below;
     auto [loss, hidden, log_probs] = FASTFFNN_OP(mlp_nll).call(input, weights, biases, target, activations, reduction);
-    ctx->mark_non_differentiable(hidden);
-    ctx->mark_non_differentiable({log_probs});
-    ctx->set_materialize_grads(false);
-    variable_list saved{input, target};
-    saved.insert(saved.end(), weights.begin(), weights.end());
-    saved.insert(saved.end(), defined_biases.begin(), defined_biases.end());
-    saved.insert(saved.end(), hidden.begin(), hidden.end());
-    saved.push_back(log_probs);
-    ctx->save_for_backward(saved);
-    NetworkEdges{weights.size(), split_biases(biases).second}.save(ctx);
-    ctx->saved_data["activations"] = c10::List<std::string>(activations);
+    variable_list outputs_without_grad = hidden;
+    outputs_without_grad.push_back(log_probs);
+    save_network(ctx, {input, target}, weights, defined_biases, hidden, log_probs, biases, activations,
+                 outputs_without_grad);
     ctx->saved_data["reduction"] = std::string(reduction);
     variable_list result{loss};
     result.insert(result.end(), hidden.begin(), hidden.end());

@@ -89,6 +89,15 @@ def test_forward_loss_and_gradients_match_stock(sizes, acts, lead, bias):
                 torch.testing.assert_close(a, b, rtol=1e-10, atol=1e-12)
 
 
+def test_the_saved_activations_carry_no_gradient():
+    # outputs the backward ignores must not look differentiable: a loss built on them would get nothing
+    weights, biases = network((6, 5, 4, 3))
+    x, y = torch.randn(2, 6, dtype=F64), torch.tensor([0, 2])
+    _, hidden = torch.ops.fastffnn.mlp(x, weights, biases, ["tanh", "relu"], False)
+    _, hidden_nll, log_probs = torch.ops.fastffnn.mlp_nll(x, weights, biases, y, ["tanh", "relu"], "mean")
+    assert not any(h.requires_grad for h in [*hidden, *hidden_nll, log_probs])
+
+
 def test_strided_inputs_and_weights():
     weights, biases = network((8, 6, 5, 4))
     # a transposed weight, a sliced bias and a sliced, non-contiguous input
