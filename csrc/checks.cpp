@@ -269,6 +269,18 @@ MlpLossArgs check_mlp_train_step_args(const char* op, bool reduced_precision, co
   return check_mlp_nll_args(op, reduced_precision, input, weights, biases, target, activations, reduction);
 }
 
+MlpLossArgs check_mlp_fit_args(const char* op, bool reduced_precision, const at::Tensor& input,
+                               const at::Tensor& target, const at::Tensor& order, int64_t batch_size,
+                               at::TensorList params, bool has_bias, c10::ArrayRef<std::string> activations) {
+  TORCH_CHECK_VALUE(input.dim() == 2 && input.sym_size(0) >= 1, "fastffnn.", op,
+                    ": input must be (examples, features) with at least one example, got shape ", input.sym_sizes());
+  TORCH_CHECK_VALUE(order.dim() == 1 && order.scalar_type() == at::kLong && order.device().is_cpu(), "fastffnn.",
+                    op, ": order must be a 1-D int64 CPU tensor of row indices, got ", order.scalar_type(),
+                    " of shape ", order.sym_sizes(), " on ", order.device());
+  TORCH_CHECK_VALUE(batch_size >= 1, "fastffnn.", op, ": batch_size must be at least 1, got ", batch_size);
+  return check_mlp_train_step_args(op, reduced_precision, input, target, params, has_bias, activations, "mean");
+}
+
 bool reduced_precision_on(const c10::Device& device) {
 #ifdef FASTFFNN_CUDA_EMULATION
   return device.is_cuda() || device.is_cpu();
@@ -324,6 +336,18 @@ static void register_checks(torch::Library& m) {
                                          c10::string_view reduction) {
     fastffnn::check_mlp_train_step_args("mlp_nll_adam_step_", reduced_precision_on(x.device()), x, target, params,
                                         has_bias, acts, reduction);
+  });
+  m.impl("_check_mlp_nll_sgd_step_", [](const Tensor& x, const Tensor& target, at::TensorList params,
+                                        bool has_bias, c10::ArrayRef<std::string> acts, c10::string_view reduction) {
+    fastffnn::check_mlp_train_step_args("mlp_nll_sgd_step_", reduced_precision_on(x.device()), x, target, params,
+                                        has_bias, acts, reduction);
+  });
+  m.impl("_check_mlp_nll_fit_", [](c10::string_view op, const Tensor& x, const Tensor& target, const Tensor& order,
+                                   int64_t batch_size, at::TensorList params, bool has_bias,
+                                   c10::ArrayRef<std::string> acts) {
+    const std::string name(op);
+    fastffnn::check_mlp_fit_args(name.c_str(), reduced_precision_on(x.device()), x, target, order, batch_size,
+                                 params, has_bias, acts);
   });
   m.impl("_check_ffnn_nll_adam_step_", [](const Tensor& x, const Tensor& target, at::TensorList params,
                                           bool has_bias, c10::string_view act, c10::string_view reduction) {

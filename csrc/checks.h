@@ -179,6 +179,14 @@ MlpLossArgs check_mlp_train_step_args(const char* op, bool reduced_precision, co
                                       const at::Tensor& target, at::TensorList params, bool has_bias,
                                       c10::ArrayRef<std::string> activations, c10::string_view reduction);
 
+// The fit ops (mlp_nll_*_fit_): input (examples, n_0) with at least one
+// example, target (examples,) class indices or (examples, n_L)
+// probabilities, order a 1-D int64 CPU tensor of row indices (their values
+// are the kernel's to check), batch_size >= 1, and the params of a step.
+MlpLossArgs check_mlp_fit_args(const char* op, bool reduced_precision, const at::Tensor& input,
+                               const at::Tensor& target, const at::Tensor& order, int64_t batch_size,
+                               at::TensorList params, bool has_bias, c10::ArrayRef<std::string> activations);
+
 // Whether the kernels registered for `device` in this build compute in
 // float16/bfloat16: CUDA's, and in the emulated build (csrc/cuda/emulation/)
 // the CUDA backend's kernels that run for CPU tensors.

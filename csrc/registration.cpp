@@ -119,6 +119,13 @@ TORCH_LIBRARY(fastffnn, m) {
       "_check_mlp_nll_adam_step_(Tensor input, Tensor target, Tensor[] params, bool has_bias, str[] activations, "
       "str reduction) -> ()");
   m.def(
+      "_check_mlp_nll_sgd_step_(Tensor input, Tensor target, Tensor[] params, bool has_bias, str[] activations, "
+      "str reduction) -> ()");
+  // `op` names the fit op (mlp_nll_adam_fit_ or mlp_nll_sgd_fit_) in the errors
+  m.def(
+      "_check_mlp_nll_fit_(str op, Tensor input, Tensor target, Tensor order, int batch_size, Tensor[] params, "
+      "bool has_bias, str[] activations) -> ()");
+  m.def(
       "_check_ffnn_nll_adam_step_(Tensor input, Tensor target, Tensor[] params, bool has_bias, str activation, "
       "str reduction) -> ()");
 
@@ -165,4 +172,32 @@ TORCH_LIBRARY(fastffnn, m) {
       "Tensor(b!)[] exp_avgs, Tensor(c!)[] exp_avg_sqs, Tensor(d!)[] max_exp_avg_sqs, Tensor(e!)[] steps, "
       "str[] activations, str reduction, Tensor lr, float beta1, float beta2, float eps, float weight_decay, "
       "bool amsgrad, bool maximize, bool decoupled_weight_decay) -> Tensor");
+
+  // torch.optim.SGD's update (single-tensor form) over every parameter in one
+  // call. momentum_buffers and fresh are empty without momentum; fresh[i]
+  // says buffer i holds nothing yet (torch's None): the step then sets it to
+  // the gradient, as torch.optim.SGD's first step does.
+  m.def(
+      "sgd_step_(Tensor(a!)[] params, Tensor[] grads, Tensor(b!)[] momentum_buffers, bool[] fresh, float lr, "
+      "float momentum, float dampening, float weight_decay, bool nesterov, bool maximize) -> ()");
+  // mlp_nll_adam_step_'s training step with sgd_step_'s update.
+  m.def(
+      "mlp_nll_sgd_step_(Tensor input, Tensor target, Tensor(a!)[] params, bool has_bias, "
+      "Tensor(b!)[] momentum_buffers, bool[] fresh, str[] activations, str reduction, float lr, float momentum, "
+      "float dampening, float weight_decay, bool nesterov, bool maximize) -> Tensor");
+
+  // Many training steps in one call: the steps of mlp_nll_adam_step_ (or
+  // mlp_nll_sgd_step_), reduction 'mean', over the rows of input (examples,
+  // n_0) and target (examples,) or (examples, n_L), taken in the given order
+  // batch_size at a time (the last batch smaller). Returns each step's loss,
+  // (ceil(len(order) / batch_size),).
+  m.def(
+      "mlp_nll_adam_fit_(Tensor input, Tensor target, Tensor order, int batch_size, Tensor(a!)[] params, "
+      "bool has_bias, Tensor(b!)[] exp_avgs, Tensor(c!)[] exp_avg_sqs, Tensor(d!)[] max_exp_avg_sqs, "
+      "Tensor(e!)[] steps, str[] activations, float lr, float beta1, float beta2, float eps, float weight_decay, "
+      "bool amsgrad, bool maximize, bool decoupled_weight_decay) -> Tensor");
+  m.def(
+      "mlp_nll_sgd_fit_(Tensor input, Tensor target, Tensor order, int batch_size, Tensor(a!)[] params, "
+      "bool has_bias, Tensor(b!)[] momentum_buffers, bool[] fresh, str[] activations, float lr, float momentum, "
+      "float dampening, float weight_decay, bool nesterov, bool maximize) -> Tensor");
 }

@@ -146,3 +146,28 @@ def register() -> None:
                         ("mlp_nll_adam_step_", _checks._check_mlp_nll_adam_step_)):
         for overload in ("", ".tensor_lr"):
             torch.library.register_fake(lib + name + overload)(_train_step(check))
+
+    @torch.library.register_fake(lib + "sgd_step_")
+    def _(params, grads, momentum_buffers, fresh, lr, momentum, dampening, weight_decay, nesterov, maximize):
+        return None
+
+    @torch.library.register_fake(lib + "mlp_nll_sgd_step_")
+    def _(input, target, params, has_bias, momentum_buffers, fresh, activations, reduction, lr, momentum, dampening,
+          weight_decay, nesterov, maximize):
+        _checks._check_mlp_nll_sgd_step_(input, target, params, has_bias, activations, reduction)
+        return input.new_empty(())
+
+    def _fit_losses(op, input, target, order, batch_size, params, has_bias, activations):
+        _checks._check_mlp_nll_fit_(op, input, target, order, batch_size, params, has_bias, activations)
+        steps = (order.shape[0] + batch_size - 1) // batch_size
+        return input.new_empty((steps,))
+
+    @torch.library.register_fake(lib + "mlp_nll_adam_fit_")
+    def _(input, target, order, batch_size, params, has_bias, exp_avgs, exp_avg_sqs, max_exp_avg_sqs, steps,
+          activations, lr, beta1, beta2, eps, weight_decay, amsgrad, maximize, decoupled_weight_decay):
+        return _fit_losses("mlp_nll_adam_fit_", input, target, order, batch_size, params, has_bias, activations)
+
+    @torch.library.register_fake(lib + "mlp_nll_sgd_fit_")
+    def _(input, target, order, batch_size, params, has_bias, momentum_buffers, fresh, activations, lr, momentum,
+          dampening, weight_decay, nesterov, maximize):
+        return _fit_losses("mlp_nll_sgd_fit_", input, target, order, batch_size, params, has_bias, activations)

@@ -165,6 +165,14 @@ class FastMLP(nn.Sequential):
         weights, biases, acts = plan
         return ops._mlp_nll(x, weights, biases, target, acts, reduction)
 
+    def fit(self, X: Tensor, y: Tensor, optimizer, epochs: int = 1, batch_size: int = 1, shuffle: bool = True,
+            generator: torch.Generator | None = None, callback=None, callback_every: int | None = None) -> list[float]:
+        """Trains on ``X`` ``(n, in)`` and ``y`` ``(n,)`` or ``(n, out)``, each epoch one native call:
+        :func:`fastffnn.optim.fit`, which says what it runs. Returns each epoch's mean loss."""
+        from . import optim
+
+        return optim.fit(self, X, y, optimizer, epochs, batch_size, shuffle, generator, callback, callback_every)
+
     @classmethod
     def from_module(cls, m: nn.Module) -> "FastMLP":
         """A FastMLP with the weights of an ``nn.Sequential`` classifier or of the lecture's FFNN.

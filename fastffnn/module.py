@@ -218,12 +218,18 @@ class FastFFNN(nn.Module):
         In the lecture's loop, the five lines of a step become
         ``loss = ffnn.train_step(input, gold_label, optimizer)``.
         """
-        if not isinstance(optimizer, _optim.Adam):
+        if not isinstance(optimizer, _optim._OneCall):
             raise TypeError(
-                f"fastffnn: train_step needs a fastffnn.optim.Adam, got {type(optimizer).__name__}; "
+                f"fastffnn: train_step needs a fastffnn.optim.Adam or SGD, got {type(optimizer).__name__}; "
                 "use model.nll_loss(...).backward() and optimizer.step() with other optimizers"
             )
         return optimizer.train_step(self, x, target, reduction)
+
+    def fit(self, X: Tensor, y: Tensor, optimizer, epochs: int = 1, batch_size: int = 1, shuffle: bool = True,
+            generator: torch.Generator | None = None, callback=None, callback_every: int | None = None) -> list[float]:
+        """Trains on ``X`` ``(n, in)`` and ``y`` ``(n,)`` or ``(n, out)``, each epoch one native call:
+        :func:`fastffnn.optim.fit`, which says what it runs. Returns each epoch's mean loss."""
+        return _optim.fit(self, X, y, optimizer, epochs, batch_size, shuffle, generator, callback, callback_every)
 
     def _load_from_state_dict(self, state_dict, prefix, local_metadata, strict, missing_keys, unexpected_keys,
                               error_msgs):

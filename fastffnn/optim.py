@@ -1,10 +1,13 @@
-"""A fused Adam: ``torch.optim.Adam``'s update, for every parameter in one native call.
+"""Fused optimizers: ``torch.optim.Adam``'s and ``torch.optim.SGD``'s updates, for every parameter in one native call.
 
-``fastffnn.optim.Adam`` takes ``torch.optim.Adam``'s arguments, keeps the same
-per-parameter state (``step``, ``exp_avg``, ``exp_avg_sq`` and, with amsgrad,
-``max_exp_avg_sq``) and the same param-group keys, so its ``state_dict`` loads
-into ``torch.optim.Adam`` and the reverse. CPU tensors only (on CUDA use
-``torch.optim.Adam(fused=True)``).
+``fastffnn.optim.Adam`` and ``fastffnn.optim.SGD`` take their torch
+counterparts' arguments and keep the same per-parameter state (Adam:
+``step``, ``exp_avg``, ``exp_avg_sq`` and, with amsgrad, ``max_exp_avg_sq``;
+SGD: ``momentum_buffer``, with a momentum) and param-group keys, so their
+``state_dict`` loads into torch's optimizers and the reverse. Both have
+``train_step`` (a whole training step of a FastFFNN or FastMLP in one native
+call), and :func:`fit` drives either over whole epochs. CPU tensors only (on
+CUDA use torch's optimizers with ``fused=True``).
 """
 
 from __future__ import annotations
@@ -20,7 +23,163 @@ from torch.optim.optimizer import _global_optimizer_pre_hooks as _PRE_HOOKS
 from ._runtime import ensure_loaded
 
 
-class Adam(torch.optim.Optimizer):
+class _OneCall(torch.optim.Optimizer):
+    """What fastffnn's optimizers share: ``train_step`` (a whole step in one native call) and ``fit`` chunks.
+
+    A subclass gives ``_native_step`` (the one-call step), ``_native_fit``
+    (many steps in one call), ``_update_group`` (its update of a param group's
+    parameters with given gradients) and ``_check_op`` (the checks of its step
+    op, for the autograd route).
+    """
+
+    _group_defaults: dict = {}  # param-group keys that older checkpoints may lack, with torch's defaults
+
+    def _start(self, params, defaults: dict, unsupported: dict) -> None:
+        """Checks the lr and the torch options this optimizer does not take, then builds it."""
+        name, lr = type(self).__name__, defaults["lr"]
+        if isinstance(lr, torch.Tensor) and (lr.numel() != 1 or not lr.is_floating_point() or lr.device.type != "cpu"):
+            raise ValueError(f"fastffnn.optim.{name}: a Tensor lr must be a floating CPU tensor with one element, "
+                             f"got {lr.dtype} of shape {tuple(lr.shape)} on {lr.device}")
+        if not 0.0 <= lr:
+            raise ValueError(f"fastffnn.optim.{name}: invalid learning rate: {lr}")
+        for key, value in unsupported.items():
+            if value:
+                raise ValueError(f"fastffnn.optim.{name}: {key}={value!r} is not supported; it is always one fused "
+                                 "native call on the CPU")
+        torch.optim.Optimizer.__init__(self, params, defaults)
+        self._stepped = _Stepped()
+
+    def __setstate__(self, state):
+        super().__setstate__(state)
+        if "_stepped" not in self.__dict__:
+            self._stepped = _Stepped()
+        for group in self.param_groups:
+            for key, value in self._group_defaults.items():
+                group.setdefault(key, value)
+
+    # LR schedulers set and read `optimizer._opt_called` to tell whether step() ran before their own step().
+    # It lives in a plain object of its own because torch.compile does not replay attribute writes on an
+    # optimizer, and train_step must set it inside a compiled step too.
+    @property
+    def _opt_called(self) -> bool:
+        return self._stepped.called
+
+    @_opt_called.setter
+    def _opt_called(self, value: bool) -> None:
+        self._stepped.called = bool(value)
+
+    def _check_holds(self, params) -> list:
+        """The model's parameters (no None), after checking that they are exactly this optimizer's."""
+        plist = [p for p in params if p is not None]
+        groups = self.param_groups
+        if len(groups) != 1 or [id(p) for p in groups[0]["params"]] != [id(p) for p in plist]:
+            raise ValueError(f"fastffnn.optim.{type(self).__name__}.train_step: the optimizer must hold exactly the "
+                             "model's parameters (model.parameters()), in one param group")
+        return plist
+
+    @torch.no_grad()
+    def step(self, closure: Callable[[], torch.Tensor] | None = None) -> torch.Tensor | None:
+        """One update of every parameter that has a gradient: one native call per param group."""
+        loss = None
+        if closure is not None:
+            with torch.enable_grad():
+                loss = closure()
+        ensure_loaded()
+        for group in self.param_groups:
+            params = [p for p in group["params"] if p.grad is not None]
+            if not params:
+                continue
+            for p in params:
+                if p.grad.is_sparse:
+                    raise RuntimeError(f"fastffnn.optim.{type(self).__name__} does not support sparse gradients")
+            self._update_group(group, params, [p.grad for p in params])
+        return loss
+
+    def _update(self, params, grads) -> None:
+        self._update_group(self.param_groups[0], params, grads)
+
+    def _hooked(self) -> bool:
+        return bool(_PRE_HOOKS or _POST_HOOKS or self._optimizer_step_pre_hooks or self._optimizer_step_post_hooks)
+
+    def train_step(self, model: torch.nn.Module, input: torch.Tensor, target: torch.Tensor,
+                   reduction: str = "mean") -> torch.Tensor:
+        """A whole training step of a FastFFNN or FastMLP in one native call; returns the loss.
+
+        Forward, the cross-entropy against ``target`` (class indices, or
+        one-hot/probability rows), backward and this optimizer's update, as
+        ``model.zero_grad(); model.nll_loss(input, target, reduction).backward();
+        self.step()`` would do, except that ``.grad`` is left untouched. This
+        optimizer must hold exactly the model's parameters, in one group.
+
+        Shapes: ``input`` ``(..., input_size)``; ``target`` ``(...)`` class
+        indices or ``(..., out_size)`` probabilities. Returns a 0-d tensor.
+
+        Like ``step()``, it runs the optimizer's step pre- and post-hooks
+        (called as for ``step()`` with no arguments; a pre-hook's returned
+        arguments are ignored) and marks the optimizer as stepped for LR
+        schedulers.
+        """
+        if not (isinstance(input, torch.Tensor) and isinstance(target, torch.Tensor) and isinstance(reduction, str)):
+            from .ops import _bad_arguments
+
+            _bad_arguments(f"optim.{type(self).__name__}.train_step", ("input", input, torch.Tensor),
+                           ("target", target, torch.Tensor), ("reduction", reduction, str))
+        # As step() would: LR schedulers read this flag ("lr_scheduler.step() before optimizer.step()"), and the
+        # optimizer's step hooks run around the update.
+        self._stepped.called = True
+        hooked = self._hooked()
+        if hooked:
+            for hook in chain(_PRE_HOOKS.values(), self._optimizer_step_pre_hooks.values()):
+                hook(self, (self,), {})
+        # (weights[0], biases[0], weights[1], ..., activation(s)), or None when the model must run its submodules:
+        # FastFFNN gives (V.weight, V.bias, W.weight, W.bias, activation), FastMLP a list of activations
+        fused = model._fused_args()
+        params = fused[:-1] if fused is not None else ()
+        if fused is None or not _one_native_call(params):
+            loss = self._train_step_with_autograd(model, input, target, reduction, fused)
+        else:
+            # torch.no_grad() as a context manager costs several microseconds; the
+            # step records nothing, so grad mode is switched off directly.
+            grad_enabled = torch.is_grad_enabled()
+            torch._C._set_grad_enabled(False)
+            try:
+                loss = self._native_step(input, target, params, fused[-1], reduction)
+            finally:
+                torch._C._set_grad_enabled(grad_enabled)
+        if hooked:
+            for hook in chain(self._optimizer_step_post_hooks.values(), _POST_HOOKS.values()):
+                hook(self, (self,), {})
+        return loss
+
+    def _train_step_with_autograd(self, model, input, target, reduction, fused):
+        """train_step for a model that is not one native call: frozen parameters, some layers without a bias,
+        or a model not ``fused()``.
+
+        As ``zero_grad(); nll_loss(...).backward(); step()`` would do: a
+        frozen parameter gets no gradient, so ``step()`` leaves it and its
+        state alone; an unfused model's loss runs its submodules (hooks,
+        parametrizations). Autograd and the fused update: two native calls.
+        """
+        if fused is not None and _uniform_biases(fused[:-1]):
+            plist = self._check_holds(fused[:-1])
+            self._check_op(fused[-1])(input, target, plist, fused[1] is not None, fused[-1], reduction)
+        else:
+            plist = self._check_holds(list(model.parameters()))
+            if reduction not in ("mean", "sum"):
+                raise ValueError(f"fastffnn.optim.{type(self).__name__}.train_step: reduction must be 'mean' or "
+                                 f"'sum' (a step needs one loss), got {reduction!r}")
+        trainable = [p for p in plist if p.requires_grad]
+        with torch.enable_grad():
+            loss = model.nll_loss(input, target, reduction)
+            grads = torch.autograd.grad(loss, trainable, allow_unused=True) if trainable else []
+        stepped = [(p, g) for p, g in zip(trainable, grads) if g is not None]
+        if stepped:
+            with torch.no_grad():
+                self._update([p for p, _ in stepped], [g for _, g in stepped])
+        return loss.detach()
+
+
+class Adam(_OneCall):
     """Adam whose ``step()`` is one native call over all parameters (float32/float64, CPU).
 
     Same arguments and results as ``torch.optim.Adam`` (lr, betas, eps,
@@ -36,47 +195,22 @@ class Adam(torch.optim.Optimizer):
                  amsgrad: bool = False, *, foreach: bool | None = None, maximize: bool = False,
                  capturable: bool = False, differentiable: bool = False, fused: bool | None = None,
                  decoupled_weight_decay: bool = False) -> None:
-        if isinstance(lr, torch.Tensor) and (lr.numel() != 1 or not lr.is_floating_point() or lr.device.type != "cpu"):
-            raise ValueError("fastffnn.optim.Adam: a Tensor lr must be a floating CPU tensor with one element, got "
-                             f"{lr.dtype} of shape {tuple(lr.shape)} on {lr.device}")
-        if not 0.0 <= lr:
-            raise ValueError(f"fastffnn.optim.Adam: invalid learning rate: {lr}")
         if not 0.0 <= eps:
             raise ValueError(f"fastffnn.optim.Adam: invalid epsilon value: {eps}")
         if not (0.0 <= betas[0] < 1.0 and 0.0 <= betas[1] < 1.0):
             raise ValueError(f"fastffnn.optim.Adam: invalid betas: {betas}")
         if not 0.0 <= weight_decay:
             raise ValueError(f"fastffnn.optim.Adam: invalid weight_decay value: {weight_decay}")
-        for name, value in (("foreach", foreach), ("capturable", capturable), ("differentiable", differentiable),
-                            ("fused", fused)):
-            if value:
-                raise ValueError(f"fastffnn.optim.Adam: {name}={value!r} is not supported; it is always one fused "
-                                 "native call on the CPU")
         defaults = dict(lr=lr, betas=betas, eps=eps, weight_decay=weight_decay, amsgrad=amsgrad, maximize=maximize,
                         foreach=None, capturable=False, differentiable=False, fused=None,
                         decoupled_weight_decay=decoupled_weight_decay)
-        super().__init__(params, defaults)
-        self._stepped = _Stepped()
+        self._start(params, defaults, dict(foreach=foreach, capturable=capturable, differentiable=differentiable,
+                                           fused=fused))
 
-    # LR schedulers set and read `optimizer._opt_called` to tell whether step() ran before their own step().
-    # It lives in a plain object of its own because torch.compile does not replay attribute writes on an
-    # optimizer, and train_step must set it inside a compiled step too.
-    @property
-    def _opt_called(self) -> bool:
-        return self._stepped.called
-
-    @_opt_called.setter
-    def _opt_called(self, value: bool) -> None:
-        self._stepped.called = bool(value)
+    _group_defaults = dict(amsgrad=False, maximize=False, decoupled_weight_decay=False)
 
     def __setstate__(self, state):
         super().__setstate__(state)
-        if "_stepped" not in self.__dict__:
-            self._stepped = _Stepped()
-        for group in self.param_groups:
-            group.setdefault("amsgrad", False)
-            group.setdefault("maximize", False)
-            group.setdefault("decoupled_weight_decay", False)
         # older torch.optim.Adam checkpoints keep `step` as a Python number; torch converts it here, and so
         # does this (load_state_dict ends in __setstate__)
         for per_param in self.state.values():
@@ -113,26 +247,6 @@ class Adam(torch.optim.Optimizer):
         return (lr, float(beta1), float(beta2), float(group["eps"]), float(group["weight_decay"]),
                 bool(group["amsgrad"]), bool(group["maximize"]), bool(group["decoupled_weight_decay"]))
 
-    @torch.no_grad()
-    def step(self, closure: Callable[[], torch.Tensor] | None = None) -> torch.Tensor | None:
-        """One Adam update of every parameter that has a gradient."""
-        loss = None
-        if closure is not None:
-            with torch.enable_grad():
-                loss = closure()
-        ensure_loaded()
-        for group in self.param_groups:
-            params = [p for p in group["params"] if p.grad is not None]
-            if not params:
-                continue
-            for p in params:
-                if p.grad.is_sparse:
-                    raise RuntimeError("fastffnn.optim.Adam does not support sparse gradients")
-            grads = [p.grad for p in params]
-            hyper = self._hyper(group)
-            _op("adam_step_", hyper[0])(params, grads, *self._state_lists(group, params), *hyper)
-        return loss
-
     def _train_step_args(self, params):
         """(params, has_bias, *state lists) for train_step, rebuilt only when what they come from changes.
 
@@ -167,102 +281,225 @@ class Adam(torch.optim.Optimizer):
         self.__dict__["_train_step_cache"] = (key(), args)
         return args
 
-    def _check_holds(self, params) -> list:
-        """The model's parameters (no None), after checking that they are exactly this optimizer's."""
-        plist = [p for p in params if p is not None]
-        groups = self.param_groups
-        if len(groups) != 1 or [id(p) for p in groups[0]["params"]] != [id(p) for p in plist]:
-            raise ValueError("fastffnn.optim.Adam.train_step: the optimizer must hold exactly the model's parameters "
-                             "(model.parameters()), in one param group")
-        return plist
+    def _check_op(self, activations):
+        return (torch.ops.fastffnn._check_ffnn_nll_adam_step_ if isinstance(activations, str)
+                else torch.ops.fastffnn._check_mlp_nll_adam_step_)
 
-    def train_step(self, model: torch.nn.Module, input: torch.Tensor, target: torch.Tensor,
-                   reduction: str = "mean") -> torch.Tensor:
-        """A whole training step of a FastFFNN or FastMLP in one native call; returns the loss.
+    def _update_group(self, group, params, grads) -> None:
+        hyper = self._hyper(group)
+        _op("adam_step_", hyper[0])(params, grads, *self._state_lists(group, params), *hyper)
 
-        Forward, the cross-entropy against ``target`` (class indices, or
-        one-hot/probability rows), backward and this optimizer's update, as
-        ``model.zero_grad(); model.nll_loss(input, target, reduction).backward();
-        self.step()`` would do, except that ``.grad`` is left untouched. This
-        optimizer must hold exactly the model's parameters, in one group.
-
-        Shapes: ``input`` ``(..., input_size)``; ``target`` ``(...)`` class
-        indices or ``(..., out_size)`` probabilities. Returns a 0-d tensor.
-
-        Like ``step()``, it runs the optimizer's step pre- and post-hooks
-        (called as for ``step()`` with no arguments; a pre-hook's returned
-        arguments are ignored) and marks the optimizer as stepped for LR
-        schedulers.
-        """
-        if not (isinstance(input, torch.Tensor) and isinstance(target, torch.Tensor) and isinstance(reduction, str)):
-            from .ops import _bad_arguments
-
-            _bad_arguments("optim.Adam.train_step", ("input", input, torch.Tensor), ("target", target, torch.Tensor),
-                           ("reduction", reduction, str))
+    def _native_step(self, input, target, params, activations, reduction):
         ops = _train_step_ops or _load_train_step_ops()
-        # As step() would: LR schedulers read this flag ("lr_scheduler.step() before optimizer.step()"), and the
-        # optimizer's step hooks run around the update.
-        self._stepped.called = True
-        hooked = bool(_PRE_HOOKS or _POST_HOOKS or self._optimizer_step_pre_hooks or self._optimizer_step_post_hooks)
-        if hooked:
-            for hook in chain(_PRE_HOOKS.values(), self._optimizer_step_pre_hooks.values()):
-                hook(self, (self,), {})
-        # (weights[0], biases[0], weights[1], ..., activation(s)), or None when the model must run its submodules:
-        # FastFFNN gives (V.weight, V.bias, W.weight, W.bias, activation), FastMLP a list of activations
-        fused = model._fused_args()
-        params = fused[:-1] if fused is not None else ()
-        if fused is None or not _one_native_call(params):
-            loss = self._train_step_with_autograd(model, input, target, reduction, fused)
-        else:
-            args = self._train_step_args(params)
-            hyper = self._hyper(self.param_groups[0])
-            acts = fused[-1]
-            # (ffnn or mlp) x (float or Tensor lr): a str activation is FastFFNN's
-            op = ops[(not isinstance(acts, str)) * 2 + isinstance(hyper[0], torch.Tensor)]
-            # torch.no_grad() as a context manager costs several microseconds; the
-            # step records nothing, so grad mode is switched off directly.
-            grad_enabled = torch.is_grad_enabled()
-            torch._C._set_grad_enabled(False)
-            try:
-                loss = op(input, target, *args, acts, reduction, *hyper)
-            finally:
-                torch._C._set_grad_enabled(grad_enabled)
-        if hooked:
-            for hook in chain(self._optimizer_step_post_hooks.values(), _POST_HOOKS.values()):
-                hook(self, (self,), {})
+        args = self._train_step_args(params)
+        hyper = self._hyper(self.param_groups[0])
+        # (ffnn or mlp) x (float or Tensor lr): a str activation is FastFFNN's
+        op = ops[(not isinstance(activations, str)) * 2 + isinstance(hyper[0], torch.Tensor)]
+        return op(input, target, *args, activations, reduction, *hyper)
+
+    def _native_fit(self, X, y, order, batch_size, params, activations):
+        plist, has_bias, *states = self._train_step_args(params)
+        lr, *hyper = self._hyper(self.param_groups[0])
+        return torch.ops.fastffnn.mlp_nll_adam_fit_(X, y, order, batch_size, plist, has_bias, *states,
+                                                   _activation_list(activations), float(lr), *hyper)
+
+
+class SGD(_OneCall):
+    """SGD whose ``step()`` is one native call over all parameters (float32/float64, CPU).
+
+    Same arguments, state (``momentum_buffer``, only with a momentum) and
+    results as ``torch.optim.SGD``: momentum, dampening, nesterov,
+    weight_decay and maximize, within float rounding; its ``state_dict``
+    loads into ``torch.optim.SGD`` and the reverse. ``lr`` may be a
+    one-element CPU tensor (it is read at each step). ``foreach``,
+    ``differentiable`` and ``fused`` are accepted for state-dict
+    compatibility and must keep their defaults. Like :class:`Adam`, it has
+    ``train_step`` and drives ``fit``.
+    """
+
+    def __init__(self, params: Iterable[torch.Tensor] | Iterable[dict], lr: float | torch.Tensor = 1e-3,
+                 momentum: float = 0, dampening: float = 0, weight_decay: float = 0, nesterov: bool = False, *,
+                 maximize: bool = False, foreach: bool | None = None, differentiable: bool = False,
+                 fused: bool | None = None) -> None:
+        if not 0.0 <= momentum:
+            raise ValueError(f"fastffnn.optim.SGD: invalid momentum value: {momentum}")
+        if not 0.0 <= weight_decay:
+            raise ValueError(f"fastffnn.optim.SGD: invalid weight_decay value: {weight_decay}")
+        if nesterov and (momentum <= 0 or dampening != 0):
+            raise ValueError("fastffnn.optim.SGD: nesterov momentum requires a momentum and zero dampening, got "
+                             f"momentum={momentum}, dampening={dampening}")
+        defaults = dict(lr=lr, momentum=momentum, dampening=dampening, weight_decay=weight_decay, nesterov=nesterov,
+                        maximize=maximize, foreach=None, differentiable=False, fused=None)
+        self._start(params, defaults, dict(foreach=foreach, differentiable=differentiable, fused=fused))
+
+    _group_defaults = dict(nesterov=False, maximize=False)
+
+    def _hyper(self, group):
+        """(lr, momentum, dampening, weight_decay, nesterov, maximize) as the ops take them."""
+        return (float(group["lr"]), float(group["momentum"]), float(group["dampening"]),
+                float(group["weight_decay"]), bool(group["nesterov"]), bool(group["maximize"]))
+
+    def _buffers(self, group, params):
+        """The momentum buffers of params and whether each is new (torch's None): ([], []) without a momentum.
+
+        New buffers are uninitialised here; the op sets them to the gradient.
+        ``_keep`` stores them once the op has run.
+        """
+        if group["momentum"] == 0:
+            return [], []
+        buffers, fresh = [], []
+        for p in params:
+            buf = self.state[p].get("momentum_buffer")
+            fresh.append(buf is None)
+            buffers.append(torch.empty_like(p, memory_format=torch.preserve_format) if buf is None else buf)
+        return buffers, fresh
+
+    def _keep(self, params, buffers) -> None:
+        for p, buf in zip(params, buffers):
+            self.state[p]["momentum_buffer"] = buf
+
+    def _update_group(self, group, params, grads) -> None:
+        buffers, fresh = self._buffers(group, params)
+        torch.ops.fastffnn.sgd_step_(params, grads, buffers, fresh, *self._hyper(group))
+        self._keep(params, buffers)
+
+    def _check_op(self, activations):
+        check = torch.ops.fastffnn._check_mlp_nll_sgd_step_
+        return lambda input, target, params, has_bias, acts, reduction: check(
+            input, target, params, has_bias, _activation_list(acts), reduction)
+
+    def _native_step(self, input, target, params, activations, reduction):
+        plist = self._check_holds(params)
+        group = self.param_groups[0]
+        buffers, fresh = self._buffers(group, plist)
+        loss = torch.ops.fastffnn.mlp_nll_sgd_step_.default(input, target, plist, params[1] is not None, buffers,
+                                                            fresh, _activation_list(activations), reduction,
+                                                            *self._hyper(group))
+        self._keep(plist, buffers)
         return loss
 
-    def _train_step_with_autograd(self, model, input, target, reduction, fused):
-        """train_step for a model that is not one native call: frozen parameters, some layers without a bias,
-        or a model not ``fused()``.
+    def _native_fit(self, X, y, order, batch_size, params, activations):
+        plist = self._check_holds(params)
+        group = self.param_groups[0]
+        buffers, fresh = self._buffers(group, plist)
+        losses = torch.ops.fastffnn.mlp_nll_sgd_fit_(X, y, order, batch_size, plist, params[1] is not None, buffers,
+                                                    fresh, _activation_list(activations), *self._hyper(group))
+        if len(order):
+            self._keep(plist, buffers)
+        return losses
 
-        As ``zero_grad(); nll_loss(...).backward(); step()`` would do: a
-        frozen parameter gets no gradient, so ``step()`` leaves it and its
-        state alone; an unfused model's loss runs its submodules (hooks,
-        parametrizations). Autograd and the fused update: two native calls.
-        """
-        if fused is not None and _uniform_biases(fused[:-1]):
-            plist = self._check_holds(fused[:-1])
-            check = (torch.ops.fastffnn._check_ffnn_nll_adam_step_ if isinstance(fused[-1], str)
-                     else torch.ops.fastffnn._check_mlp_nll_adam_step_)
-            check(input, target, plist, fused[1] is not None, fused[-1], reduction)
-        else:
-            plist = self._check_holds(list(model.parameters()))
-            if reduction not in ("mean", "sum"):
-                raise ValueError("fastffnn.ffnn_nll_adam_step_: reduction must be 'mean' or 'sum' (a step needs one "
-                                 f"loss), got {reduction!r}")
-        trainable = [p for p in plist if p.requires_grad]
-        with torch.enable_grad():
-            loss = model.nll_loss(input, target, reduction)
-            grads = torch.autograd.grad(loss, trainable, allow_unused=True) if trainable else []
-        stepped = [(p, g) for p, g in zip(trainable, grads) if g is not None]
-        if stepped:
-            group = self.param_groups[0]
-            ps, gs = [p for p, _ in stepped], [g for _, g in stepped]
-            with torch.no_grad():
-                hyper = self._hyper(group)
-                _op("adam_step_", hyper[0])(ps, gs, *self._state_lists(group, ps), *hyper)
-        return loss.detach()
+
+def _activation_list(activations) -> list:
+    """The ops' activation list: FastFFNN's one name, or FastMLP's list."""
+    return [activations] if isinstance(activations, str) else activations
+
+
+def fit(model: torch.nn.Module, X: torch.Tensor, y: torch.Tensor, optimizer: _OneCall, epochs: int = 1,
+        batch_size: int = 1, shuffle: bool = True, generator: torch.Generator | None = None,
+        callback: Callable[[int, float], object] | None = None, callback_every: int | None = None) -> list[float]:
+    """Trains a FastFFNN or FastMLP on ``(X, y)``: whole epochs of ``train_step``, each one native call.
+
+    ``X`` is ``(n, in)``; ``y`` is ``(n,)`` class indices or ``(n, out)``
+    one-hot/probability rows. ``optimizer`` is a :class:`Adam` or
+    :class:`SGD` holding exactly ``model.parameters()``. Each step is
+    ``optimizer.train_step`` with the mean loss; the parameters (and the
+    optimizer state) come out bit for bit as from this Python loop::
+
+        for epoch in range(epochs):
+            order = torch.randperm(n, generator=generator) if shuffle else torch.arange(n)
+            for batch in order.split(batch_size):
+                if batch_size == 1:                       # the lecture's loop: 1-D examples
+                    optimizer.train_step(model, X[batch[0]], y[batch[0]])
+                else:                                     # mini-batches, the last one smaller
+                    optimizer.train_step(model, X[batch], y[batch])
+
+    so a seeded ``generator`` (or the global RNG's state) reproduces the
+    shuffle. Returns each epoch's mean loss: the mean over its examples of
+    the loss each step computed for them.
+
+    ``callback(step, loss)`` runs after every ``callback_every`` steps
+    (counted across epochs; default: at the end of each epoch) with that
+    step's loss. The steps between two callbacks, or within one epoch, are
+    one native call; Ctrl-C (KeyboardInterrupt) is raised between two such
+    calls, so every step is either applied whole or not at all.
+
+    Where a step cannot be one native call (frozen parameters, layers with
+    and without biases, optimizer step hooks, a module with hooks), the same
+    loop runs in Python, with the same results. CPU tensors only.
+    """
+    ensure_loaded()
+    if not isinstance(optimizer, _OneCall):
+        raise TypeError("fastffnn.fit: optimizer must be a fastffnn.optim.Adam or fastffnn.optim.SGD, got "
+                        f"{type(optimizer).__name__}")
+    if not (isinstance(X, torch.Tensor) and isinstance(y, torch.Tensor)):
+        raise TypeError(f"fastffnn.fit: X and y must be tensors, got {type(X).__name__} and {type(y).__name__}")
+    for name, value, least in (("epochs", epochs, 0), ("batch_size", batch_size, 1),
+                               ("callback_every", 1 if callback_every is None else callback_every, 1)):
+        if isinstance(value, bool) or not isinstance(value, int) or value < least:
+            raise ValueError(f"fastffnn.fit: {name} must be an int >= {least}, got {value!r}")
+    if callback is not None and not callable(callback):
+        raise TypeError(f"fastffnn.fit: callback must be callable, got {type(callback).__name__}")
+    if generator is not None and not isinstance(generator, torch.Generator):
+        raise TypeError(f"fastffnn.fit: generator must be a torch.Generator, got {type(generator).__name__}")
+    if X.dim() != 2 or X.shape[0] == 0:
+        raise ValueError(f"fastffnn.fit: X must be (examples, features) with at least one example, got shape "
+                         f"{tuple(X.shape)}")
+    n = X.shape[0]
+    if y.dim() not in (1, 2) or y.shape[0] != n:
+        raise ValueError(f"fastffnn.fit: y must be ({n},) class indices or ({n}, classes) probabilities for X of "
+                         f"shape {tuple(X.shape)}, got shape {tuple(y.shape)}")
+    for name, t in (("X", X), ("y", y)):
+        if t.device.type != "cpu":
+            raise NotImplementedError(f"fastffnn.fit: {name} is on {t.device}; fit runs on the CPU only for now "
+                                      "(on CUDA, loop over the batches with the stock optimizer)")
+    fused = model._fused_args()
+    params = fused[:-1] if fused is not None else ()
+    native = fused is not None and _one_native_call(params) and not optimizer._hooked()
+    plist = optimizer._check_holds(params if native else list(model.parameters()))
+    if not y.is_floating_point() and y.numel():
+        classes = _classes(model)
+        lo, hi = int(y.min()), int(y.max())
+        if classes is not None and (lo < 0 or hi >= classes):
+            raise IndexError(f"fastffnn.fit: y holds class indices from {lo} to {hi}, outside [0, {classes}) for "
+                             f"the model's {classes} classes")
+    if native:
+        # every check of the op before the first step (the kernel checks the values of the order and labels)
+        optimizer._native_fit(X, y, torch.arange(0), batch_size, params, fused[-1])
+    steps_per_epoch = -(-n // batch_size)
+    every = callback_every if callback is not None and callback_every is not None else steps_per_epoch
+    means, done = [], 0
+    optimizer._stepped.called = True
+    for _ in range(epochs):
+        order = torch.randperm(n, generator=generator) if shuffle else torch.arange(n)
+        total, first = 0.0, 0
+        while first < steps_per_epoch:
+            take = min(steps_per_epoch - first, every - done % every)
+            rows = order[first * batch_size:(first + take) * batch_size]
+            if native:
+                with torch.no_grad():
+                    losses = optimizer._native_fit(X, y, rows, batch_size, params, fused[-1])
+            else:
+                losses = torch.stack([optimizer.train_step(model, X[b[0]] if batch_size == 1 else X[b],
+                                                           y[b[0]] if batch_size == 1 else y[b])
+                                      for b in rows.split(batch_size)])
+            sizes = torch.full((take,), batch_size, dtype=torch.float64)
+            sizes[-1] = len(rows) - (take - 1) * batch_size
+            total += float((losses.double() * sizes).sum())
+            first += take
+            done += take
+            if callback is not None and done % every == 0:
+                callback(done, float(losses[-1]))
+        means.append(total / n)
+    return means
+
+
+def _classes(model) -> int | None:
+    """The number of classes of a FastFFNN or FastMLP: its last nn.Linear's out_features."""
+    last = None
+    for m in model.modules():
+        if isinstance(m, torch.nn.Linear):
+            last = m
+    return last.out_features if last is not None else None
 
 
 def _uniform_biases(params) -> bool:

@@ -28,7 +28,7 @@ def test_smoke_run_writes_tagged_csv_and_plot(tmp_path, capsys):
     assert rc == 0, printed
     rows = list(csv.DictReader(out_csv.open()))
     cpu_impls = {"eager", "eager-ce", "eager+fused", "eager-ce+fused", "fastffnn", "fastffnn+fused", "fastffnn+adam",
-                 "fastffnn-step"}
+                 "fastffnn-step", "fastffnn-fit"}
     assert {r["impl"] for r in rows if r["mode"] == "train"} == cpu_impls  # compile is left out of --smoke
     assert {r["impl"] for r in rows if r["mode"] == "forward"} == {"eager", "fastffnn"}
     for mode in ("grad-forward", "forward-backward"):  # the drop-in's two halves, against eager alone
@@ -150,13 +150,13 @@ def test_tiers_need_cuda(capsys):
 def test_a_deep_shape_times_fastmlp_against_the_stock_sequential(tmp_path, capsys):
     out_csv = tmp_path / "deep.csv"
     rc = cli.main(["--shapes", "20x16x12x3", "--batches", "1,8", "--modes", "forward,train",
-                   "--impls", "eager,fastffnn,fastffnn+fused,fastffnn-step", "--block-s", "0.002", "--blocks", "2",
+                   "--impls", "eager,fastffnn,fastffnn+fused,fastffnn-step,fastffnn-fit", "--block-s", "0.002", "--blocks", "2",
                    "--idle-wait", "0", "--skip", "compile", "--csv", str(out_csv)])
     assert rc == 0, capsys.readouterr()
     rows = list(csv.DictReader(out_csv.open()))
     assert {r["shape"] for r in rows} == {"20,16,12,3"}
     assert {r["impl"] for r in rows if r["mode"] == "train"} == {"eager", "fastffnn", "fastffnn+fused",
-                                                                  "fastffnn-step"}
+                                                                  "fastffnn-step", "fastffnn-fit"}
 
 
 def test_a_wrong_deep_model_is_not_timed(monkeypatch, capsys):
@@ -164,3 +164,19 @@ def test_a_wrong_deep_model_is_not_timed(monkeypatch, capsys):
     rc = cli.main(["--shapes", "20x16x12x3", "--batches", "8", "--modes", "train", "--impls", "eager,fastffnn-step",
                    "--block-s", "0.002", "--blocks", "2", "--idle-wait", "0", "--skip", "compile"])
     assert rc == 1 and "NOT timed" in capsys.readouterr().err
+
+
+def test_a_fit_that_does_not_train_is_not_timed(monkeypatch, capsys):
+    """fastffnn-fit is checked through its one-step call: a fit that leaves the weights alone is refused."""
+    real_build = peers.build
+
+    def build(name, point, stock, x, y, gold):
+        runner = real_build(name, point, stock, x, y, gold)
+        if name == "fastffnn-fit":
+            runner.extra["check_fn"] = lambda: None
+        return runner
+
+    monkeypatch.setattr(peers, "build", build)
+    rc = cli.main(["--shapes", "20x16x3", "--batches", "1", "--modes", "train", "--impls", "eager,fastffnn-fit",
+                   "--block-s", "0.002", "--blocks", "2", "--idle-wait", "0", "--skip", "compile"])
+    assert rc == 1 and "fastffnn-fit" in capsys.readouterr().err

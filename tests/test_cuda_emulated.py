@@ -64,7 +64,9 @@ def test_the_cuda_tests_pass_on_the_emulator(sources):
     assert skipped is None or int(skipped.group(1)) <= 4, report(r)
 
 
-# (name, file under csrc/, original text, planted bug, tests that must catch it, what their failure says)
+# (name, file under csrc/, original text, planted bug, tests that must catch it, what their failure says).
+# Ordered so that restoring one mutant's file costs no build of its own: the mutants of one file follow each
+# other, and the header that most files include (common.cuh) comes last, so everything is rebuilt once.
 MUTANTS = [
     ("dropped-syncthreads", "cuda/fused_mlp.cu",
      "      Tile<M>::stage(acc, xs, layout.x_stride, region, v_stride, width, warp, lane);\n      __syncthreads();\n",
@@ -75,10 +77,6 @@ MUTANTS = [
      "          a[mt][1] = tf32_bits(x_at(r + 8, kk + t));\n          a[mt][2] = tf32_bits(x_at(r, kk + t + 4));\n",
      "          a[mt][1] = tf32_bits(x_at(r, kk + t + 4));\n          a[mt][2] = tf32_bits(x_at(r + 8, kk + t));\n",
      "test_ffnn and fused-tanh-7-100-5-33-tf32", r"output: max error"),
-    ("partial-shuffle", "cuda/common.cuh",
-     "  for (int offset = 16; offset > 0; offset >>= 1) v += __shfl_xor_sync(0xffffffffu, v, offset);\n",
-     "  for (int offset = 16; offset > 0; offset >>= 1) v += __shfl_xor_sync(0x0000ffffu, v, offset);\n",
-     "test_softmax_nll and 33-2-mean-index-float32", r"__shfl_xor_sync at .*common.cuh:\d+: .* reads lane \d+, outside the mask"),
     ("unwritten-output", "cuda/fused_mlp.cu",
      "      if (c < classes) out[gr * classes + c] = static_cast<T>(log ? z[q] - shift : e[q] * inv);\n",
      "      if (c < classes - 1) out[gr * classes + c] = static_cast<T>(log ? z[q] - shift : e[q] * inv);\n",
@@ -87,6 +85,10 @@ MUTANTS = [
      "  if (partial == nullptr) return;  // the same for the whole block\n",
      "  if (col >= n) return;\n",
      "test_linear_ops and 33-300-100-tanh-float32", r"rows_with_colsum_kernel .* exited while .* waits at __syncthreads"),
+    ("partial-shuffle", "cuda/common.cuh",
+     "  for (int offset = 16; offset > 0; offset >>= 1) v += __shfl_xor_sync(0xffffffffu, v, offset);\n",
+     "  for (int offset = 16; offset > 0; offset >>= 1) v += __shfl_xor_sync(0x0000ffffu, v, offset);\n",
+     "test_softmax_nll and 33-2-mean-index-float32", r"__shfl_xor_sync at .*common.cuh:\d+: .* reads lane \d+, outside the mask"),
 ]
 SELECTIONS = sorted({m[4] for m in MUTANTS})
 SELECTION = " or ".join(f"({s})" for s in SELECTIONS)

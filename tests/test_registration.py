@@ -194,4 +194,7 @@ def test_every_registered_op_is_opchecked():
     checked |= {"fastffnn::adam_step_", "fastffnn::ffnn_nll_adam_step_", "fastffnn::adam_step_.tensor_lr",
                 "fastffnn::ffnn_nll_adam_step_.tensor_lr", "fastffnn::mlp_nll_adam_step_",
                 "fastffnn::mlp_nll_adam_step_.tensor_lr"}
+    # in test_fit.py
+    checked |= {"fastffnn::sgd_step_", "fastffnn::mlp_nll_sgd_step_", "fastffnn::mlp_nll_adam_fit_",
+                "fastffnn::mlp_nll_sgd_fit_", "fastffnn::_check_mlp_nll_sgd_step_", "fastffnn::_check_mlp_nll_fit_"}
     assert registered == checked

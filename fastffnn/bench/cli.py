@@ -213,4 +213,10 @@ def _check_and_time(point, names, runners, timer, args, initial):
             failed += 1
     stats = timing.measure({n: r.fn for n, r in runners.items()}, timer, args.block_s, args.blocks,
                            setups={n: r.setup for n, r in runners.items() if r.setup})
+    for name, runner in runners.items():
+        steps = runner.extra.get("steps_per_call", 1)
+        if steps != 1:  # fit: several steps per call, reported per step
+            st = stats[name]
+            stats[name] = timing.Stats(st.median / steps, st.q1 / steps, st.q3 / steps, st.blocks,
+                                       st.calls_per_block * steps)
     return stats, failed

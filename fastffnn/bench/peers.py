@@ -19,7 +19,10 @@ FastFFNN, from the least to the most change to the user's code:
 * ``fastffnn+fused``: ``FastFFNN.nll_loss`` with ``Adam(fused=True)``;
 * ``fastffnn+adam`` (CPU): the lecture's loss with ``fastffnn.optim.Adam``,
   the same hyper-parameters as ``eager``'s;
-* ``fastffnn-step`` (CPU): ``FastFFNN.train_step``, the whole step in one call.
+* ``fastffnn-step`` (CPU): ``FastFFNN.train_step``, the whole step in one call;
+* ``fastffnn-fit`` (CPU): ``fit``, FIT_STEPS steps on the same batch in one
+  call (the batches of an epoch without a Python loop); its times are per
+  step. Its check runs one step.
 
 The modes:
 
@@ -59,7 +62,8 @@ from ..reference import LectureFFNN, lecture_loss
 LR = 1e-3
 
 STOCK = ["eager", "eager-ce", "eager+fused", "eager-ce+fused", "compile"]
-FAST = ["fastffnn", "fastffnn+fused", "fastffnn+adam", "fastffnn-step"]
+FAST = ["fastffnn", "fastffnn+fused", "fastffnn+adam", "fastffnn-step", "fastffnn-fit"]
+FIT_STEPS = 64
 FORWARD = ["eager", "compile", "fastffnn"]
 HALVES = ["eager", "fastffnn"]
 MODES = ["forward", "grad-forward", "forward-backward", "train"]
@@ -124,7 +128,7 @@ def available(point: Point) -> list[str]:
         return list(HALVES)
     names = STOCK + ["fastffnn", "fastffnn+fused"]
     if point.device.type == "cpu":
-        names += ["fastffnn+adam", "fastffnn-step"]
+        names += ["fastffnn+adam", "fastffnn-step", "fastffnn-fit"]
     return names
 
 
@@ -208,6 +212,15 @@ def build(name: str, point: Point, stock: nn.Module, x: Tensor, y: Tensor, gold:
     elif name == "fastffnn-step":
         opt = FastAdam(model.parameters(), lr=LR)
         return Runner(lambda: opt.train_step(model, x, y), model)
+    elif name == "fastffnn-fit":
+        opt = FastAdam(model.parameters(), lr=LR)
+        rows = x.reshape(-1, x.shape[-1])
+        xs, ys = rows.repeat(FIT_STEPS, 1), y.reshape(-1).repeat(FIT_STEPS)
+
+        def fit(X, Y):
+            return lambda: model.fit(X, Y, opt, batch_size=point.batch, shuffle=False)
+
+        return Runner(fit(xs, ys), model, extra={"steps_per_call": FIT_STEPS, "check_fn": fit(rows, y.reshape(-1))})
     else:
         raise ValueError(f"fastffnn bench: unknown implementation {name!r}; known: {STOCK + FAST}")
 
@@ -267,7 +280,7 @@ def check(name: str, runner: Runner, reference: Runner, point: Point, initial: l
                 return f"{label}.grad: " + str(e).splitlines()[0]
         return None
     if not runner.extra.get("stepped"):
-        runner.fn()
+        runner.extra.get("check_fn", runner.fn)()
     if not reference.extra.get("stepped"):
         reference.fn()
         reference.extra["stepped"] = True
