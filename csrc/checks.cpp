@@ -1,5 +1,6 @@
 #include "checks.h"
 
+#include <ATen/Dispatch.h>
 #include <c10/util/Exception.h>
 #include <torch/library.h>
 
@@ -279,6 +280,89 @@ MlpLossArgs check_mlp_fit_args(const char* op, bool reduced_precision, const at:
                     " of shape ", order.sym_sizes(), " on ", order.device());
   TORCH_CHECK_VALUE(batch_size >= 1, "fastffnn.", op, ": batch_size must be at least 1, got ", batch_size);
   return check_mlp_train_step_args(op, reduced_precision, input, target, params, has_bias, activations, "mean");
+}
+
+namespace {
+
+void check_state(const char* op, const char* name, const at::Tensor& t, const at::Tensor& param, size_t i) {
+  TORCH_CHECK_VALUE(t.device() == param.device() && t.scalar_type() == param.scalar_type() &&
+                        t.sizes() == param.sizes(),
+                    "fastffnn.", op, ": ", name, "[", i, "] must be a ", param.scalar_type(), " tensor of shape ",
+                    param.sizes(), " on ", param.device(), ", got ", t.scalar_type(), " of shape ", t.sizes(), " on ",
+                    t.device());
+}
+
+void check_params(const char* op, bool reduced_precision, c10::DeviceType device_type, at::TensorList params,
+                  at::TensorList grads) {
+  for (size_t i = 0; i < params.size(); ++i) {
+    const at::Tensor& p = params[i];
+    TORCH_CHECK_VALUE(p.device().type() == device_type && p.device() == params[0].device(), "fastffnn.", op,
+                      ": params[", i, "] is on ", p.device(), " but this kernel takes ", c10::DeviceType(device_type),
+                      " tensors, all on one device (params[0] is on ", params[0].device(), ")");
+    check_floating(op, reduced_precision, "params", p);
+    if (!grads.empty()) check_state(op, "grads", grads[i], p, i);
+  }
+}
+
+}  // namespace
+
+void check_adam_args(const char* op, bool reduced_precision, c10::DeviceType device_type, at::TensorList params,
+                     at::TensorList grads, at::TensorList exp_avgs, at::TensorList exp_avg_sqs,
+                     at::TensorList max_exp_avg_sqs, at::TensorList steps, const AdamConfig& c) {
+  const size_t n = params.size();
+  TORCH_CHECK_VALUE((grads.empty() || grads.size() == n) && exp_avgs.size() == n && exp_avg_sqs.size() == n &&
+                        steps.size() == n && max_exp_avg_sqs.size() == (c.amsgrad ? n : 0),
+                    "fastffnn.", op, ": got ", n, " params, ", grads.size(), " grads, ", exp_avgs.size(),
+                    " exp_avgs, ", exp_avg_sqs.size(), " exp_avg_sqs, ", max_exp_avg_sqs.size(),
+                    " max_exp_avg_sqs (", c.amsgrad ? n : 0, " expected) and ", steps.size(), " steps");
+  TORCH_CHECK_VALUE(c.lr >= 0 && c.eps >= 0 && c.beta1 >= 0 && c.beta1 < 1 && c.beta2 >= 0 && c.beta2 < 1 &&
+                        c.weight_decay >= 0,
+                    "fastffnn.", op, ": invalid hyper-parameters lr=", c.lr, " betas=(", c.beta1, ", ", c.beta2,
+                    ") eps=", c.eps, " weight_decay=", c.weight_decay);
+  check_params(op, reduced_precision, device_type, params, grads);
+  for (size_t i = 0; i < n; ++i) {
+    check_state(op, "exp_avgs", exp_avgs[i], params[i], i);
+    check_state(op, "exp_avg_sqs", exp_avg_sqs[i], params[i], i);
+    if (c.amsgrad) check_state(op, "max_exp_avg_sqs", max_exp_avg_sqs[i], params[i], i);
+    const at::Tensor& step = steps[i];
+    TORCH_CHECK_VALUE(step.device().is_cpu() && step.numel() == 1 && step.is_floating_point(), "fastffnn.", op,
+                      ": steps[", i, "] must be a CPU floating tensor with one element, got ", step.scalar_type(),
+                      " of shape ", step.sizes(), " on ", step.device());
+  }
+}
+
+void check_sgd_args(const char* op, bool reduced_precision, c10::DeviceType device_type, at::TensorList params,
+                    at::TensorList grads, at::TensorList momentum_buffers, size_t fresh, const SgdConfig& c) {
+  const size_t n = params.size(), with_buffers = c.momentum != 0 ? n : 0;
+  TORCH_CHECK_VALUE((grads.empty() || grads.size() == n) && momentum_buffers.size() == with_buffers &&
+                        fresh == with_buffers,
+                    "fastffnn.", op, ": got ", n, " params, ", grads.size(), " grads, ", momentum_buffers.size(),
+                    " momentum_buffers and ", fresh, " fresh flags (", with_buffers,
+                    " of each expected with momentum=", c.momentum, ")");
+  TORCH_CHECK_VALUE(c.lr >= 0 && c.momentum >= 0 && c.weight_decay >= 0 &&
+                        (!c.nesterov || (c.momentum > 0 && c.dampening == 0)),
+                    "fastffnn.", op, ": invalid hyper-parameters lr=", c.lr, " momentum=", c.momentum,
+                    " dampening=", c.dampening, " weight_decay=", c.weight_decay, " nesterov=", c.nesterov,
+                    " (nesterov needs a momentum and zero dampening)");
+  check_params(op, reduced_precision, device_type, params, grads);
+  for (size_t i = 0; i < with_buffers; ++i) check_state(op, "momentum_buffers", momentum_buffers[i], params[i], i);
+}
+
+double lr_value(const char* op, const at::Tensor& lr) {
+  TORCH_CHECK_VALUE(lr.device().is_cpu() && lr.numel() == 1 && lr.is_floating_point(), "fastffnn.", op,
+                    ": a Tensor lr must be a floating CPU tensor with one element, got ", lr.scalar_type(),
+                    " of shape ", lr.sizes(), " on ", lr.device());
+  return lr.item<double>();
+}
+
+double advance_step(const at::Tensor& step) {
+  double count = 0;
+  AT_DISPATCH_FLOATING_TYPES(step.scalar_type(), "fastffnn.advance_step", [&] {
+    scalar_t* s = step.data_ptr<scalar_t>();
+    *s += 1;
+    count = static_cast<double>(*s);
+  });
+  return count;
 }
 
 bool reduced_precision_on(const c10::Device& device) {

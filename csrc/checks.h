@@ -187,6 +187,52 @@ MlpLossArgs check_mlp_fit_args(const char* op, bool reduced_precision, const at:
                                const at::Tensor& target, const at::Tensor& order, int64_t batch_size,
                                at::TensorList params, bool has_bias, c10::ArrayRef<std::string> activations);
 
+// ------------------------------------------------------------- optimizers
+struct AdamConfig {
+  double lr, beta1, beta2, eps, weight_decay;
+  bool amsgrad, maximize, decoupled_weight_decay;
+};
+
+struct SgdConfig {
+  double lr, momentum, dampening, weight_decay;
+  bool nesterov, maximize;
+};
+
+// Validates an Adam step's lists (grads may be empty: the training steps form
+// the gradients themselves) and hyper-parameters: params floating, all on one
+// device of the backend's type (`device_type`), every state tensor shaped,
+// typed and placed like its parameter, and steps one-element floating CPU
+// tensors (counters the host reads: no device sync).
+void check_adam_args(const char* op, bool reduced_precision, c10::DeviceType device_type, at::TensorList params,
+                     at::TensorList grads, at::TensorList exp_avgs, at::TensorList exp_avg_sqs,
+                     at::TensorList max_exp_avg_sqs, at::TensorList steps, const AdamConfig& config);
+
+// The same for SGD: momentum_buffers and `fresh` (one flag per buffer) are
+// empty without a momentum, one per parameter with one.
+void check_sgd_args(const char* op, bool reduced_precision, c10::DeviceType device_type, at::TensorList params,
+                    at::TensorList grads, at::TensorList momentum_buffers, size_t fresh, const SgdConfig& config);
+
+// The learning rate of the tensor_lr overloads, read on the host (a CPU tensor: no device sync).
+double lr_value(const char* op, const at::Tensor& lr);
+
+// adam_step_ as each backend implements it, and its tensor_lr overload, the
+// same with the learning rate read on the host.
+using AdamStepFn = void (*)(at::TensorList params, at::TensorList grads, at::TensorList exp_avgs,
+                            at::TensorList exp_avg_sqs, at::TensorList max_exp_avg_sqs, at::TensorList steps,
+                            double lr, double beta1, double beta2, double eps, double weight_decay, bool amsgrad,
+                            bool maximize, bool decoupled_weight_decay);
+template <AdamStepFn Step>
+void adam_step_tensor_lr(at::TensorList params, at::TensorList grads, at::TensorList exp_avgs,
+                         at::TensorList exp_avg_sqs, at::TensorList max_exp_avg_sqs, at::TensorList steps,
+                         const at::Tensor& lr, double beta1, double beta2, double eps, double weight_decay,
+                         bool amsgrad, bool maximize, bool decoupled_weight_decay) {
+  Step(params, grads, exp_avgs, exp_avg_sqs, max_exp_avg_sqs, steps, lr_value("adam_step_", lr), beta1, beta2, eps,
+       weight_decay, amsgrad, maximize, decoupled_weight_decay);
+}
+
+// Advances a torch.optim step counter (a one-element floating CPU tensor) and returns the new count.
+double advance_step(const at::Tensor& step);
+
 // Whether the kernels registered for `device` in this build compute in
 // float16/bfloat16: CUDA's, and in the emulated build (csrc/cuda/emulation/)
 // the CUDA backend's kernels that run for CPU tensors.

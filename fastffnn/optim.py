@@ -6,12 +6,15 @@ counterparts' arguments and keep the same per-parameter state (Adam:
 SGD: ``momentum_buffer``, with a momentum) and param-group keys, so their
 ``state_dict`` loads into torch's optimizers and the reverse. Both have
 ``train_step`` (a whole training step of a FastFFNN or FastMLP in one native
-call), and :func:`fit` drives either over whole epochs. CPU tensors only (on
-CUDA use torch's optimizers with ``fused=True``).
+call), and :func:`fit` drives either over whole epochs. On CUDA, ``step()``
+is one launch per dtype for all the parameters (not capturable in a CUDA
+graph: the step counters stay on the CPU), and ``train_step`` is the fused
+forward and backward ops plus that launch.
 """
 
 from __future__ import annotations
 
+import os
 from itertools import chain
 from operator import is_
 from typing import Callable, Iterable
@@ -135,7 +138,8 @@ class _OneCall(torch.optim.Optimizer):
         # FastFFNN gives (V.weight, V.bias, W.weight, W.bias, activation), FastMLP a list of activations
         fused = model._fused_args()
         params = fused[:-1] if fused is not None else ()
-        if fused is None or not _one_native_call(params):
+        if fused is None or not _one_native_call(params) or not _cpu_step(input):
+            # on CUDA: the fused forward and backward ops through autograd, then the one-launch update
             loss = self._train_step_with_autograd(model, input, target, reduction, fused)
         else:
             # torch.no_grad() as a context manager costs several microseconds; the
@@ -180,7 +184,7 @@ class _OneCall(torch.optim.Optimizer):
 
 
 class Adam(_OneCall):
-    """Adam whose ``step()`` is one native call over all parameters (float32/float64, CPU).
+    """Adam whose ``step()`` is one native call over all parameters (CPU: float32/float64; CUDA: also bf16/fp16).
 
     Same arguments and results as ``torch.optim.Adam`` (lr, betas, eps,
     weight_decay, amsgrad, maximize, decoupled_weight_decay), within float
@@ -305,7 +309,7 @@ class Adam(_OneCall):
 
 
 class SGD(_OneCall):
-    """SGD whose ``step()`` is one native call over all parameters (float32/float64, CPU).
+    """SGD whose ``step()`` is one native call over all parameters (CPU: float32/float64; CUDA: also bf16/fp16).
 
     Same arguments, state (``momentum_buffer``, only with a momentum) and
     results as ``torch.optim.SGD``: momentum, dampening, nesterov,
@@ -424,8 +428,8 @@ def fit(model: torch.nn.Module, X: torch.Tensor, y: torch.Tensor, optimizer: _On
     calls, so every step is either applied whole or not at all.
 
     Where a step cannot be one native call (frozen parameters, layers with
-    and without biases, optimizer step hooks, a module with hooks), the same
-    loop runs in Python, with the same results. CPU tensors only.
+    and without biases, optimizer step hooks, a module with hooks), and on
+    CUDA for now, the same loop runs in Python, with the same results.
     """
     ensure_loaded()
     if not isinstance(optimizer, _OneCall):
@@ -448,13 +452,9 @@ def fit(model: torch.nn.Module, X: torch.Tensor, y: torch.Tensor, optimizer: _On
     if y.dim() not in (1, 2) or y.shape[0] != n:
         raise ValueError(f"fastffnn.fit: y must be ({n},) class indices or ({n}, classes) probabilities for X of "
                          f"shape {tuple(X.shape)}, got shape {tuple(y.shape)}")
-    for name, t in (("X", X), ("y", y)):
-        if t.device.type != "cpu":
-            raise NotImplementedError(f"fastffnn.fit: {name} is on {t.device}; fit runs on the CPU only for now "
-                                      "(on CUDA, loop over the batches with the stock optimizer)")
     fused = model._fused_args()
     params = fused[:-1] if fused is not None else ()
-    native = fused is not None and _one_native_call(params) and not optimizer._hooked()
+    native = fused is not None and _one_native_call(params) and not optimizer._hooked() and _cpu_step(X)
     plist = optimizer._check_holds(params if native else list(model.parameters()))
     if not y.is_floating_point() and y.numel():
         classes = _classes(model)
@@ -500,6 +500,15 @@ def _classes(model) -> int | None:
         if isinstance(m, torch.nn.Linear):
             last = m
     return last.out_features if last is not None else None
+
+
+def _cpu_step(t: torch.Tensor) -> bool:
+    """Whether the CPU's one-call step applies to ``t``'s device: a CPU tensor, except in the emulated build,
+    where CPU tensors take the CUDA route (csrc/cuda/emulation/)."""
+    return t.device.type == "cpu" and not _EMULATED
+
+
+_EMULATED = os.environ.get("FASTFFNN_BACKEND", "auto").lower() == "emulated"  # read as _build.backend() reads it
 
 
 def _uniform_biases(params) -> bool:

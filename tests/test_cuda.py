@@ -9,6 +9,8 @@ fiber, to sizes that still cross the kernels' 32-row tiles and chunk boundaries.
 
 from __future__ import annotations
 
+import copy
+
 import pytest
 import torch
 
@@ -379,3 +381,114 @@ def test_the_deep_fused_backward_forms_only_what_is_asked(tier, frozen):
     check(lambda x, *p: fastffnn.ops.mlp_nll(x, list(p[0:-1:2]), list(p[1:-1:2]), p[-1], list(acts), "sum"),
           lambda x, *p: ref_mlp(x, *p[:-1], activations=acts, target=p[-1], reduction="sum"),
           [x, *params, y], "float64" if tier == "general" else "float32", K=40, constant=constant)
+
+
+# ---------------------------------------------------------------- the optimizers' one-launch update
+OPT_TOL = {torch.float64: 1e-12, torch.float32: 2e-6, torch.float16: 2e-3, torch.bfloat16: 2e-2}
+# odd sizes, an empty tensor, one past a block's first stride (256 threads x 4), a transposed one
+OPT_SHAPES = [(7, 5), (7,), (3, 7), (3,), (0, 4), (1030,)]
+
+
+def _opt_params(dtype, count=None):
+    g = torch.Generator().manual_seed(0)
+    shapes = OPT_SHAPES if count is None else [(5 + k % 3,) for k in range(count)]
+    values = [torch.randn(s, generator=g, dtype=torch.float64) for s in shapes]
+    return values, [torch.randn(s, generator=g, dtype=torch.float64) for s in shapes]
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64, torch.float16, torch.bfloat16], ids=str)
+@pytest.mark.parametrize("kind,config", [
+    ("adam", dict(lr=0.01)),
+    ("adam", dict(lr=0.01, amsgrad=True, weight_decay=0.1)),
+    ("adam", dict(lr=0.01, weight_decay=0.1, decoupled_weight_decay=True, maximize=True)),
+    ("sgd", dict(lr=0.05)),
+    ("sgd", dict(lr=0.05, momentum=0.9, nesterov=True, weight_decay=0.01)),
+    ("sgd", dict(lr=0.05, momentum=0.5, dampening=0.3, maximize=True)),
+])
+@pytest.mark.parametrize("count", [None, 30], ids=["shapes", "30-tensors"])
+def test_optimizer_step_matches_torch(dtype, kind, config, count):
+    """fastffnn.optim's step() on the device against torch.optim's on CPU copies, three steps.
+
+    For float16 and bfloat16 the reference is torch's fused CPU update, which like this one computes in
+    float32 and stores the state in the parameters' dtype (torch's plain update in float16 rounds eps=1e-8 to
+    zero and divides by it); for float32 and float64 it is the plain update in float64.
+    30 tensors take two launches (24 a launch); a transposed parameter goes through a copy."""
+    values, grads = _opt_params(dtype, count)
+    ours = [torch.nn.Parameter(v.to(DEVICE, dtype)) for v in values]
+    if count is None:
+        ours[2] = torch.nn.Parameter(values[2].t().contiguous().to(DEVICE, dtype).t())  # strided, (3, 7) as a view
+    ref_dtype = torch.float64 if dtype == torch.float32 else dtype
+    ref = [torch.nn.Parameter(p.detach().to("cpu", ref_dtype).clone(memory_format=torch.contiguous_format))
+           for p in ours]
+    fast_cls, torch_cls = {"adam": (fastffnn.optim.Adam, torch.optim.Adam),
+                           "sgd": (fastffnn.optim.SGD, torch.optim.SGD)}[kind]
+    reduced = dtype in (torch.float16, torch.bfloat16)
+    opt, ref_opt = fast_cls(ours, **config), torch_cls(ref, **config, **({"fused": True} if reduced else {}))
+    for step in range(3):
+        for p, r, gr in zip(ours, ref, grads):
+            scaled = gr * (1 + step)
+            p.grad = scaled.to(DEVICE, dtype)
+            r.grad = p.grad.detach().to("cpu", ref_dtype)  # the same rounded gradient
+        opt.step()
+        ref_opt.step()
+    tol = OPT_TOL[dtype]
+    for p, r in zip(ours, ref):
+        torch.testing.assert_close(p.detach().double().cpu(), r.detach().double(), rtol=tol, atol=tol)
+    for p, r in zip(ours, ref):
+        for key, value in ref_opt.state[r].items():
+            if key != "step":
+                torch.testing.assert_close(opt.state[p][key].double().cpu(), value.double(), rtol=tol, atol=tol)
+
+
+def test_optimizer_step_is_one_launch_per_dtype():
+    params = [torch.nn.Parameter(torch.randn(4, 3, device=DEVICE)) for _ in range(5)]
+    params.append(torch.nn.Parameter(torch.randn(6, device=DEVICE, dtype=torch.float64)))
+    for p in params:
+        p.grad = torch.randn_like(p)
+    adam = fastffnn.optim.Adam(params, lr=0.01)
+    names = launched_kernels(adam.step)
+    assert len(names) == 2 and all("adam_kernel" in n for n in names), names  # float32's five, float64's one
+    sgd = fastffnn.optim.SGD(params, lr=0.1, momentum=0.9)
+    names = launched_kernels(sgd.step)
+    assert len(names) == 2 and all("sgd_kernel" in n for n in names), names
+
+
+def test_train_step_and_fit_on_the_device_match_stock_pytorch():
+    """On CUDA train_step is autograd through the fused ops plus the one-launch update, and fit loops over it:
+    against stock modules, autograd and torch.optim.Adam in float64 on the CPU."""
+    torch.manual_seed(0)
+    model = fastffnn.FastMLP([6, 9, 7, 3], activation=["tanh", "relu"], dtype=torch.float64).to(DEVICE)
+    stock = torch.nn.Sequential(*copy.deepcopy(list(model))).cpu()
+    X, y = torch.randn(10, 6, dtype=torch.float64), torch.randint(0, 3, (10,))
+    opt = fastffnn.optim.Adam(model.parameters(), lr=0.01)
+    stock_opt = torch.optim.Adam(stock.parameters(), lr=0.01)
+
+    def stock_step(rows):
+        stock_opt.zero_grad()
+        loss = torch.nn.functional.nll_loss(torch.log(stock(X[rows].reshape(-1, 6))), y[rows].reshape(-1))
+        loss.backward()
+        stock_opt.step()
+        return loss.detach()
+
+    for rows in (slice(0, 4), slice(4, 5), 5):  # a batch, a batch of one, one 1-D example
+        loss = opt.train_step(model, X[rows].to(DEVICE), y[rows].to(DEVICE))
+        torch.testing.assert_close(loss.cpu(), stock_step(rows), rtol=1e-10, atol=1e-12)
+    means = model.fit(X.to(DEVICE), y.to(DEVICE), opt, batch_size=3, generator=torch.Generator().manual_seed(1))
+    order = torch.randperm(10, generator=torch.Generator().manual_seed(1))
+    stock_losses = [stock_step(batch) * len(batch) for batch in order.split(3)]
+    assert means == pytest.approx([float(sum(stock_losses)) / 10], rel=1e-10)
+    for p, r in zip(model.parameters(), stock.parameters()):
+        torch.testing.assert_close(p.detach().cpu(), r.detach(), rtol=1e-10, atol=1e-12)
+
+
+@pytest.mark.skipif(EMULATED, reason="needs a real GPU: CUDA graphs")
+def test_optimizer_step_refuses_a_cuda_graph_capture():
+    """The step counters live on the CPU: a replayed capture would reuse one step's bias corrections."""
+    p = torch.nn.Parameter(torch.randn(8, device=DEVICE))
+    p.grad = torch.randn_like(p)
+    opt = fastffnn.optim.Adam([p], lr=0.01)
+    opt.step()  # state created outside the capture
+    graph = torch.cuda.CUDAGraph()
+    with pytest.raises(RuntimeError, match="cannot be captured in a CUDA graph"):
+        with torch.cuda.graph(graph):
+            opt.step()

@@ -287,7 +287,7 @@ def _untouched(model, opt, before):
     ("callback_every", ValueError, "callback_every must be an int >= 1"),
     ("other params", ValueError, "must hold exactly the model's parameters"),
     ("stock optimizer", TypeError, "fastffnn.optim.Adam or fastffnn.optim.SGD"),
-    ("device", NotImplementedError, "CPU only"),
+    ("device", ValueError, "is on meta"),
 ])
 def test_fit_bad_input_fails_before_any_step(case, error, match):
     X, y = data()

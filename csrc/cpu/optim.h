@@ -18,6 +18,7 @@
 #include <cmath>
 #include <vector>
 
+#include "../checks.h"
 #include "row_ops.h"
 
 namespace fastffnn::cpu {
@@ -29,11 +30,6 @@ namespace fastffnn::cpu {
 constexpr int64_t kUpdateWork = 8;
 
 // ---------------------------------------------------------------- Adam
-struct AdamConfig {
-  double lr, beta1, beta2, eps, weight_decay;
-  bool amsgrad, maximize, decoupled_weight_decay;
-};
-
 // torch.optim.Adam's update of one vector of parameters, with the step's
 // constants computed once.
 template <typename T>
@@ -107,11 +103,6 @@ struct AdamUpdate {
 };
 
 // ---------------------------------------------------------------- SGD
-struct SgdConfig {
-  double lr, momentum, dampening, weight_decay;
-  bool nesterov, maximize;
-};
-
 // torch.optim.SGD's update of one vector of parameters (its single-tensor
 // form): the gradient, negated under maximize, plus weight_decay * p; with
 // momentum the buffer becomes that gradient on its first step and
@@ -199,11 +190,6 @@ inline bool all_contiguous(at::TensorList list) {
 // parameter i, apply(params, grads) to update with stored gradients,
 // end_step() after, and bump(params) once the call is done.
 
-// The learning rate of the tensor_lr overloads, read on the host (a CPU tensor: no device sync).
-double lr_value(const char* op, const at::Tensor& lr);
-
-// Advances a torch.optim step counter (a one-element float tensor) and returns the new count.
-double advance_step(const at::Tensor& step);
 
 struct Adam {
   at::TensorList exp_avgs, exp_avg_sqs, max_exp_avg_sqs, steps;  // max_exp_avg_sqs empty without amsgrad

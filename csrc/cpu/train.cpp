@@ -354,7 +354,7 @@ at::Tensor ffnn_nll_adam_step_tensor_lr(const at::Tensor& input, const at::Tenso
                                         double beta1, double beta2, double eps, double weight_decay, bool amsgrad,
                                         bool maximize, bool decoupled_weight_decay) {
   return ffnn_nll_adam_step_(input, target, params, has_bias, exp_avgs, exp_avg_sqs, max_exp_avg_sqs, steps,
-                             activation, reduction, cpu::lr_value("ffnn_nll_adam_step_", lr), beta1, beta2, eps,
+                             activation, reduction, lr_value("ffnn_nll_adam_step_", lr), beta1, beta2, eps,
                              weight_decay, amsgrad, maximize, decoupled_weight_decay);
 }
 
@@ -365,7 +365,7 @@ at::Tensor mlp_nll_adam_step_tensor_lr(const at::Tensor& input, const at::Tensor
                                        const at::Tensor& lr, double beta1, double beta2, double eps,
                                        double weight_decay, bool amsgrad, bool maximize, bool decoupled_weight_decay) {
   return mlp_nll_adam_step_(input, target, params, has_bias, exp_avgs, exp_avg_sqs, max_exp_avg_sqs, steps,
-                            activations, reduction, cpu::lr_value("mlp_nll_adam_step_", lr), beta1, beta2, eps,
+                            activations, reduction, lr_value("mlp_nll_adam_step_", lr), beta1, beta2, eps,
                             weight_decay, amsgrad, maximize, decoupled_weight_decay);
 }
 
