@@ -24,7 +24,7 @@ from setuptools.command.build_py import build_py
 
 ROOT = Path(__file__).resolve().parent
 SOURCE_SUFFIXES = {".cpp", ".h", ".cu", ".cuh"}
-CLI_EXTRAS = ["scikit-learn", "tqdm", "matplotlib"]
+CLI_EXTRAS = ["scikit-learn>=1.6", "tqdm", "matplotlib"]
 VERSION = re.search(r'^__version__ = "([^"]+)"', (ROOT / "fastffnn" / "__init__.py").read_text(), re.M).group(1)
 
 
@@ -87,7 +87,9 @@ setup(
     # adds the "cli" extra.
     install_requires=["torch>=2.4", "numpy", "ninja"],
     # hypothesis generates the property tests' random shapes, dtypes, values and strides
-    extras_require={"cli": CLI_EXTRAS, "test": ["pytest", "hypothesis", *CLI_EXTRAS]},
+    # fastffnn.sklearn (the MLPClassifier estimator) needs scikit-learn: the "sklearn" extra
+    extras_require={"cli": CLI_EXTRAS, "sklearn": ["scikit-learn>=1.6"],
+                    "test": ["pytest", "hypothesis", "pandas", *CLI_EXTRAS]},
     ext_modules=ext_modules,
     cmdclass=cmdclass,
     zip_safe=False,

@@ -4,6 +4,7 @@
 #include <c10/util/Exception.h>
 #include <torch/library.h>
 
+#include <cmath>
 
 namespace fastffnn {
 
@@ -272,13 +273,18 @@ MlpLossArgs check_mlp_train_step_args(const char* op, bool reduced_precision, co
 
 MlpLossArgs check_mlp_fit_args(const char* op, bool reduced_precision, const at::Tensor& input,
                                const at::Tensor& target, const at::Tensor& order, int64_t batch_size,
-                               at::TensorList params, bool has_bias, c10::ArrayRef<std::string> activations) {
+                               at::TensorList params, bool has_bias, c10::ArrayRef<std::string> activations,
+                               double alpha, bool maximize) {
   TORCH_CHECK_VALUE(input.dim() == 2 && input.sym_size(0) >= 1, "fastffnn.", op,
                     ": input must be (examples, features) with at least one example, got shape ", input.sym_sizes());
   TORCH_CHECK_VALUE(order.dim() == 1 && order.scalar_type() == at::kLong && order.device().is_cpu(), "fastffnn.",
                     op, ": order must be a 1-D int64 CPU tensor of row indices, got ", order.scalar_type(),
                     " of shape ", order.sym_sizes(), " on ", order.device());
   TORCH_CHECK_VALUE(batch_size >= 1, "fastffnn.", op, ": batch_size must be at least 1, got ", batch_size);
+  TORCH_CHECK_VALUE(std::isfinite(alpha) && alpha >= 0, "fastffnn.", op,
+                    ": alpha must be a finite number >= 0, got ", alpha);
+  TORCH_CHECK_VALUE(alpha == 0 || !maximize, "fastffnn.", op,
+                    ": alpha, an L2 penalty added to the loss, cannot be combined with maximize=True");
   return check_mlp_train_step_args(op, reduced_precision, input, target, params, has_bias, activations, "mean");
 }
 
@@ -428,10 +434,10 @@ static void register_checks(torch::Library& m) {
   });
   m.impl("_check_mlp_nll_fit_", [](c10::string_view op, const Tensor& x, const Tensor& target, const Tensor& order,
                                    int64_t batch_size, at::TensorList params, bool has_bias,
-                                   c10::ArrayRef<std::string> acts) {
+                                   c10::ArrayRef<std::string> acts, double alpha, bool maximize) {
     const std::string name(op);
     fastffnn::check_mlp_fit_args(name.c_str(), reduced_precision_on(x.device()), x, target, order, batch_size,
-                                 params, has_bias, acts);
+                                 params, has_bias, acts, alpha, maximize);
   });
   m.impl("_check_ffnn_nll_adam_step_", [](const Tensor& x, const Tensor& target, at::TensorList params,
                                           bool has_bias, c10::string_view act, c10::string_view reduction) {

@@ -182,15 +182,19 @@ MlpLossArgs check_mlp_train_step_args(const char* op, bool reduced_precision, co
 // The fit ops (mlp_nll_*_fit_): input (examples, n_0) with at least one
 // example, target (examples,) class indices or (examples, n_L)
 // probabilities, order a 1-D int64 CPU tensor of row indices (their values
-// are the kernel's to check), batch_size >= 1, and the params of a step.
+// are the kernel's to check), batch_size >= 1, the params of a step, and
+// alpha, scikit-learn's L2 penalty: finite, >= 0, and 0 under maximize.
 MlpLossArgs check_mlp_fit_args(const char* op, bool reduced_precision, const at::Tensor& input,
                                const at::Tensor& target, const at::Tensor& order, int64_t batch_size,
-                               at::TensorList params, bool has_bias, c10::ArrayRef<std::string> activations);
+                               at::TensorList params, bool has_bias, c10::ArrayRef<std::string> activations,
+                               double alpha, bool maximize);
 
 // ------------------------------------------------------------- optimizers
 struct AdamConfig {
   double lr, beta1, beta2, eps, weight_decay;
   bool amsgrad, maximize, decoupled_weight_decay;
+  // scikit-learn's Adam adds eps to sqrt(v) before the bias correction, torch's after it
+  bool eps_before_correction = false;
 };
 
 struct SgdConfig {

@@ -124,7 +124,7 @@ TORCH_LIBRARY(fastffnn, m) {
   // `op` names the fit op (mlp_nll_adam_fit_ or mlp_nll_sgd_fit_) in the errors
   m.def(
       "_check_mlp_nll_fit_(str op, Tensor input, Tensor target, Tensor order, int batch_size, Tensor[] params, "
-      "bool has_bias, str[] activations) -> ()");
+      "bool has_bias, str[] activations, float alpha, bool maximize) -> ()");
   m.def(
       "_check_ffnn_nll_adam_step_(Tensor input, Tensor target, Tensor[] params, bool has_bias, str activation, "
       "str reduction) -> ()");
@@ -191,13 +191,20 @@ TORCH_LIBRARY(fastffnn, m) {
   // n_0) and target (examples,) or (examples, n_L), taken in the given order
   // batch_size at a time (the last batch smaller). Returns each step's loss,
   // (ceil(len(order) / batch_size),).
+  //
+  // alpha > 0 is scikit-learn's L2 penalty (MLPClassifier's alpha): a step on
+  // a batch of r rows adds alpha / r * W to each weight's gradient (not the
+  // biases') and 0.5 * alpha * sum(||W||^2) / r, with the weights before the
+  // step, to its loss. eps_before_correction: scikit-learn's Adam, which adds
+  // eps to sqrt(v) before the bias correction, where torch's adds it after.
   m.def(
       "mlp_nll_adam_fit_(Tensor input, Tensor target, Tensor order, int batch_size, Tensor(a!)[] params, "
       "bool has_bias, Tensor(b!)[] exp_avgs, Tensor(c!)[] exp_avg_sqs, Tensor(d!)[] max_exp_avg_sqs, "
       "Tensor(e!)[] steps, str[] activations, float lr, float beta1, float beta2, float eps, float weight_decay, "
-      "bool amsgrad, bool maximize, bool decoupled_weight_decay) -> Tensor");
+      "bool amsgrad, bool maximize, bool decoupled_weight_decay, float alpha=0., bool eps_before_correction=False) "
+      "-> Tensor");
   m.def(
       "mlp_nll_sgd_fit_(Tensor input, Tensor target, Tensor order, int batch_size, Tensor(a!)[] params, "
       "bool has_bias, Tensor(b!)[] momentum_buffers, bool[] fresh, str[] activations, float lr, float momentum, "
-      "float dampening, float weight_decay, bool nesterov, bool maximize) -> Tensor");
+      "float dampening, float weight_decay, bool nesterov, bool maximize, float alpha=0.) -> Tensor");
 }

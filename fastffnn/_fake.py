@@ -157,17 +157,21 @@ def register() -> None:
         _checks._check_mlp_nll_sgd_step_(input, target, params, has_bias, activations, reduction)
         return input.new_empty(())
 
-    def _fit_losses(op, input, target, order, batch_size, params, has_bias, activations):
-        _checks._check_mlp_nll_fit_(op, input, target, order, batch_size, params, has_bias, activations)
+    def _fit_losses(op, input, target, order, batch_size, params, has_bias, activations, alpha, maximize):
+        _checks._check_mlp_nll_fit_(op, input, target, order, batch_size, params, has_bias, activations, alpha,
+                                    maximize)
         steps = (order.shape[0] + batch_size - 1) // batch_size
         return input.new_empty((steps,))
 
     @torch.library.register_fake(lib + "mlp_nll_adam_fit_")
     def _(input, target, order, batch_size, params, has_bias, exp_avgs, exp_avg_sqs, max_exp_avg_sqs, steps,
-          activations, lr, beta1, beta2, eps, weight_decay, amsgrad, maximize, decoupled_weight_decay):
-        return _fit_losses("mlp_nll_adam_fit_", input, target, order, batch_size, params, has_bias, activations)
+          activations, lr, beta1, beta2, eps, weight_decay, amsgrad, maximize, decoupled_weight_decay, alpha=0.0,
+          eps_before_correction=False):
+        return _fit_losses("mlp_nll_adam_fit_", input, target, order, batch_size, params, has_bias, activations,
+                           alpha, maximize)
 
     @torch.library.register_fake(lib + "mlp_nll_sgd_fit_")
     def _(input, target, order, batch_size, params, has_bias, momentum_buffers, fresh, activations, lr, momentum,
-          dampening, weight_decay, nesterov, maximize):
-        return _fit_losses("mlp_nll_sgd_fit_", input, target, order, batch_size, params, has_bias, activations)
+          dampening, weight_decay, nesterov, maximize, alpha=0.0):
+        return _fit_losses("mlp_nll_sgd_fit_", input, target, order, batch_size, params, has_bias, activations,
+                           alpha, maximize)

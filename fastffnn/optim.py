@@ -301,11 +301,12 @@ class Adam(_OneCall):
         op = ops[(not isinstance(activations, str)) * 2 + isinstance(hyper[0], torch.Tensor)]
         return op(input, target, *args, activations, reduction, *hyper)
 
-    def _native_fit(self, X, y, order, batch_size, params, activations):
+    def _native_fit(self, X, y, order, batch_size, params, activations, alpha=0.0, sklearn=False):
+        """One native call of steps; alpha and sklearn: scikit-learn's L2 penalty and Adam (see fastffnn.sklearn)."""
         plist, has_bias, *states = self._train_step_args(params)
         lr, *hyper = self._hyper(self.param_groups[0])
         return torch.ops.fastffnn.mlp_nll_adam_fit_(X, y, order, batch_size, plist, has_bias, *states,
-                                                   _activation_list(activations), float(lr), *hyper)
+                                                   _activation_list(activations), float(lr), *hyper, alpha, sklearn)
 
 
 class SGD(_OneCall):
@@ -382,12 +383,12 @@ class SGD(_OneCall):
         self._keep(plist, buffers)
         return loss
 
-    def _native_fit(self, X, y, order, batch_size, params, activations):
+    def _native_fit(self, X, y, order, batch_size, params, activations, alpha=0.0, sklearn=False):
         plist = self._check_holds(params)
         group = self.param_groups[0]
         buffers, fresh = self._buffers(group, plist)
         losses = torch.ops.fastffnn.mlp_nll_sgd_fit_(X, y, order, batch_size, plist, params[1] is not None, buffers,
-                                                    fresh, _activation_list(activations), *self._hyper(group))
+                                                    fresh, _activation_list(activations), *self._hyper(group), alpha)
         if len(order):
             self._keep(plist, buffers)
         return losses

@@ -481,6 +481,32 @@ def test_train_step_and_fit_on_the_device_match_stock_pytorch():
         torch.testing.assert_close(p.detach().cpu(), r.detach(), rtol=1e-10, atol=1e-12)
 
 
+@pytest.mark.parametrize("params", [dict(solver="adam", alpha=0.5, batch_size=7),
+                                    dict(solver="sgd", learning_rate_init=0.05, batch_size=1, alpha=0.1)])
+def test_the_sklearn_estimator_on_the_device_trains_scikit_learns_model(params):
+    """fastffnn.sklearn.MLPClassifier on the device takes its Python steps (the fused loss through autograd,
+    scikit-learn's penalty, the one-launch update with scikit-learn's eps): scikit-learn's own model, float64."""
+    pytest.importorskip("sklearn")
+    import warnings
+
+    import numpy as np
+    from sklearn.exceptions import ConvergenceWarning
+    from sklearn.neural_network import MLPClassifier as SkMLP
+
+    from fastffnn.sklearn import MLPClassifier
+    rng = np.random.RandomState(0)
+    X, y = rng.randn(30, 6), rng.randint(0, 3, 30)
+    params.update(hidden_layer_sizes=(5,), activation="tanh", random_state=2, max_iter=2)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", ConvergenceWarning)
+        theirs = SkMLP(**params).fit(X, y)
+        ours = MLPClassifier(**params, device=DEVICE, dtype=torch.float64).fit(X, y)
+    np.testing.assert_allclose(ours.loss_curve_, theirs.loss_curve_, rtol=1e-10)
+    for a, b in zip(ours.coefs_ + ours.intercepts_, theirs.coefs_ + theirs.intercepts_, strict=True):
+        np.testing.assert_allclose(a, b, rtol=0, atol=1e-10)
+    np.testing.assert_allclose(ours.predict_proba(X), theirs.predict_proba(X), rtol=0, atol=1e-10)
+
+
 @pytest.mark.skipif(EMULATED, reason="needs a real GPU: CUDA graphs")
 def test_optimizer_step_refuses_a_cuda_graph_capture():
     """The step counters live on the CPU: a replayed capture would reuse one step's bias corrections."""

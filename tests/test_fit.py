@@ -393,7 +393,8 @@ def test_opcheck_sgd_and_fit_ops():
                               (X, y, order, bs, params, True, bufs(), [True] * 6, acts, 0.1, 0.9, 0.0, 0.0, True,
                                False))
     torch.library.opcheck(ops._check_mlp_nll_sgd_step_.default, (X, y, params, True, acts, "mean"))
-    torch.library.opcheck(ops._check_mlp_nll_fit_.default, ("mlp_nll_adam_fit_", X, y, order, 2, params, True, acts))
+    torch.library.opcheck(ops._check_mlp_nll_fit_.default,
+                          ("mlp_nll_adam_fit_", X, y, order, 2, params, True, acts, 0.0, False))
 
 
 def test_fit_op_errors_are_the_same_under_fake_tensors():

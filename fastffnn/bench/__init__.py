@@ -10,7 +10,9 @@ Run it as ``python -m fastffnn bench`` (or ``python benchmarks/bench.py``);
   of calls (torch.utils.benchmark on the CPU, CUDA events on a GPU) into
   medians and IQRs;
 * :mod:`.report`: the table, the CSV rows and the PNG plot;
-* :mod:`.cli`: the options and the loop over shapes, batches and modes.
+* :mod:`.cli`: the options and the loop over shapes, batches and modes;
+* :mod:`.sklearn_bench`: ``bench --sklearn``, fastffnn.sklearn.MLPClassifier
+  against scikit-learn's, fit time, examples/s and test accuracy.
 """
 
 from .cli import main

@@ -29,6 +29,7 @@ examples:
   python -m fastffnn bench --shapes 300x100x2 --batches 1,32 --modes train --impls eager,fastffnn-step
   python -m fastffnn bench --device cuda                # CUDA events; adds batch 65536
   python -m fastffnn bench --device cuda --tiers general,fused --quick   # both CUDA tiers (gpu_check.sh)
+  python -m fastffnn bench --sklearn --threads 2 --csv sk.csv --plot sk.png  # against scikit-learn's MLPClassifier
 """
 
 
@@ -61,6 +62,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--quick", action="store_true", help="two shapes, batches 1-1024, no torch.compile: < 1 minute")
     p.add_argument("--smoke", action="store_true", help="one shape, two batches, a few calls each: checks it runs")
+    p.add_argument("--sklearn", action="store_true", help="fastffnn.sklearn.MLPClassifier against scikit-learn's "
+                   "on digits and make_classification (its own options: bench --sklearn --help)")
     args = p.parse_args(argv)
     # An option given on the command line wins; else the preset's value; else the default.
     preset = SMOKE if args.smoke else QUICK if args.quick else {}
@@ -88,6 +91,9 @@ def _shape(text: str) -> tuple[int, ...]:
 
 
 def main(argv: list[str] | None = None) -> int:
+    if "--sklearn" in (argv if argv is not None else sys.argv[1:]):
+        from . import sklearn_bench
+        return sklearn_bench.main(argv)
     args = parse_args(argv)
     device = torch.device(args.device or ("cuda" if torch.cuda.is_available() else "cpu"))
     if device.type == "cuda" and not torch.cuda.is_available():
