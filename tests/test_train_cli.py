@@ -64,14 +64,38 @@ BAD = {
 }
 
 
+def _in_process(argv, capsys, monkeypatch, env=None):
+    """`python -m fastffnn *argv` in this process (a subprocess costs seconds of torch import each): its exit
+    code, stdout and stderr. An exception escaping main fails the test, as a traceback would."""
+    from types import SimpleNamespace
+
+    from fastffnn.__main__ import main
+
+    for key, value in (env or {}).items():
+        monkeypatch.setenv(key, value)
+    capsys.readouterr()
+    try:
+        code = main(list(argv))
+    except SystemExit as e:
+        code = e.code
+    out = capsys.readouterr()
+    err = out.err
+    if isinstance(code, str):  # as the interpreter does with SystemExit("message")
+        err, code = err + code + "\n", 1
+    return SimpleNamespace(returncode=code, stdout=out.out, stderr=err)
+
+
 @pytest.mark.parametrize("name", sorted(BAD))
-def test_bad_data_gives_one_line_error(tmp_path, name):
+def test_bad_data_gives_one_line_error(tmp_path, name, capsys, monkeypatch):
     content, message = BAD[name]
     path = tmp_path / name
     if content is not None:
         path.write_text(content)
-    proc = subprocess.run([sys.executable, "-m", "fastffnn", "train", "--data", str(path), "--epochs", "1",
-                           "--out", str(tmp_path / "o"), "--no-progress"], capture_output=True, text=True, cwd=ROOT)
+    argv = ["train", "--data", str(path), "--epochs", "1", "--out", str(tmp_path / "o"), "--no-progress"]
+    if name == "data.txt":  # one of them in a process of its own, exactly as a user runs it
+        proc = subprocess.run([sys.executable, "-m", "fastffnn", *argv], capture_output=True, text=True, cwd=ROOT)
+    else:
+        proc = _in_process(argv, capsys, monkeypatch)
     assert proc.returncode == 2
     lines = proc.stderr.strip().splitlines()
     assert len(lines) == 1 and lines[0].startswith("fastffnn train: error: ") and message in lines[0], proc.stderr
@@ -89,11 +113,6 @@ def test_bad_npz_arrays(tmp_path):
         data.load(str(tmp_path / "short.npz"))
 
 
-def _cli(*argv, env=None):
-    import os
-
-    return subprocess.run([sys.executable, "-m", "fastffnn", *argv], capture_output=True, text=True, cwd=ROOT,
-                          env={**os.environ, **(env or {})}, timeout=300)
 
 
 @pytest.mark.parametrize("argv,message", [
@@ -106,29 +125,31 @@ def _cli(*argv, env=None):
     (["bench", "--shapes", ","], "--shapes ',' names nothing"),
     (["bench", "--batches", ","], "--batches ',' names nothing"),
 ], ids=lambda v: " ".join(v) if isinstance(v, list) else None)
-def test_bad_command_lines_give_an_error_not_a_traceback(argv, message):
-    proc = _cli(*argv)
+def test_bad_command_lines_give_an_error_not_a_traceback(argv, message, capsys, monkeypatch):
+    proc = _in_process(argv, capsys, monkeypatch)
     assert proc.returncode != 0
     assert message in proc.stderr and "Traceback" not in proc.stderr, proc.stderr
 
 
-def test_a_label_column_out_of_range_is_named(tmp_path):
+def test_a_label_column_out_of_range_is_named(tmp_path, capsys, monkeypatch):
     (tmp_path / "d.csv").write_text("1,2,0\n3,4,1\n5,6,0\n7,8,1\n")
-    proc = _cli("train", "--data", str(tmp_path / "d.csv"), "--label-column", "5", "--out", str(tmp_path / "o"))
+    proc = _in_process(["train", "--data", str(tmp_path / "d.csv"), "--label-column", "5", "--out",
+                        str(tmp_path / "o")], capsys, monkeypatch)
     assert proc.returncode == 2 and "Traceback" not in proc.stderr, proc.stderr
     assert "--label-column 5 is out of range: the rows have 3 columns" in proc.stderr
 
 
-def test_an_unwritable_out_fails_before_any_training(tmp_path):
+def test_an_unwritable_out_fails_before_any_training(tmp_path, capsys, monkeypatch):
     (tmp_path / "a-file").write_text("")
-    proc = _cli("train", "--epochs", "1", "--no-progress", "--out", str(tmp_path / "a-file" / "run"))
+    proc = _in_process(["train", "--epochs", "1", "--no-progress", "--out", str(tmp_path / "a-file" / "run")],
+                       capsys, monkeypatch)
     assert proc.returncode == 2 and "Traceback" not in proc.stderr, proc.stderr
     assert "cannot be written" in proc.stderr
     assert "epoch" not in proc.stdout.lower()  # it stopped before the first epoch
 
 
-def test_info_with_a_bad_backend_is_one_error():
-    proc = _cli("info", env={"FASTFFNN_BACKEND": "garbage"})
+def test_info_with_a_bad_backend_is_one_error(capsys, monkeypatch):
+    proc = _in_process(["info"], capsys, monkeypatch, env={"FASTFFNN_BACKEND": "garbage"})
     assert proc.returncode == 1 and "Traceback" not in proc.stderr, proc.stderr
     assert "FASTFFNN_BACKEND must be auto, cpu, cuda or emulated, got 'garbage'" in proc.stderr
 
