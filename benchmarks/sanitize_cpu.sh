@@ -27,6 +27,6 @@ echo "=== tests under ASan + UBSan"
 if [ "$#" -eq 0 ]; then
   set -- tests/test_ops_reference.py tests/test_registration.py tests/test_higher_order.py tests/test_module.py \
     tests/test_optim.py tests/test_extremes.py tests/test_errors.py tests/test_properties.py tests/test_concurrency.py \
-    tests/test_fit.py
+    tests/test_fit.py "tests/test_sklearn.py::test_the_same_updates_as_a_stock_pytorch_loop_in_float64"
 fi
 LD_PRELOAD="$ASAN_LIB" $PY -m pytest -q -p no:cacheprovider "$@"

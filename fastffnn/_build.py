@@ -28,6 +28,7 @@ import hashlib
 import json
 import os
 import re
+import shlex
 import shutil
 import subprocess
 import sys
@@ -252,6 +253,8 @@ def cflags() -> list[str]:
     # compile took about 400 s of CI's 30 minutes on the 2-core machine.
     level = "-O1" if sanitizers() else "-O3"
     flags = [level, "-fopenmp", *_CAPABILITY_FLAGS.get(cpu_capability(), []), *_sanitizer_flags()]
+    # FASTFFNN_EXTRA_CFLAGS comes last, so it can override the above (tests/test_packaging.py builds at -O0)
+    flags += shlex.split(os.environ.get("FASTFFNN_EXTRA_CFLAGS", ""))
     if backend() == "emulated":
         # the emulator's shim headers (cuda_runtime.h, c10/cuda/...) come before torch's
         include = source_dir() / "cuda" / "emulation" / "include"
