@@ -290,7 +290,11 @@ class MLPClassifier(ClassifierMixin, BaseEstimator):
 
     def _input(self, X) -> torch.Tensor:
         weight = self._layers()[0].weight
-        return torch.as_tensor(np.ascontiguousarray(X)).to(device=weight.device, dtype=weight.dtype)
+        # numpy's cast: about twice as fast as torch's .to(float32) from float64 on the CPU here
+        array = np.ascontiguousarray(X, dtype=np.float32 if weight.dtype == torch.float32 else np.float64)
+        if not array.flags.writeable:  # a read-only memmap: torch.from_numpy warns on one (nothing writes to it)
+            array = array.copy()
+        return torch.from_numpy(array).to(weight.device)
 
     def _fit_stochastic(self, X, target, rng, incremental):
         if self.early_stopping:
