@@ -192,6 +192,9 @@ def main(argv=None) -> int:
     return 0
 
 
+COLORS = {"scikit-learn float64": "tab:blue", "scikit-learn float32": "tab:orange", "fastffnn float32": "tab:green"}
+
+
 def plot(path: str, rows: list[dict], title: str) -> bool:
     """Per dataset: examples/s (log scale) and test accuracy against batch size, one line per implementation."""
     try:
@@ -208,8 +211,9 @@ def plot(path: str, rows: list[dict], title: str) -> bool:
         for impl in dict.fromkeys(r["impl"] for r in mine):
             pts = [r for r in mine if r["impl"] == impl]
             xs = [labels.index(str(r["batch"])) for r in pts]
-            axes[0][j].plot(xs, [r["examples_per_s"] for r in pts], marker="o", label=impl)
-            axes[1][j].plot(xs, [100 * r["test_accuracy"] for r in pts], marker="o", label=impl)
+            style = dict(marker="o", label=impl, color=COLORS.get(impl))  # one colour per estimator in every panel
+            axes[0][j].plot(xs, [float(r["examples_per_s"]) for r in pts], **style)
+            axes[1][j].plot(xs, [100 * float(r["test_accuracy"]) for r in pts], **style)
         for ax, what in ((axes[0][j], "training examples/s"), (axes[1][j], "test accuracy, %")):
             ax.set_xticks(range(len(labels)), labels)
             ax.set_xlabel("batch_size")
