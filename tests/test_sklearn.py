@@ -181,7 +181,8 @@ def test_labels_of_any_kind_come_back_as_given():
     names = np.array(["zero", "one", "two", "three", "four", "five", "six", "seven", "eight", "nine"])
     for labels in (names[y], y * 7 - 20):
         classes = np.unique(labels)
-        est = MLPClassifier(hidden_layer_sizes=(16,), random_state=0, batch_size=16, max_iter=5, learning_rate_init=0.01)
+        est = MLPClassifier(hidden_layer_sizes=(16,), random_state=0, batch_size=16, max_iter=5,
+                            learning_rate_init=0.01)
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", ConvergenceWarning)
             clf = clone(est).fit(X, labels)
@@ -361,3 +362,14 @@ def test_scikit_learn_estimator_checks(estimator, check):
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", ConvergenceWarning)
         check(estimator)
+
+
+def test_without_scikit_learn_the_import_says_what_to_install(monkeypatch):
+    import importlib
+    import sys
+    monkeypatch.delitem(sys.modules, "fastffnn.sklearn")
+    monkeypatch.setitem(sys.modules, "sklearn", None)  # as if it were not installed
+    monkeypatch.setitem(sys.modules, "sklearn.base", None)
+    message = r"fastffnn.sklearn needs scikit-learn >= 1.6: pip install 'fastffnn\[sklearn\]'"
+    with pytest.raises(ImportError, match=message):
+        importlib.import_module("fastffnn.sklearn")
