@@ -66,7 +66,9 @@ if os.environ.get("FASTFFNN_BUILD_EXT", "0") not in ("", "0"):
         def run(self):
             super().run()
             info = {"torch": torch.__version__, "backend": "cpu", "simd": _build.cpu_capability(),
-                    "python": f"{sys.version_info[0]}.{sys.version_info[1]}"}
+                    "python": f"{sys.version_info[0]}.{sys.version_info[1]}",
+                    # informational (the loader does not match on it): an -O0 build says so here
+                    "extra_cflags": os.environ.get("FASTFFNN_EXTRA_CFLAGS", "")}
             out = Path(self.build_lib) / "fastffnn" / "_C_build.json"
             out.parent.mkdir(parents=True, exist_ok=True)
             out.write_text(json.dumps(info))

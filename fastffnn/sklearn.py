@@ -151,21 +151,24 @@ class MLPClassifier(ClassifierMixin, BaseEstimator):
             if isinstance(self.batch_size, bool) or not isinstance(self.batch_size, numbers.Integral) \
                     or self.batch_size < 1:
                 raise _param_error("batch_size", self.batch_size, "an int >= 1 or 'auto'")
+        # scikit-learn's ranges; an infinite alpha, learning_rate_init or epsilon would only make NaN weights
         for name, lo, hi, lo_open, hi_open in (
                 ("alpha", 0, math.inf, False, True), ("learning_rate_init", 0, math.inf, True, True),
-                ("power_t", 0, math.inf, False, True), ("tol", 0, math.inf, False, True),
-                ("momentum", 0, 1, False, False), ("validation_fraction", 0, 1, True, True),
+                ("power_t", 0, math.inf, False, False), ("tol", 0, math.inf, False, False),
+                ("momentum", 0, 1, False, False), ("validation_fraction", 0, 1, False, True),
                 ("beta_1", 0, 1, False, True), ("beta_2", 0, 1, False, True), ("epsilon", 0, math.inf, True, True)):
             value = getattr(self, name)
-            ok = isinstance(value, numbers.Real) and not isinstance(value, bool) and math.isfinite(value) and (
+            ok = isinstance(value, numbers.Real) and not isinstance(value, bool) and not math.isnan(value) and (
                 lo < value if lo_open else lo <= value) and (value < hi if hi_open else value <= hi)
             if not ok:
                 interval = f"{'(' if lo_open else '['}{lo}, {hi}{')' if hi_open else ']'}"
-                raise _param_error(name, value, f"a finite real number in {interval}")
+                raise _param_error(name, value, f"a real number in {interval}")
         for name in ("max_iter", "n_iter_no_change", "max_fun"):
             value = getattr(self, name)
+            if name == "n_iter_no_change" and value == np.inf:
+                continue  # scikit-learn's way of never stopping early
             if isinstance(value, bool) or not isinstance(value, numbers.Integral) or value < 1:
-                raise _param_error(name, value, "an int >= 1")
+                raise _param_error(name, value, "an int >= 1" + (" or numpy.inf" if name == "n_iter_no_change" else ""))
         for name in ("shuffle", "warm_start", "nesterovs_momentum", "early_stopping"):
             if not isinstance(getattr(self, name), (bool, np.bool_)):
                 raise _param_error(name, getattr(self, name), "a bool")
@@ -236,9 +239,11 @@ class MLPClassifier(ClassifierMixin, BaseEstimator):
         sizes = [X.shape[1], *hidden, len(self.classes_)]
         if first_pass:
             self._initialize(sizes, rng, dtype, device)
-        elif self._dims() != sizes:
-            raise ValueError(f"fastffnn.sklearn.MLPClassifier: the fitted layer sizes are {self._dims()}, but "
-                             f"hidden_layer_sizes and the data give {sizes}; refit without warm_start")
+        elif self._dims() != sizes or self._trained_as != (self.activation, dtype, device):
+            raise ValueError("fastffnn.sklearn.MLPClassifier: the fitted network (layer sizes "
+                             f"{self._dims()}, activation, dtype, device {self._trained_as}) is not the one the "
+                             f"parameters and the data now give ({sizes}, {(self.activation, dtype, device)}); "
+                             "refit without warm_start")
         if not incremental or not hasattr(self, "_optimizer"):
             self._optimizer = self._new_optimizer()
         self._fit_stochastic(X, target, rng, incremental)
@@ -259,7 +264,9 @@ class MLPClassifier(ClassifierMixin, BaseEstimator):
     def _initialize(self, sizes, rng, dtype, device):
         """scikit-learn's initialisation, drawn in its order: each layer's (fan_in, fan_out) weights, then its
         biases, uniform in +-sqrt(6 / (fan_in + fan_out)) (2 instead of 6 for the logistic activation)."""
-        self._model = FastMLP(sizes, activation=_ACTIVATIONS[self.activation], device=device, dtype=dtype)
+        with torch.random.fork_rng(devices=[]):  # nn.Linear's own initialisation must not move the user's RNG
+            self._model = FastMLP(sizes, activation=_ACTIVATIONS[self.activation], device=device, dtype=dtype)
+        self._trained_as = (self.activation, dtype, device)
         factor = 2.0 if self.activation == "logistic" else 6.0
         with torch.no_grad():
             for layer, fan_in, fan_out in zip(self._layers(), sizes[:-1], sizes[1:]):
@@ -283,7 +290,8 @@ class MLPClassifier(ClassifierMixin, BaseEstimator):
             self.validation_scores_ = None
             self.best_validation_score_ = None
             self.best_loss_ = np.inf
-        self._best = None
+        # what early stopping restores if no epoch ends (scikit-learn's copy of the initial weights)
+        self._best = [p.detach().clone() for p in self._model.parameters()]
 
     def _new_optimizer(self):
         params = list(self._model.parameters())
@@ -323,10 +331,12 @@ class MLPClassifier(ClassifierMixin, BaseEstimator):
         yt = torch.as_tensor(target, dtype=torch.long).to(Xt.device)
         sizes = np.full(-(-n // batch_size), batch_size, dtype=np.float64)
         sizes[-1] = n - (len(sizes) - 1) * batch_size
-        native = optim._cpu_step(Xt)
+        # the native epochs need the fused plan, which global module hooks turn off: then the Python steps
+        fused = self._model._fused_args() if optim._cpu_step(Xt) else None
+        native = fused is not None
         if native:
             ensure_loaded()
-            *params, activations = self._model._fused_args()
+            *params, activations = fused
         order = np.arange(n)
         try:
             self.n_iter_ = 0
@@ -372,7 +382,7 @@ class MLPClassifier(ClassifierMixin, BaseEstimator):
                                   "optimization hasn't converged yet.", ConvergenceWarning, stacklevel=3)
         except KeyboardInterrupt:
             warnings.warn("Training interrupted by user.", stacklevel=3)
-        if self.early_stopping and self._best is not None:
+        if self.early_stopping:
             with torch.no_grad():
                 for p, best in zip(self._model.parameters(), self._best):
                     p.copy_(best)

@@ -82,6 +82,8 @@ def test_two_processes_building_at_once_both_work_and_a_stale_lock_is_cleared(tm
         torch.testing.assert_close(fastffnn.linear_act(x, w), torch.tanh(x @ w.T))
         print("ok")
         """
+    if not _build.build_dir().is_dir():
+        pytest.skip("this session loaded an ahead-of-time library: no build objects to race with")
     env = {**os.environ, "TORCH_EXTENSIONS_DIR": str(tmp_path)}
     build_dir = tmp_path / _build.build_dir().name
     # The session's up-to-date objects (conftest built them), without the library and its stamp: the build

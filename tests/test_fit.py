@@ -387,8 +387,8 @@ def test_opcheck_sgd_and_fit_ops():
     order = torch.randperm(9)
     for bs in (1, 4):
         torch.library.opcheck(ops.mlp_nll_adam_fit_.default,
-                              (X, y, order, bs, params, True, bufs(), bufs(), [], [torch.tensor(1.0)] * 6, acts,
-                               0.01, 0.9, 0.999, 1e-8, 0.0, False, False, False))
+                              (X, y, order, bs, params, True, bufs(), bufs(), [], [torch.tensor(1.0) for _ in range(6)],
+                               acts, 0.01, 0.9, 0.999, 1e-8, 0.0, False, False, False))
         torch.library.opcheck(ops.mlp_nll_sgd_fit_.default,
                               (X, y, order, bs, params, True, bufs(), [True] * 6, acts, 0.1, 0.9, 0.0, 0.0, True,
                                False))

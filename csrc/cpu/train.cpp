@@ -209,8 +209,8 @@ class Trainer {
   O& optimizer_;
   double alpha_;
 
-  // The sum of the squares of every weight (not the biases), summed in T a vector at a time, in double across
-  // vectors and layers.
+  // The sum of the squares of every weight (not the biases): each layer's in T, in vector lanes, then the lanes
+  // and layers in double (the loss it joins is reported, not differentiated).
   template <typename T>
   double weights_squared() const {
     using Vec = at::vec::Vectorized<T>;
@@ -264,7 +264,8 @@ at::Tensor gather_rows(const at::Tensor& t, const int64_t* rows, int64_t count) 
   std::vector<int64_t> sizes = t.sizes().vec();
   sizes[0] = count;
   at::Tensor out = at::empty(sizes, t.options());
-  const int64_t row_bytes = t.dim() == 1 ? t.element_size() : t.stride(0) * t.element_size();
+  // from numel, not stride(0): a contiguous tensor of one row may have any stride(0)
+  const int64_t row_bytes = t.numel() / t.size(0) * t.element_size();
   const char* src = static_cast<const char*>(t.const_data_ptr());
   char* dst = static_cast<char*>(out.data_ptr());
   at::parallel_for(0, count, std::max<int64_t>(1, (64 << 10) / std::max<int64_t>(row_bytes, 1)),

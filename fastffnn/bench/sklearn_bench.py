@@ -124,7 +124,18 @@ def main(argv=None) -> int:
         print(f"fastffnn bench --sklearn: unknown datasets {sorted(unknown)}; known: {list(DATASETS)}",
               file=sys.stderr)
         return 2
-    batches = [b if b == "auto" else int(b) for b in args.batches.split(",") if b]
+    try:
+        batches = [b if b == "auto" else int(b) for b in args.batches.split(",") if b]
+        epochs_of = {name: _epochs(args.epochs, name) for name in datasets}
+    except ValueError:
+        print(f"fastffnn bench --sklearn: could not read --batches {args.batches!r} or --epochs {args.epochs!r}",
+              file=sys.stderr)
+        return 2
+    if not batches or any(b != "auto" and b < 1 for b in batches) or min(epochs_of.values(), default=1) < 1 \
+            or (args.repeats is not None and args.repeats < 1):
+        print("fastffnn bench --sklearn: --batches must be ints >= 1 or 'auto', --epochs and --repeats >= 1",
+              file=sys.stderr)
+        return 2
     cpu = platform.processor() or platform.machine()
     try:
         with open("/proc/cpuinfo") as f:
@@ -142,7 +153,7 @@ def main(argv=None) -> int:
         for name in datasets:
             Xtr, Xte, ytr, yte = load(name, args.smoke)
             hidden, _ = DATASETS[name]
-            epochs = _epochs(args.epochs, name)
+            epochs = epochs_of[name]
             print(f"\n{name}: {Xtr.shape[0]} x {Xtr.shape[1]} train, {Xte.shape[0]} test, "
                   f"{len(np.unique(ytr))} classes; hidden {hidden}, {args.activation}, {args.solver}, "
                   f"{epochs} epochs")
@@ -152,6 +163,9 @@ def main(argv=None) -> int:
             if args.sklearn_float32:
                 impls["scikit-learn float32"] = (SkMLP, Xtr.astype(np.float32), Xte.astype(np.float32), {})
             impls["fastffnn float32"] = (MLPClassifier, Xtr, Xte, {})
+            for cls in (SkMLP, MLPClassifier):  # untimed: the first fit loads the extension and warms up
+                time_fit(lambda: cls(hidden_layer_sizes=hidden, max_iter=1, batch_size=32), Xtr[:256], ytr[:256],
+                         Xte[:64], yte[:64], 0.0)
             for batch in batches:
                 # scikit-learn's one-example epochs of the large set take minutes: those cells are fitted once
                 repeats = args.repeats or (1 if name == "classification" and batch == 1 else 3)
