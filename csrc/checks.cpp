@@ -274,7 +274,7 @@ MlpLossArgs check_mlp_train_step_args(const char* op, bool reduced_precision, co
 MlpLossArgs check_mlp_fit_args(const char* op, bool reduced_precision, const at::Tensor& input,
                                const at::Tensor& target, const at::Tensor& order, int64_t batch_size,
                                at::TensorList params, bool has_bias, c10::ArrayRef<std::string> activations,
-                               double alpha, bool maximize) {
+                               double alpha, bool maximize, bool decoupled_decay) {
   TORCH_CHECK_VALUE(input.dim() == 2 && input.sym_size(0) >= 1, "fastffnn.", op,
                     ": input must be (examples, features) with at least one example, got shape ", input.sym_sizes());
   TORCH_CHECK_VALUE(order.dim() == 1 && order.scalar_type() == at::kLong && order.device().is_cpu(), "fastffnn.",
@@ -285,6 +285,9 @@ MlpLossArgs check_mlp_fit_args(const char* op, bool reduced_precision, const at:
                     ": alpha must be a finite number >= 0, got ", alpha);
   TORCH_CHECK_VALUE(alpha == 0 || !maximize, "fastffnn.", op,
                     ": alpha, an L2 penalty added to the loss, cannot be combined with maximize=True");
+  TORCH_CHECK_VALUE(alpha == 0 || !decoupled_decay, "fastffnn.", op,
+                    ": alpha, an L2 penalty added to the loss, cannot be combined with decoupled weight decay "
+                    "(weight_decay != 0 with decoupled_weight_decay=True)");
   return check_mlp_train_step_args(op, reduced_precision, input, target, params, has_bias, activations, "mean");
 }
 
@@ -434,10 +437,11 @@ static void register_checks(torch::Library& m) {
   });
   m.impl("_check_mlp_nll_fit_", [](c10::string_view op, const Tensor& x, const Tensor& target, const Tensor& order,
                                    int64_t batch_size, at::TensorList params, bool has_bias,
-                                   c10::ArrayRef<std::string> acts, double alpha, bool maximize) {
+                                   c10::ArrayRef<std::string> acts, double alpha, bool maximize,
+                                   bool decoupled_decay) {
     const std::string name(op);
     fastffnn::check_mlp_fit_args(name.c_str(), reduced_precision_on(x.device()), x, target, order, batch_size,
-                                 params, has_bias, acts, alpha, maximize);
+                                 params, has_bias, acts, alpha, maximize, decoupled_decay);
   });
   m.impl("_check_ffnn_nll_adam_step_", [](const Tensor& x, const Tensor& target, at::TensorList params,
                                           bool has_bias, c10::string_view act, c10::string_view reduction) {

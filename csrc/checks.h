@@ -183,11 +183,13 @@ MlpLossArgs check_mlp_train_step_args(const char* op, bool reduced_precision, co
 // example, target (examples,) class indices or (examples, n_L)
 // probabilities, order a 1-D int64 CPU tensor of row indices (their values
 // are the kernel's to check), batch_size >= 1, the params of a step, and
-// alpha, scikit-learn's L2 penalty: finite, >= 0, and 0 under maximize.
+// alpha, scikit-learn's L2 penalty: finite, >= 0, and 0 under maximize or
+// beside decoupled weight decay (decoupled_decay: weight_decay != 0 with
+// decoupled_weight_decay), since the penalty is coupled weight decay.
 MlpLossArgs check_mlp_fit_args(const char* op, bool reduced_precision, const at::Tensor& input,
                                const at::Tensor& target, const at::Tensor& order, int64_t batch_size,
                                at::TensorList params, bool has_bias, c10::ArrayRef<std::string> activations,
-                               double alpha, bool maximize);
+                               double alpha, bool maximize, bool decoupled_decay);
 
 // ------------------------------------------------------------- optimizers
 struct AdamConfig {

@@ -124,7 +124,7 @@ TORCH_LIBRARY(fastffnn, m) {
   // `op` names the fit op (mlp_nll_adam_fit_ or mlp_nll_sgd_fit_) in the errors
   m.def(
       "_check_mlp_nll_fit_(str op, Tensor input, Tensor target, Tensor order, int batch_size, Tensor[] params, "
-      "bool has_bias, str[] activations, float alpha, bool maximize) -> ()");
+      "bool has_bias, str[] activations, float alpha, bool maximize, bool decoupled_decay) -> ()");
   m.def(
       "_check_ffnn_nll_adam_step_(Tensor input, Tensor target, Tensor[] params, bool has_bias, str activation, "
       "str reduction) -> ()");

@@ -157,9 +157,10 @@ def register() -> None:
         _checks._check_mlp_nll_sgd_step_(input, target, params, has_bias, activations, reduction)
         return input.new_empty(())
 
-    def _fit_losses(op, input, target, order, batch_size, params, has_bias, activations, alpha, maximize):
+    def _fit_losses(op, input, target, order, batch_size, params, has_bias, activations, alpha, maximize,
+                    decoupled_decay):
         _checks._check_mlp_nll_fit_(op, input, target, order, batch_size, params, has_bias, activations, alpha,
-                                    maximize)
+                                    maximize, decoupled_decay)
         steps = (order.shape[0] + batch_size - 1) // batch_size
         return input.new_empty((steps,))
 
@@ -168,10 +169,10 @@ def register() -> None:
           activations, lr, beta1, beta2, eps, weight_decay, amsgrad, maximize, decoupled_weight_decay, alpha=0.0,
           eps_before_correction=False):
         return _fit_losses("mlp_nll_adam_fit_", input, target, order, batch_size, params, has_bias, activations,
-                           alpha, maximize)
+                           alpha, maximize, decoupled_weight_decay and weight_decay != 0)
 
     @torch.library.register_fake(lib + "mlp_nll_sgd_fit_")
     def _(input, target, order, batch_size, params, has_bias, momentum_buffers, fresh, activations, lr, momentum,
           dampening, weight_decay, nesterov, maximize, alpha=0.0):
         return _fit_losses("mlp_nll_sgd_fit_", input, target, order, batch_size, params, has_bias, activations,
-                           alpha, maximize)
+                           alpha, maximize, False)

@@ -394,7 +394,7 @@ def test_opcheck_sgd_and_fit_ops():
                                False))
     torch.library.opcheck(ops._check_mlp_nll_sgd_step_.default, (X, y, params, True, acts, "mean"))
     torch.library.opcheck(ops._check_mlp_nll_fit_.default,
-                          ("mlp_nll_adam_fit_", X, y, order, 2, params, True, acts, 0.0, False))
+                          ("mlp_nll_adam_fit_", X, y, order, 2, params, True, acts, 0.0, False, False))
 
 
 def test_fit_op_errors_are_the_same_under_fake_tensors():

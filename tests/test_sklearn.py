@@ -331,6 +331,9 @@ def test_the_fit_ops_check_alpha():
     opt.param_groups[0]["maximize"] = True
     with pytest.raises(ValueError, match="cannot be combined with maximize=True"):
         opt._native_fit(X, y, torch.arange(5), 2, params, acts, alpha=0.1)
+    opt.param_groups[0].update(maximize=False, weight_decay=0.01, decoupled_weight_decay=True)
+    with pytest.raises(ValueError, match="cannot be combined with decoupled weight decay"):
+        opt._native_fit(X, y, torch.arange(5), 2, params, acts, alpha=0.1)
 
 
 def test_opcheck_of_the_fit_ops_with_the_penalty():

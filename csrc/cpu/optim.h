@@ -35,12 +35,10 @@ constexpr int64_t kUpdateWork = 8;
 template <typename T>
 struct AdamVec {
   using Vec = at::vec::Vectorized<T>;
-  Vec neg_step_size, inv_bc2_sqrt, w1, b2, w2, eps, wd, decay, l2;
-  bool weight_decay, decoupled, amsgrad, maximize, has_l2;
+  Vec neg_step_size, inv_bc2_sqrt, w1, b2, w2, eps, wd, decay;
+  bool weight_decay, decoupled, amsgrad, maximize;
 
-  // l2: the gradient of an L2 penalty on the loss, l2 * p, joins the gradient
-  // first (scikit-learn's alpha / rows on a weight; maximize is then false).
-  AdamVec(const AdamConfig& c, double step, double l2_coefficient = 0)
+  AdamVec(const AdamConfig& c, double step)
       : neg_step_size(static_cast<T>(-c.lr / (1 - std::pow(c.beta1, step)))),
         inv_bc2_sqrt(static_cast<T>(1 / std::sqrt(1 - std::pow(c.beta2, step)))),
         w1(static_cast<T>(1 - c.beta1)),
@@ -51,12 +49,10 @@ struct AdamVec {
         eps(static_cast<T>(c.eps_before_correction ? c.eps / std::sqrt(1 - std::pow(c.beta2, step)) : c.eps)),
         wd(static_cast<T>(c.weight_decay)),
         decay(static_cast<T>(1 - c.lr * c.weight_decay)),
-        l2(static_cast<T>(l2_coefficient)),
         weight_decay(c.weight_decay != 0),
         decoupled(c.decoupled_weight_decay),
         amsgrad(c.amsgrad),
-        maximize(c.maximize),
-        has_l2(l2_coefficient != 0) {}
+        maximize(c.maximize) {}
 
   // Elements [begin, end) of p, m, v and vmax (null without amsgrad), with
   // gradient grad(i, count), the vector of elements i, ..., i + count - 1.
@@ -66,13 +62,12 @@ struct AdamVec {
     // members (x86's vector types are may_alias), so read in place they
     // would be reloaded after each store, which made the loop half as fast.
     const Vec nss = neg_step_size, ibc = inv_bc2_sqrt, w1_ = w1, b2_ = b2, w2_ = w2, eps_ = eps, wd_ = wd,
-              decay_ = decay, l2_ = l2;
-    const bool wdecay = weight_decay, dec = decoupled, ams = amsgrad, maxi = maximize, penalty = has_l2;
+              decay_ = decay;
+    const bool wdecay = weight_decay, dec = decoupled, ams = amsgrad, maxi = maximize;
     for_each_vector<T>(begin, end, [&](int64_t i, int64_t count) {
       Vec gv = grad(i, count);
       if (maxi) gv = gv.neg();
       Vec pv = Vec::loadu(p + i, count);
-      if (penalty) gv = gv + pv * l2_;
       if (wdecay) {
         if (dec)
           pv = pv * decay_;
@@ -118,34 +113,29 @@ struct AdamUpdate {
 template <typename T>
 struct SgdVec {
   using Vec = at::vec::Vectorized<T>;
-  Vec neg_lr, wd, momentum, keep, l2;
-  bool weight_decay, has_momentum, nesterov, maximize, has_l2;
+  Vec neg_lr, wd, momentum, keep;
+  bool weight_decay, has_momentum, nesterov, maximize;
 
-  // l2: as AdamVec's
-  explicit SgdVec(const SgdConfig& c, double l2_coefficient = 0)
+  explicit SgdVec(const SgdConfig& c)
       : neg_lr(static_cast<T>(-c.lr)),
         wd(static_cast<T>(c.weight_decay)),
         momentum(static_cast<T>(c.momentum)),
         keep(static_cast<T>(1 - c.dampening)),
-        l2(static_cast<T>(l2_coefficient)),
         weight_decay(c.weight_decay != 0),
         has_momentum(c.momentum != 0),
         nesterov(c.nesterov),
-        maximize(c.maximize),
-        has_l2(l2_coefficient != 0) {}
+        maximize(c.maximize) {}
 
   // Elements [begin, end) of p and buf (null without momentum; fresh: it
   // holds nothing yet), with gradient grad(i, count) (see AdamVec::run).
   template <typename Grad>
   void run(T* p, T* buf, bool fresh, int64_t begin, int64_t end, const Grad& grad) const {
-    const Vec nlr = neg_lr, wd_ = wd, mom = momentum, keep_ = keep, l2_ = l2;
-    const bool wdecay = weight_decay, with_momentum = has_momentum, nest = nesterov, maxi = maximize,
-               penalty = has_l2;
+    const Vec nlr = neg_lr, wd_ = wd, mom = momentum, keep_ = keep;
+    const bool wdecay = weight_decay, with_momentum = has_momentum, nest = nesterov, maxi = maximize;
     for_each_vector<T>(begin, end, [&](int64_t i, int64_t count) {
       Vec g = grad(i, count);
       if (maxi) g = g.neg();
       const Vec pv = Vec::loadu(p + i, count);
-      if (penalty) g = g + pv * l2_;
       if (wdecay) g = g + pv * wd_;
       if (with_momentum) {
         const Vec b = fresh ? g : Vec::loadu(buf + i, count) * mom + g * keep_;
@@ -217,10 +207,16 @@ struct Adam {
   bool contiguous() const {
     return all_contiguous(exp_avgs) && all_contiguous(exp_avg_sqs) && all_contiguous(max_exp_avg_sqs);
   }
-  // l2: see AdamVec
+  // l2: the coefficient of an L2 penalty on the loss (scikit-learn's alpha / rows on a weight), whose gradient
+  // l2 * p is coupled weight decay: it joins weight_decay (check_mlp_fit_args refuses it beside decoupled decay)
   template <typename T>
   AdamUpdate<T> bind(at::TensorList params, size_t i, double l2 = 0) const {
-    return {AdamVec<T>(config, counts[i], l2), params[i].data_ptr<T>(), exp_avgs[i].data_ptr<T>(),
+    AdamConfig c = config;
+    if (l2 != 0) {
+      c.weight_decay += l2;
+      c.decoupled_weight_decay = false;  // decoupled_weight_decay with no weight_decay of its own
+    }
+    return {AdamVec<T>(c, counts[i]), params[i].data_ptr<T>(), exp_avgs[i].data_ptr<T>(),
             exp_avg_sqs[i].data_ptr<T>(), max_exp_avg_sqs.empty() ? nullptr : max_exp_avg_sqs[i].data_ptr<T>()};
   }
   void apply(at::TensorList params, at::TensorList grads) const;
@@ -240,7 +236,9 @@ struct Sgd {
   template <typename T>
   SgdUpdate<T> bind(at::TensorList params, size_t i, double l2 = 0) const {
     const bool momentum = !buffers.empty();
-    return {SgdVec<T>(config, l2), params[i].data_ptr<T>(), momentum ? buffers[i].data_ptr<T>() : nullptr,
+    SgdConfig c = config;
+    c.weight_decay += l2;  // as Adam's
+    return {SgdVec<T>(c), params[i].data_ptr<T>(), momentum ? buffers[i].data_ptr<T>() : nullptr,
             momentum && fresh[i]};
   }
   void apply(at::TensorList params, at::TensorList grads) const;

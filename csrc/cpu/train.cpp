@@ -382,7 +382,8 @@ at::Tensor mlp_nll_adam_fit_(const at::Tensor& input, const at::Tensor& target, 
                              bool decoupled_weight_decay, double alpha, bool eps_before_correction) {
   constexpr const char* op = "mlp_nll_adam_fit_";
   const auto args = check_mlp_fit_args(op, cpu::Backend::kReducedPrecision, input, target, order, batch_size,
-                                       params, has_bias, activations, alpha, maximize);
+                                       params, has_bias, activations, alpha, maximize,
+                                       decoupled_weight_decay && weight_decay != 0);
   cpu::Adam adam = make_adam(op, params, exp_avgs, exp_avg_sqs, max_exp_avg_sqs, steps, lr, beta1, beta2, eps,
                              weight_decay, amsgrad, maximize, decoupled_weight_decay);
   adam.config.eps_before_correction = eps_before_correction;
@@ -397,7 +398,7 @@ at::Tensor mlp_nll_sgd_fit_(const at::Tensor& input, const at::Tensor& target, c
                             double alpha) {
   constexpr const char* op = "mlp_nll_sgd_fit_";
   const auto args = check_mlp_fit_args(op, cpu::Backend::kReducedPrecision, input, target, order, batch_size,
-                                       params, has_bias, activations, alpha, maximize);
+                                       params, has_bias, activations, alpha, maximize, false);
   cpu::Sgd sgd = cpu::make_sgd(op, params, {}, momentum_buffers, fresh,
                                {lr, momentum, dampening, weight_decay, nesterov, maximize});
   return network_fit(op, input, target, order, batch_size, params, has_bias, sgd, activations,
