@@ -236,6 +236,44 @@ void adam_step_tensor_lr(at::TensorList params, at::TensorList grads, at::Tensor
        weight_decay, amsgrad, maximize, decoupled_weight_decay);
 }
 
+// The one-call training steps' tensor_lr overloads, likewise, for each backend's ffnn_nll_adam_step_ and
+// mlp_nll_adam_step_.
+using FfnnAdamStepFn = at::Tensor (*)(const at::Tensor& input, const at::Tensor& target, at::TensorList params,
+                                      bool has_bias, at::TensorList exp_avgs, at::TensorList exp_avg_sqs,
+                                      at::TensorList max_exp_avg_sqs, at::TensorList steps,
+                                      c10::string_view activation, c10::string_view reduction, double lr,
+                                      double beta1, double beta2, double eps, double weight_decay, bool amsgrad,
+                                      bool maximize, bool decoupled_weight_decay);
+template <FfnnAdamStepFn Step>
+at::Tensor ffnn_adam_step_tensor_lr(const at::Tensor& input, const at::Tensor& target, at::TensorList params,
+                                    bool has_bias, at::TensorList exp_avgs, at::TensorList exp_avg_sqs,
+                                    at::TensorList max_exp_avg_sqs, at::TensorList steps, c10::string_view activation,
+                                    c10::string_view reduction, const at::Tensor& lr, double beta1, double beta2,
+                                    double eps, double weight_decay, bool amsgrad, bool maximize,
+                                    bool decoupled_weight_decay) {
+  return Step(input, target, params, has_bias, exp_avgs, exp_avg_sqs, max_exp_avg_sqs, steps, activation, reduction,
+              lr_value("ffnn_nll_adam_step_", lr), beta1, beta2, eps, weight_decay, amsgrad, maximize,
+              decoupled_weight_decay);
+}
+
+using MlpAdamStepFn = at::Tensor (*)(const at::Tensor& input, const at::Tensor& target, at::TensorList params,
+                                     bool has_bias, at::TensorList exp_avgs, at::TensorList exp_avg_sqs,
+                                     at::TensorList max_exp_avg_sqs, at::TensorList steps,
+                                     c10::ArrayRef<std::string> activations, c10::string_view reduction, double lr,
+                                     double beta1, double beta2, double eps, double weight_decay, bool amsgrad,
+                                     bool maximize, bool decoupled_weight_decay);
+template <MlpAdamStepFn Step>
+at::Tensor mlp_adam_step_tensor_lr(const at::Tensor& input, const at::Tensor& target, at::TensorList params,
+                                   bool has_bias, at::TensorList exp_avgs, at::TensorList exp_avg_sqs,
+                                   at::TensorList max_exp_avg_sqs, at::TensorList steps,
+                                   c10::ArrayRef<std::string> activations, c10::string_view reduction,
+                                   const at::Tensor& lr, double beta1, double beta2, double eps, double weight_decay,
+                                   bool amsgrad, bool maximize, bool decoupled_weight_decay) {
+  return Step(input, target, params, has_bias, exp_avgs, exp_avg_sqs, max_exp_avg_sqs, steps, activations, reduction,
+              lr_value("mlp_nll_adam_step_", lr), beta1, beta2, eps, weight_decay, amsgrad, maximize,
+              decoupled_weight_decay);
+}
+
 // Advances a torch.optim step counter (a one-element floating CPU tensor) and returns the new count.
 double advance_step(const at::Tensor& step);
 

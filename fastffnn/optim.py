@@ -8,8 +8,9 @@ SGD: ``momentum_buffer``, with a momentum) and param-group keys, so their
 ``train_step`` (a whole training step of a FastFFNN or FastMLP in one native
 call), and :func:`fit` drives either over whole epochs. On CUDA, ``step()``
 is one launch per dtype for all the parameters (not capturable in a CUDA
-graph: the step counters stay on the CPU), and ``train_step`` is the fused
-forward and backward ops plus that launch.
+graph: the step counters stay on the CPU), and ``train_step`` is one native
+call too: the fused forward, its backward and that launch, with no autograd
+and no host sync in between (under CUDA autocast it takes the autograd route).
 """
 
 from __future__ import annotations
@@ -138,8 +139,8 @@ class _OneCall(torch.optim.Optimizer):
         # FastFFNN gives (V.weight, V.bias, W.weight, W.bias, activation), FastMLP a list of activations
         fused = model._fused_args()
         params = fused[:-1] if fused is not None else ()
-        if fused is None or not _one_native_call(params) or not _cpu_step(input):
-            # on CUDA: the fused forward and backward ops through autograd, then the one-launch update
+        if fused is None or not _one_native_call(params) or not _native_step_serves(input):
+            # the fused forward and backward ops through autograd, then the one-launch update
             loss = self._train_step_with_autograd(model, input, target, reduction, fused)
         else:
             # torch.no_grad() as a context manager costs several microseconds; the
@@ -510,6 +511,15 @@ def _cpu_step(t: torch.Tensor) -> bool:
 
 
 _EMULATED = os.environ.get("FASTFFNN_BACKEND", "auto").lower() == "emulated"  # read as _build.backend() reads it
+
+
+def _native_step_serves(t: torch.Tensor) -> bool:
+    """Whether train_step's one native call serves ``t``'s device: the CPU's steps (csrc/cpu/train.cpp), or the
+    CUDA ones (csrc/cuda/train_cuda.cpp) for CUDA tensors and, in the emulated build, for CPU tensors. Not under CUDA
+    autocast: the step computes in the parameters' dtype, where the autograd route follows autocast."""
+    if t.device.type == "cuda" or (_EMULATED and t.device.type == "cpu"):
+        return not torch.is_autocast_enabled("cuda")
+    return t.device.type == "cpu"
 
 
 def _uniform_biases(params) -> bool:

@@ -454,7 +454,7 @@ def test_optimizer_step_is_one_launch_per_dtype():
 
 
 def test_train_step_and_fit_on_the_device_match_stock_pytorch():
-    """On CUDA train_step is autograd through the fused ops plus the one-launch update, and fit loops over it:
+    """On CUDA train_step is one native call (the fused ops and the one-launch update), and fit loops over it:
     against stock modules, autograd and torch.optim.Adam in float64 on the CPU."""
     torch.manual_seed(0)
     model = fastffnn.FastMLP([6, 9, 7, 3], activation=["tanh", "relu"], dtype=torch.float64).to(DEVICE)
@@ -479,6 +479,99 @@ def test_train_step_and_fit_on_the_device_match_stock_pytorch():
     assert means == pytest.approx([float(sum(stock_losses)) / 10], rel=1e-10)
     for p, r in zip(model.parameters(), stock.parameters()):
         torch.testing.assert_close(p.detach().cpu(), r.detach(), rtol=1e-10, atol=1e-12)
+
+
+STEP_CONFIGS = [
+    ("adam", dict(lr=0.01)),
+    ("adam", dict(lr=0.02, amsgrad=True, weight_decay=0.1)),
+    ("adam", dict(lr=0.02, weight_decay=0.1, decoupled_weight_decay=True, maximize=True)),
+    ("sgd", dict(lr=0.1)),
+    ("sgd", dict(lr=0.05, momentum=0.9, nesterov=True, weight_decay=0.01)),
+    ("sgd", dict(lr=0.05, momentum=0.5, dampening=0.3)),
+]
+
+
+@pytest.mark.parametrize("kind,config", STEP_CONFIGS)
+@pytest.mark.parametrize("model_kind,bias,target_kind,reduction,lead", [
+    ("mlp", True, "index", "mean", (5,)),
+    ("mlp", False, "probs", "sum", (2, 3)),  # no biases, probability rows, a 3-D input
+    ("ffnn", True, "index", "sum", ()),     # one 1-D example
+    ("ffnn", False, "probs", "mean", (4,)),
+])
+def test_the_one_call_train_step_on_the_device_matches_stock_pytorch(kind, config, model_kind, bias, target_kind,
+                                                                     reduction, lead):
+    """csrc/cuda/train.cpp: forward, loss, backward and the update in one native call, against stock modules,
+    autograd and torch.optim in float64 on the CPU, over three steps (the optimizers' state carried over)."""
+    torch.manual_seed(1)
+    if model_kind == "mlp":
+        model = fastffnn.FastMLP([6, 9, 7, 3], activation=["tanh", "sigmoid"], bias=bias, dtype=torch.float64)
+        stock = torch.nn.Sequential(*copy.deepcopy(list(model)))
+    else:
+        model = fastffnn.FastFFNN(6, 9, 3, activation="relu", bias=bias).double()
+        stock = torch.nn.Sequential(copy.deepcopy(model.V), torch.nn.ReLU(), copy.deepcopy(model.W),
+                                    torch.nn.Softmax(dim=-1))
+    model = model.to(DEVICE)
+    fast_cls = fastffnn.optim.Adam if kind == "adam" else fastffnn.optim.SGD
+    stock_cls = torch.optim.Adam if kind == "adam" else torch.optim.SGD
+    opt, stock_opt = fast_cls(model.parameters(), **config), stock_cls(stock.parameters(), **config)
+    for _ in range(3):
+        x = torch.randn(*lead, 6, dtype=torch.float64)
+        if target_kind == "index":
+            y = torch.randint(0, 3, lead)
+            stock_loss = torch.nn.functional.nll_loss(torch.log(stock(x)).reshape(-1, 3), y.reshape(-1),
+                                                      reduction=reduction)
+        else:
+            y = torch.softmax(torch.randn(*lead, 3, dtype=torch.float64), -1)
+            per_row = -(y * torch.log(stock(x))).sum(-1)
+            stock_loss = per_row.mean() if reduction == "mean" else per_row.sum()
+        stock_opt.zero_grad()
+        stock_loss.backward()
+        stock_opt.step()
+        loss = opt.train_step(model, x.to(DEVICE), y.to(DEVICE), reduction)
+        torch.testing.assert_close(loss.cpu(), stock_loss.detach(), rtol=1e-10, atol=1e-12)
+    for p, r in zip(model.parameters(), stock.parameters(), strict=True):
+        assert p.grad is None  # train_step leaves .grad alone
+        torch.testing.assert_close(p.detach().cpu(), r.detach(), rtol=1e-10, atol=1e-12)
+    for p, r in zip(model.parameters(), stock.parameters()):
+        for key, value in stock_opt.state[r].items():
+            torch.testing.assert_close(opt.state[p][key].double().cpu(), value.double(), rtol=1e-10, atol=1e-12)
+
+
+@pytest.mark.parametrize("kind", ["adam", "sgd"])
+def test_train_step_on_the_device_is_one_native_call(kind):
+    """No autograd graph and one update launch: the profiler sees the step op and no backward node, and the
+    launches are the fused forward, the fused backward and one optimizer kernel (plus cuBLAS on a GPU)."""
+    torch.manual_seed(0)
+    model = fastffnn.FastMLP([6, 16, 3], device=DEVICE)
+    opt = (fastffnn.optim.Adam if kind == "adam" else fastffnn.optim.SGD)(model.parameters(), lr=0.01)
+    x, y = torch.randn(8, 6, device=DEVICE), torch.randint(0, 3, (8,), device=DEVICE)
+    opt.train_step(model, x, y)  # the optimizer's state, created outside the profile
+    with torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CPU]) as prof:
+        opt.train_step(model, x, y)
+    names = [e.name for e in prof.events()]
+    step_op = "fastffnn::mlp_nll_adam_step_" if kind == "adam" else "fastffnn::mlp_nll_sgd_step_"
+    assert step_op in names, names
+    assert not [n for n in names if "Backward" in n or "autograd::engine" in n], names
+    previous = fastffnn.set_cuda_tier("fused")
+    try:
+        launches = launched_kernels(lambda: opt.train_step(model, x, y))
+    finally:
+        fastffnn.set_cuda_tier(previous)
+    update = "adam_kernel" if kind == "adam" else "sgd_kernel"
+    assert sum(update in n for n in launches) == 1, launches
+    assert sum("fused" in n for n in launches) == 2, launches  # the forward's kernel and the backward's
+
+
+@pytest.mark.skipif(EMULATED, reason="needs a real GPU: CUDA autocast")
+def test_train_step_under_autocast_takes_the_autograd_route():
+    model = fastffnn.FastMLP([6, 16, 3], device=DEVICE)
+    opt = fastffnn.optim.Adam(model.parameters(), lr=0.01)
+    x, y = torch.randn(8, 6, device=DEVICE), torch.randint(0, 3, (8,), device=DEVICE)
+    with torch.autocast("cuda", dtype=torch.bfloat16, enabled=True):
+        assert torch.is_autocast_enabled("cuda")
+        with torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CPU]) as prof:
+            opt.train_step(model, x, y)
+    assert "fastffnn::mlp_nll_adam_step_" not in [e.name for e in prof.events()]
 
 
 @pytest.mark.parametrize("params", [dict(solver="adam", alpha=0.5, batch_size=7),

@@ -354,6 +354,49 @@ def test_opcheck_of_the_fit_ops_with_the_penalty():
                                False, 0.5))
 
 
+@pytest.mark.parametrize("solver", ["adam", "sgd"])
+@pytest.mark.parametrize("batch_size", [1, 3])
+def test_the_penalty_is_the_same_on_strided_parameters(solver, batch_size):
+    # Contiguous parameters take the one-pass update, with the penalty as coupled weight decay; a transposed
+    # weight sends every step to the batch path and optimizer.apply, with the penalty added to the gradient.
+    # Both are the same arithmetic: dropping the penalty from either route, or scaling it differently, fails.
+    fit = torch.ops.fastffnn.mlp_nll_adam_fit_ if solver == "adam" else torch.ops.fastffnn.mlp_nll_sgd_fit_
+    torch.manual_seed(3)
+    base = [torch.randn(4, 5, dtype=torch.float64), torch.randn(4, dtype=torch.float64),
+            torch.randn(3, 4, dtype=torch.float64), torch.randn(3, dtype=torch.float64)]
+    X, y, order = torch.randn(10, 5, dtype=torch.float64), torch.randint(0, 3, (10,)), torch.randperm(10)
+
+    def run(strided):
+        params = [p.clone() for p in base]
+        if strided:
+            params[0] = base[0].t().contiguous().t()  # same values, column-major
+            assert not params[0].is_contiguous()
+        zeros = lambda: [torch.zeros_like(p) for p in params]  # noqa: E731
+        if solver == "adam":
+            losses = fit(X, y, order, batch_size, params, True, zeros(), zeros(), [],
+                         [torch.tensor(0.0, dtype=torch.float64) for _ in params], ["tanh"],
+                         0.01, 0.9, 0.999, 1e-8, 0.0, False, False, False, 0.3, True)
+        else:
+            losses = fit(X, y, order, batch_size, params, True, zeros(), [True] * 4, ["tanh"],
+                         0.1, 0.9, 0.0, 0.0, True, False, 0.3)
+        return params, losses
+
+    (dense, dense_losses), (strided, strided_losses) = run(False), run(True)
+    torch.testing.assert_close(strided_losses, dense_losses, rtol=1e-12, atol=1e-12)
+    for got, want in zip(strided, dense):
+        torch.testing.assert_close(got, want, rtol=1e-12, atol=1e-12)
+    # and the penalty did something: without it the weights differ
+    params = [p.clone() for p in base]
+    zeros = lambda: [torch.zeros_like(p) for p in params]  # noqa: E731
+    if solver == "adam":
+        fit(X, y, order, batch_size, params, True, zeros(), zeros(), [],
+            [torch.tensor(0.0, dtype=torch.float64) for _ in params], ["tanh"],
+            0.01, 0.9, 0.999, 1e-8, 0.0, False, False, False, 0.0, True)
+    else:
+        fit(X, y, order, batch_size, params, True, zeros(), [True] * 4, ["tanh"], 0.1, 0.9, 0.0, 0.0, True, False, 0.0)
+    assert not torch.allclose(params[0], dense[0], rtol=1e-6, atol=1e-6)
+
+
 # -------------------------------------------------------------- scikit-learn's own checks
 # Each check scikit-learn runs on a classifier, on small data; the ones expected to fail, with the reason:
 EXPECTED_FAILED_CHECKS: dict = {}

@@ -44,9 +44,15 @@ std::pair<at::Tensor, std::vector<at::Tensor>> network_forward_one_row(const at:
 // ------------------------------------------ the small-batch products (kernels.cpp)
 // A batch of 2 to kSmallBatch rows takes the register-blocked loops of
 // row_ops.h, which beat MKL's at::mm here by 1.3-2.5x (row_ops.h says
-// why); larger batches take at::mm. Each needs float32/float64 and unit column
-// strides where the loops read whole vectors.
+// why); larger batches take at::mm. So does a larger batch through a narrow
+// layer, of at most kNarrowOut outputs (a classifier's last layer) and at most
+// kNarrowWork multiply-adds: MKL spends 10-25 us on each of that layer's three
+// products at batch 200, (200, 64 or 100) x (10 outputs), where the loops take
+// 3-10 (measured on the project's VM, 2026-11-29). Each needs float32/float64
+// and unit column strides where the loops read whole vectors.
 constexpr int64_t kSmallBatch = 64;
+constexpr int64_t kNarrowOut = 12;
+constexpr int64_t kNarrowWork = int64_t{1} << 20;
 
 bool small_linear_applies(const at::Tensor& x, const at::Tensor& w);
 bool small_input_grad_applies(const at::Tensor& dz, const at::Tensor& w);

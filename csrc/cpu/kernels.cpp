@@ -189,9 +189,14 @@ at::Tensor weight_grad_one_row(const at::Tensor& dz, const at::Tensor& x) {
 // ---------------------------------------------------- small-batch products
 namespace {
 bool unit_column_stride(const at::Tensor& t) { return t.size(1) <= 1 || t.stride(1) == 1; }
-bool small_batch(const at::Tensor& rows) {
-  return rows.device().is_cpu() && rows.dim() == 2 && rows.size(0) <= kSmallBatch &&
-         (rows.scalar_type() == at::kFloat || rows.scalar_type() == at::kDouble);
+// Whether a product of a layer with `out` outputs and `in` inputs over the
+// rows of `rows` takes the small loops (backend.h says when).
+bool small_product(const at::Tensor& rows, int64_t out, int64_t in) {
+  if (!(rows.device().is_cpu() && rows.dim() == 2 &&
+        (rows.scalar_type() == at::kFloat || rows.scalar_type() == at::kDouble)))
+    return false;
+  const int64_t m = rows.size(0);
+  return m <= kSmallBatch || (out <= kNarrowOut && m * out * in <= kNarrowWork);
 }
 // The row stride of a matrix with unit column stride; any value serves for a
 // matrix of one row.
@@ -199,13 +204,13 @@ int64_t row_stride(const at::Tensor& t) { return t.size(0) <= 1 ? t.size(1) : t.
 }  // namespace
 
 bool small_linear_applies(const at::Tensor& x, const at::Tensor& w) {
-  return small_batch(x) && unit_column_stride(x) && unit_column_stride(w);
+  return small_product(x, w.size(0), x.size(-1)) && unit_column_stride(x) && unit_column_stride(w);
 }
 bool small_input_grad_applies(const at::Tensor& dz, const at::Tensor& w) {
-  return small_batch(dz) && unit_column_stride(w);
+  return small_product(dz, dz.size(-1), w.size(-1)) && unit_column_stride(w);
 }
 bool small_weight_grad_applies(const at::Tensor& dz, const at::Tensor& x) {
-  return small_batch(dz) && unit_column_stride(x);
+  return small_product(dz, dz.size(-1), x.size(-1)) && unit_column_stride(x);
 }
 
 at::Tensor linear_small(const at::Tensor& x, const at::Tensor& w) {

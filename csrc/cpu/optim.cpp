@@ -51,7 +51,7 @@ void Adam::apply(at::TensorList params, at::TensorList grads) const {
     on_contiguous(params[i], grads[i], {exp_avgs[i], exp_avg_sqs[i], amsgrad ? max_exp_avg_sqs[i] : at::Tensor()},
                   [&](const std::vector<at::Tensor>& t, const at::Tensor& g) {
                     AT_DISPATCH_FLOATING_TYPES(t[0].scalar_type(), "fastffnn.adam_step", [&] {
-                      const AdamUpdate<scalar_t> update{AdamVec<scalar_t>(config, counts[i]),
+                      const AdamUpdate<scalar_t> update{AdamVec<scalar_t>(config, powers[i].first, powers[i].second),
                                                         t[0].data_ptr<scalar_t>(), t[1].data_ptr<scalar_t>(),
                                                         t[2].data_ptr<scalar_t>(),
                                                         amsgrad ? t[3].data_ptr<scalar_t>() : nullptr};

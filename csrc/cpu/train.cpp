@@ -22,6 +22,7 @@
 
 #include <cmath>
 #include <cstring>
+#include <tuple>
 #include <utility>
 
 #include "../activation.h"
@@ -58,17 +59,29 @@ struct Layer {
   int64_t out, in;
 };
 
+// The step's vectors, kept from one step to the next: a fit of small networks
+// spent a fifth of its step in malloc and free.
+template <typename T>
+struct RowBuffers {
+  std::vector<std::vector<T>> a;  // a[k]: the input of layer k (k >= 1)
+  std::vector<T> z, dz, below;
+};
+
 template <typename T, typename U>
 T one_row_step(const T* x, const std::vector<Layer<T, U>>& layers, const std::vector<Activation>& acts,
-               int64_t index, const T* probs) {
+               int64_t index, const T* probs, RowBuffers<T>& buffers) {
   using Vec = at::vec::Vectorized<T>;
   const size_t depth = layers.size();
   // forward: a[k+1] = act(W_k a[k] + b_k) for the hidden layers, then the logits z, log-softmax and the loss
-  std::vector<std::vector<T>> a(depth);
+  std::vector<std::vector<T>>& a = buffers.a;
+  a.resize(depth);
   for (size_t k = 1; k < depth; ++k) a[k].resize(layers[k].in);
   const auto input_of = [&](size_t k) { return k == 0 ? x : a[k].data(); };
   const int64_t classes = layers.back().out;
-  std::vector<T> z(classes), dz(classes);
+  std::vector<T>& z = buffers.z;
+  std::vector<T>& dz = buffers.dz;
+  z.resize(classes);
+  dz.resize(classes);
   for (size_t k = 0; k < depth; ++k) {
     const Layer<T, U>& l = layers[k];
     T* out = k + 1 == depth ? z.data() : a[k + 1].data();
@@ -92,11 +105,11 @@ T one_row_step(const T* x, const std::vector<Layer<T, U>>& layers, const std::ve
       for (int64_t r = r0; r < r1; ++r) {
         const Vec g(row_grad[r]);
         const int64_t o = r * cols;
-        update(o, o + cols, [g, col, o](int64_t i, int64_t count) { return g * Vec::loadu(col + (i - o), count); });
+        update(o, o + cols, [g, col, o](int64_t i, int64_t count) { return g * cpu::load_n(col + (i - o), count); });
       }
     });
   };
-  std::vector<T> below;
+  std::vector<T>& below = buffers.below;
   for (size_t k = depth; k-- > 0;) {
     const Layer<T, U>& l = layers[k];
     if (k > 0) {
@@ -145,17 +158,17 @@ class Trainer {
     if (!probs) check_class_index(op_, index, classes());
     const T penalty = alpha_ != 0 ? static_cast<T>(0.5 * alpha_ * weights_squared<T>()) : T(0);
     optimizer_.begin_step();
-    using U = decltype(optimizer_.template bind<T>(params_, 0));
-    std::vector<Layer<T, U>> layers;
+    auto& [layers, buffers] = std::get<RowScratch<T>>(scratch_);
+    layers.clear();
     const size_t per_layer = has_bias_ ? 2 : 1;
     for (int64_t k = 0; k < depth(); ++k) {
       const size_t i = k * per_layer;
-      const U weight = optimizer_.template bind<T>(params_, i, alpha_);
+      const UpdateOf<T> weight = optimizer_.template bind<T>(params_, i, alpha_);
       layers.push_back({params_[i].const_data_ptr<T>(), weight,
                         has_bias_ ? optimizer_.template bind<T>(params_, i + 1) : weight, has_bias_,
                         sizes_[k + 1], sizes_[k]});
     }
-    const T loss = one_row_step<T>(x, layers, acts_, index, probs);
+    const T loss = one_row_step<T>(x, layers, acts_, index, probs, buffers);
     optimizer_.end_step();
     return loss + penalty;
   }
@@ -184,7 +197,6 @@ class Trainer {
     std::vector<at::Tensor> grads;
     const double rows = static_cast<double>(input.size(0));
     for (int64_t k = 0; k < depth(); ++k) {
-      if (alpha_ != 0) gw[k].add_(weights[k], alpha_ / rows);
       grads.push_back(gw[k]);
       if (has_bias_) grads.push_back(gb[k]);
     }
@@ -194,12 +206,48 @@ class Trainer {
       });
     }
     optimizer_.begin_step();
-    optimizer_.apply(params_, grads);
+    if (one_row_applies() && cpu::all_contiguous(grads)) {
+      AT_DISPATCH_FLOATING_TYPES(input.scalar_type(), "fastffnn.batch_update",
+                                 [&] { update_together<scalar_t>(grads, rows); });
+    } else {
+      if (alpha_ != 0)
+        for (int64_t k = 0; k < depth(); ++k) grads[k * per_layer].add_(weights[k], alpha_ / rows);
+      optimizer_.apply(params_, grads);
+    }
     optimizer_.end_step();
     return loss;
   }
 
  private:
+  // Every parameter's update from its batch gradient (contiguous, like the parameters and the optimizer's
+  // state), with the penalty's gradient alpha / rows * W as coupled weight decay, as one_row_step has it: one
+  // parallel region over all the parameters' elements, where optimizer_.apply takes one per parameter and a
+  // pass more to add the penalty.
+  template <typename T>
+  void update_together(const std::vector<at::Tensor>& grads, double rows) {
+    using U = UpdateOf<T>;
+    const size_t per_layer = has_bias_ ? 2 : 1;
+    std::vector<U> updates;
+    std::vector<const T*> g;
+    std::vector<int64_t> start{0};
+    for (size_t i = 0; i < params_.size(); ++i) {
+      const bool weight = i % per_layer == 0;
+      updates.push_back(optimizer_.template bind<T>(params_, i, weight && alpha_ != 0 ? alpha_ / rows : 0));
+      g.push_back(grads[i].const_data_ptr<T>());
+      start.push_back(start.back() + params_[i].numel());
+    }
+    cpu::update_concatenated(updates, g, start);
+  }
+
+  template <typename T>
+  using UpdateOf = decltype(std::declval<O&>().template bind<T>(at::TensorList(), 0));
+  // one_row_step's layers and vectors, reused by every step of a fit
+  template <typename T>
+  struct RowScratch {
+    std::vector<Layer<T, UpdateOf<T>>> layers;
+    RowBuffers<T> buffers;
+  };
+
   const char* op_;
   at::TensorList params_;
   bool has_bias_;
@@ -208,6 +256,7 @@ class Trainer {
   std::vector<int64_t> sizes_;
   O& optimizer_;
   double alpha_;
+  std::tuple<RowScratch<float>, RowScratch<double>> scratch_;
 
   // The sum of the squares of every weight (not the biases): each layer's in T, in vector lanes, then the lanes
   // and layers in double (the loss it joins is reported, not differentiated).
@@ -222,7 +271,7 @@ class Trainer {
       const int64_t n = w.numel();
       Vec acc(T(0));
       cpu::for_each_vector<T>(0, n, [&](int64_t i, int64_t count) {
-        const Vec v = Vec::loadu(p + i, count);
+        const Vec v = cpu::load_n(p + i, count);
         acc = acc + v * v;
       });
       T lanes[Vec::size()];
@@ -405,36 +454,18 @@ at::Tensor mlp_nll_sgd_fit_(const at::Tensor& input, const at::Tensor& target, c
                      args.shape.concrete(), args.is_index, alpha);
 }
 
-at::Tensor ffnn_nll_adam_step_tensor_lr(const at::Tensor& input, const at::Tensor& target, at::TensorList params,
-                                        bool has_bias, at::TensorList exp_avgs, at::TensorList exp_avg_sqs,
-                                        at::TensorList max_exp_avg_sqs, at::TensorList steps,
-                                        c10::string_view activation, c10::string_view reduction, const at::Tensor& lr,
-                                        double beta1, double beta2, double eps, double weight_decay, bool amsgrad,
-                                        bool maximize, bool decoupled_weight_decay) {
-  return ffnn_nll_adam_step_(input, target, params, has_bias, exp_avgs, exp_avg_sqs, max_exp_avg_sqs, steps,
-                             activation, reduction, lr_value("ffnn_nll_adam_step_", lr), beta1, beta2, eps,
-                             weight_decay, amsgrad, maximize, decoupled_weight_decay);
-}
-
-at::Tensor mlp_nll_adam_step_tensor_lr(const at::Tensor& input, const at::Tensor& target, at::TensorList params,
-                                       bool has_bias, at::TensorList exp_avgs, at::TensorList exp_avg_sqs,
-                                       at::TensorList max_exp_avg_sqs, at::TensorList steps,
-                                       c10::ArrayRef<std::string> activations, c10::string_view reduction,
-                                       const at::Tensor& lr, double beta1, double beta2, double eps,
-                                       double weight_decay, bool amsgrad, bool maximize, bool decoupled_weight_decay) {
-  return mlp_nll_adam_step_(input, target, params, has_bias, exp_avgs, exp_avg_sqs, max_exp_avg_sqs, steps,
-                            activations, reduction, lr_value("mlp_nll_adam_step_", lr), beta1, beta2, eps,
-                            weight_decay, amsgrad, maximize, decoupled_weight_decay);
-}
-
 }  // namespace
 
 TORCH_LIBRARY_IMPL(fastffnn, CPU, m) {
+// The emulated build registers csrc/cuda/train_cuda.cpp's steps for CPU tensors instead, so that they run the CUDA
+// kernels under the emulator; the fit ops stay the CPU's.
+#ifndef FASTFFNN_CUDA_EMULATION
   m.impl("ffnn_nll_adam_step_", &ffnn_nll_adam_step_);
-  m.impl("ffnn_nll_adam_step_.tensor_lr", &ffnn_nll_adam_step_tensor_lr);
+  m.impl("ffnn_nll_adam_step_.tensor_lr", &fastffnn::ffnn_adam_step_tensor_lr<&ffnn_nll_adam_step_>);
   m.impl("mlp_nll_adam_step_", &mlp_nll_adam_step_);
-  m.impl("mlp_nll_adam_step_.tensor_lr", &mlp_nll_adam_step_tensor_lr);
+  m.impl("mlp_nll_adam_step_.tensor_lr", &fastffnn::mlp_adam_step_tensor_lr<&mlp_nll_adam_step_>);
   m.impl("mlp_nll_sgd_step_", &mlp_nll_sgd_step_);
+#endif
   m.impl("mlp_nll_adam_fit_", &mlp_nll_adam_fit_);
   m.impl("mlp_nll_sgd_fit_", &mlp_nll_sgd_fit_);
 }

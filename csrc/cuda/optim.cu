@@ -20,6 +20,7 @@
 
 #include "../checks.h"
 #include "common.cuh"
+#include "updates.h"
 
 #ifndef FASTFFNN_CUDA_EMULATION
 #include <ATen/cuda/CUDAGraphsUtils.cuh>
@@ -197,17 +198,20 @@ c10::OptionalDeviceGuard guard_for(const at::Tensor& t) {
   return t.is_cpu() ? c10::OptionalDeviceGuard() : c10::OptionalDeviceGuard(t.device());
 }
 
-void adam_step_(at::TensorList params, at::TensorList grads, at::TensorList exp_avgs, at::TensorList exp_avg_sqs,
-                at::TensorList max_exp_avg_sqs, at::TensorList steps, double lr, double beta1, double beta2,
-                double eps, double weight_decay, bool amsgrad, bool maximize, bool decoupled_weight_decay) {
-  constexpr const char* op = "adam_step_";
-  TORCH_CHECK_VALUE(grads.size() == params.size(), "fastffnn.", op, ": got ", params.size(), " params but ",
-                    grads.size(), " grads");
-  const AdamConfig config{lr, beta1, beta2, eps, weight_decay, amsgrad, maximize, decoupled_weight_decay};
-  check_adam_args(op, true, kDevice, params, grads, exp_avgs, exp_avg_sqs, max_exp_avg_sqs, steps, config);
+}  // namespace
+
+void adam_update(const char* op, at::TensorList params, at::TensorList grads, at::TensorList exp_avgs,
+                 at::TensorList exp_avg_sqs, at::TensorList max_exp_avg_sqs, at::TensorList steps,
+                 const AdamConfig& config) {
   if (params.empty()) return;
   refuse_capture(op);
   const auto guard = guard_for(params[0]);
+  // (plain copies: a C++17 lambda cannot capture structured bindings; eps_before_correction, scikit-learn's
+  // placement of eps, belongs to the fit ops, which run on the CPU)
+  const double lr = config.lr, beta1 = config.beta1, beta2 = config.beta2, eps = config.eps,
+               weight_decay = config.weight_decay;
+  const bool amsgrad = config.amsgrad, maximize = config.maximize;
+  const bool decoupled_weight_decay = config.decoupled_weight_decay;
   std::vector<double> counts;
   for (const at::Tensor& s : steps) counts.push_back(advance_step(s));  // every counter first, as torch does
   // The kernel reads each array as one contiguous vector: strided tensors go through copies.
@@ -237,17 +241,14 @@ void adam_step_(at::TensorList params, at::TensorList grads, at::TensorList exp_
   finish({{params, &p}, {exp_avgs, &m}, {exp_avg_sqs, &v}, {max_exp_avg_sqs, &vmax}}, steps);
 }
 
-void sgd_step_(at::TensorList params, at::TensorList grads, at::TensorList momentum_buffers,
-               const c10::List<bool>& fresh, double lr, double momentum, double dampening, double weight_decay,
-               bool nesterov, bool maximize) {
-  constexpr const char* op = "sgd_step_";
-  TORCH_CHECK_VALUE(grads.size() == params.size(), "fastffnn.", op, ": got ", params.size(), " params but ",
-                    grads.size(), " grads");
-  const SgdConfig config{lr, momentum, dampening, weight_decay, nesterov, maximize};
-  check_sgd_args(op, true, kDevice, params, grads, momentum_buffers, fresh.size(), config);
+void sgd_update(const char* op, at::TensorList params, at::TensorList grads, at::TensorList momentum_buffers,
+                const c10::List<bool>& fresh, const SgdConfig& config) {
   if (params.empty()) return;
   refuse_capture(op);
   const auto guard = guard_for(params[0]);
+  const double lr = config.lr, momentum = config.momentum, dampening = config.dampening,
+               weight_decay = config.weight_decay;
+  const bool nesterov = config.nesterov, maximize = config.maximize;
   const bool with_momentum = momentum != 0;
   const auto p = contiguous(params), g = contiguous(grads), buf = contiguous(momentum_buffers);
   for (size_t first = 0; first < p.size();) {
@@ -267,6 +268,30 @@ void sgd_step_(at::TensorList params, at::TensorList grads, at::TensorList momen
     });
   }
   finish({{params, &p}, {momentum_buffers, &buf}}, {});
+}
+
+namespace {
+
+void adam_step_(at::TensorList params, at::TensorList grads, at::TensorList exp_avgs, at::TensorList exp_avg_sqs,
+                at::TensorList max_exp_avg_sqs, at::TensorList steps, double lr, double beta1, double beta2,
+                double eps, double weight_decay, bool amsgrad, bool maximize, bool decoupled_weight_decay) {
+  constexpr const char* op = "adam_step_";
+  TORCH_CHECK_VALUE(grads.size() == params.size(), "fastffnn.", op, ": got ", params.size(), " params but ",
+                    grads.size(), " grads");
+  const AdamConfig config{lr, beta1, beta2, eps, weight_decay, amsgrad, maximize, decoupled_weight_decay};
+  check_adam_args(op, true, kDevice, params, grads, exp_avgs, exp_avg_sqs, max_exp_avg_sqs, steps, config);
+  adam_update(op, params, grads, exp_avgs, exp_avg_sqs, max_exp_avg_sqs, steps, config);
+}
+
+void sgd_step_(at::TensorList params, at::TensorList grads, at::TensorList momentum_buffers,
+               const c10::List<bool>& fresh, double lr, double momentum, double dampening, double weight_decay,
+               bool nesterov, bool maximize) {
+  constexpr const char* op = "sgd_step_";
+  TORCH_CHECK_VALUE(grads.size() == params.size(), "fastffnn.", op, ": got ", params.size(), " params but ",
+                    grads.size(), " grads");
+  const SgdConfig config{lr, momentum, dampening, weight_decay, nesterov, maximize};
+  check_sgd_args(op, true, kDevice, params, grads, momentum_buffers, fresh.size(), config);
+  sgd_update(op, params, grads, momentum_buffers, fresh, config);
 }
 
 }  // namespace

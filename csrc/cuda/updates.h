@@ -1,0 +1,25 @@
+// The CUDA optimizers' updates (optim.cu), for the ops that form their own
+// gradients: the training steps of train.cpp. adam_step_ and sgd_step_ are
+// these after their argument checks.
+#pragma once
+
+#include <ATen/core/List.h>
+#include <ATen/core/Tensor.h>
+
+#include "../checks.h"
+
+namespace fastffnn::cuda {
+
+// torch.optim.Adam's update of every parameter from grads[i], in one launch
+// per kMaxTensors parameters of one dtype; advances the CPU step counters on
+// the host. The arguments must have passed check_adam_args; `op` names the
+// caller in errors (a CUDA graph capture is refused: see optim.cu).
+void adam_update(const char* op, at::TensorList params, at::TensorList grads, at::TensorList exp_avgs,
+                 at::TensorList exp_avg_sqs, at::TensorList max_exp_avg_sqs, at::TensorList steps,
+                 const AdamConfig& config);
+
+// torch.optim.SGD's, likewise (check_sgd_args).
+void sgd_update(const char* op, at::TensorList params, at::TensorList grads, at::TensorList momentum_buffers,
+                const c10::List<bool>& fresh, const SgdConfig& config);
+
+}  // namespace fastffnn::cuda
