@@ -10,7 +10,7 @@ call), and :func:`fit` drives either over whole epochs. On CUDA, ``step()``
 is one launch per dtype for all the parameters (not capturable in a CUDA
 graph: the step counters stay on the CPU), and ``train_step`` is one native
 call too: the fused forward, its backward and that launch, with no autograd
-and no host sync in between (under CUDA autocast it takes the autograd route).
+in between (under CUDA autocast it takes the autograd route).
 """
 
 from __future__ import annotations

@@ -6,13 +6,14 @@
 // fused tier's one kernel for a narrow network, else cuBLAS and the
 // epilogues), its backward asked for the parameters' gradients only, and the
 // optimizer's multi-tensor update (optim.cu), called as C++ functions: no
-// Python, no autograd graph and no dispatch in between. Nothing waits for the
-// device: the loss comes back as a device tensor, and the step counters are
-// the CPU tensors torch.optim keeps, read on the host. The launches are those
-// of the ops it strings together; the autograd route (a forward op, its
-// backward op and adam_step_) makes the same launches plus autograd's own.
-// The CPU's steps (csrc/cpu/train.cpp) add the one-row loops and the epochs
-// (the fit ops), which have no CUDA kernels yet.
+// Python, no autograd graph and no dispatch in between. The loss comes back
+// as a device tensor and the step counters are the CPU tensors torch.optim
+// keeps, read on the host; the one wait for the device is the loss's range
+// check of class indices (epilogues.cu's nll_rows), as in the loss op. The
+// launches are those of the ops it strings together; the autograd route (a
+// forward op, its backward op and adam_step_) makes the same launches plus
+// autograd's own. The CPU's steps (csrc/cpu/train.cpp) add the one-row loops
+// and the epochs (the fit ops), which have no CUDA kernels yet.
 #include <ATen/ops/ones.h>
 #include <c10/core/impl/LocalDispatchKeySet.h>
 #include <torch/library.h>
