@@ -38,8 +38,6 @@ struct AdamVec {
   Vec neg_step_size, inv_bc2_sqrt, w1, b2, w2, eps, wd, decay;
   bool weight_decay, decoupled, amsgrad, maximize;
 
-  AdamVec(const AdamConfig& c, double step) : AdamVec(c, std::pow(c.beta1, step), std::pow(c.beta2, step)) {}
-
   // beta1_t, beta2_t: beta1 and beta2 to the power of the step count
   AdamVec(const AdamConfig& c, double beta1_t, double beta2_t)
       : neg_step_size(static_cast<T>(-c.lr / (1 - beta1_t))),
@@ -166,7 +164,6 @@ struct SgdUpdate {
 // parameter, with gradient g, split across threads.
 template <typename T, typename U>
 void update_all(const U& update, const T* g, int64_t n) {
-  using Vec = at::vec::Vectorized<T>;
   at::parallel_for(0, n, one_row_grain(kUpdateWork, n), [&](int64_t begin, int64_t end) {
     update(begin, end, [g](int64_t i, int64_t count) { return load_n(g + i, count); });
   });

@@ -126,13 +126,6 @@ __global__ void sgd_kernel(SgdTable<T, Acc> table, SgdConstants<Acc> c) {
   }
 }
 
-// The backend's device type: CUDA, or in the emulated build the CPU tensors it takes for CUDA ones.
-#ifdef FASTFFNN_CUDA_EMULATION
-constexpr c10::DeviceType kDevice = c10::DeviceType::CPU;
-#else
-constexpr c10::DeviceType kDevice = c10::DeviceType::CUDA;
-#endif
-
 void refuse_capture(const char* op) {
 #ifndef FASTFFNN_CUDA_EMULATION
   TORCH_CHECK(at::cuda::currentStreamCaptureStatus() == at::cuda::CaptureStatus::None, "fastffnn.", op,
@@ -206,8 +199,7 @@ void adam_update(const char* op, at::TensorList params, at::TensorList grads, at
   if (params.empty()) return;
   refuse_capture(op);
   const auto guard = guard_for(params[0]);
-  // (plain copies: a C++17 lambda cannot capture structured bindings; eps_before_correction, scikit-learn's
-  // placement of eps, belongs to the fit ops, which run on the CPU)
+  // (eps_before_correction, scikit-learn's placement of eps, is the CPU fit ops' alone)
   const double lr = config.lr, beta1 = config.beta1, beta2 = config.beta2, eps = config.eps,
                weight_decay = config.weight_decay;
   const bool amsgrad = config.amsgrad, maximize = config.maximize;

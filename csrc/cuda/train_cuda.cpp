@@ -29,12 +29,6 @@
 namespace fastffnn::cuda {
 namespace {
 
-#ifdef FASTFFNN_CUDA_EMULATION
-constexpr c10::DeviceType kDevice = c10::DeviceType::CPU;
-#else
-constexpr c10::DeviceType kDevice = c10::DeviceType::CUDA;
-#endif
-
 // The parameters' gradients of the mean (or summed) loss of one step on
 // validated arguments, as [grad weights[0], grad biases[0], ...] in the order
 // of params, and the loss.

@@ -10,6 +10,13 @@
 
 namespace fastffnn::cuda {
 
+// The backend's device type: CUDA, or in the emulated build the CPU tensors it takes for CUDA ones.
+#ifdef FASTFFNN_CUDA_EMULATION
+constexpr c10::DeviceType kDevice = c10::DeviceType::CPU;
+#else
+constexpr c10::DeviceType kDevice = c10::DeviceType::CUDA;
+#endif
+
 // torch.optim.Adam's update of every parameter from grads[i], in one launch
 // per kMaxTensors parameters of one dtype; advances the CPU step counters on
 // the host. The arguments must have passed check_adam_args; `op` names the
