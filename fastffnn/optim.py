@@ -189,7 +189,9 @@ class Adam(_OneCall):
 
     Same arguments and results as ``torch.optim.Adam`` (lr, betas, eps,
     weight_decay, amsgrad, maximize, decoupled_weight_decay), within float
-    rounding. ``lr`` may be a one-element CPU tensor, as for
+    rounding. On the CPU, with ``eps >= 1e-16``, a state that would be
+    subnormal is 0 (the update runs with subnormals flushed: they take a slow
+    path on x86; README, Reliability). ``lr`` may be a one-element CPU tensor, as for
     ``torch.optim.Adam``: with an LR scheduler, a compiled ``train_step`` then
     reads it as an input instead of recompiling at every change. ``foreach``, ``capturable``, ``differentiable`` and ``fused`` are
     accepted for state-dict compatibility and must keep their defaults.
@@ -315,7 +317,8 @@ class SGD(_OneCall):
 
     Same arguments, state (``momentum_buffer``, only with a momentum) and
     results as ``torch.optim.SGD``: momentum, dampening, nesterov,
-    weight_decay and maximize, within float rounding; its ``state_dict``
+    weight_decay and maximize, within float rounding (on the CPU a momentum
+    buffer that would be subnormal is 0, as for :class:`Adam`); its ``state_dict``
     loads into ``torch.optim.SGD`` and the reverse. ``lr`` may be a
     one-element CPU tensor (it is read at each step). ``foreach``,
     ``differentiable`` and ``fused`` are accepted for state-dict

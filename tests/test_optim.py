@@ -205,3 +205,60 @@ def test_a_tensor_lr_is_the_float_lr(how):
     close(ours_model.parameters(), ref_model.parameters(), 1e-12)
     with pytest.raises(ValueError, match="a Tensor lr must be a floating CPU tensor with one element"):
         fastffnn.optim.Adam(ours_model.parameters(), lr=torch.tensor([0.1, 0.2]))
+
+
+# The smallest normal float32; Adam's m decays by beta1 a step where the gradient is zero, into subnormals.
+TINY32 = torch.finfo(torch.float32).tiny
+
+
+def _decayed_adam_states(opt_cls, eps):
+    """One step with a gradient, then 900 with a zero one: m falls by 0.9 ** 900 ~ 1e-41, into subnormals."""
+    torch.manual_seed(0)
+    p = nn.Parameter(torch.randn(37))
+    opt = opt_cls([p], lr=1e-3, eps=eps)
+    p.grad = torch.rand(37) * 1e-3 + 1e-4
+    opt.step()
+    p.grad = torch.zeros(37)
+    for _ in range(900):
+        opt.step()
+    return p.detach(), opt.state[p]["exp_avg"]
+
+
+def test_adam_flushes_subnormal_states_where_eps_bounds_the_effect():
+    ref_p, ref_m = _decayed_adam_states(torch.optim.Adam, 1e-8)
+    ours_p, ours_m = _decayed_adam_states(fastffnn.optim.Adam, 1e-8)
+    # torch keeps m as subnormals, fastffnn's CPU update flushes them to zero (csrc/cpu/optim.h)
+    assert ((ref_m.abs() > 0) & (ref_m.abs() < TINY32)).all()
+    assert (ours_m == 0).all()
+    # and the parameters do not notice: the difference is below lr * 1.2e-38 / eps
+    torch.testing.assert_close(ours_p, ref_p, rtol=1e-6, atol=0)
+
+
+def test_adam_keeps_subnormal_states_below_the_flush_eps():
+    # eps of 1e-20 would let a flushed m matter, so nothing is flushed: m follows torch's
+    ref_p, ref_m = _decayed_adam_states(torch.optim.Adam, 1e-20)
+    ours_p, ours_m = _decayed_adam_states(fastffnn.optim.Adam, 1e-20)
+    assert ((ours_m.abs() > 0) & (ours_m.abs() < TINY32)).all()
+    torch.testing.assert_close(ours_m, ref_m, rtol=1e-5, atol=0)
+    torch.testing.assert_close(ours_p, ref_p, rtol=1e-6, atol=0)
+
+
+@pytest.mark.parametrize("flush_before", [False, True])
+def test_the_callers_subnormal_mode_is_restored(flush_before):
+    # The updates flush subnormals on the thread that runs them and must hand back the caller's mode, whatever it is.
+    sub = torch.full((64,), 1e-39)
+    model = FastFFNN(12, 16, 3)
+    x, y = torch.randn(40, 12), torch.randint(0, 3, (40,))
+    torch.set_flush_denormal(flush_before)
+    try:
+        for opt in (fastffnn.optim.Adam(model.parameters()), fastffnn.optim.SGD(model.parameters(), lr=0.1,
+                                                                               momentum=0.9)):
+            model.train_step(x[0], y[0], opt)
+            model.train_step(x[:8], y[:8], opt)
+            model.fit(x, y, opt, epochs=1, batch_size=1)
+            opt.zero_grad()
+            model.nll_loss(x, y).backward()
+            opt.step()
+            assert ((sub * 1.0) == 0).all() == flush_before
+    finally:
+        torch.set_flush_denormal(False)  # torch's default

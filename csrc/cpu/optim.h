@@ -15,7 +15,11 @@
 #include <ATen/cpu/vec/vec.h>
 #include <c10/core/impl/LocalDispatchKeySet.h>
 
+#include <array>
 #include <cmath>
+#if defined(__SSE__) || defined(_M_X64)
+#include <xmmintrin.h>
+#endif
 #include <vector>
 
 #include "../checks.h"
@@ -29,6 +33,53 @@ namespace fastffnn::cpu {
 // 256 x 256 layer's update is worth both threads, its 256 x 256 product is not.
 constexpr int64_t kUpdateWork = 8;
 
+// ---------------------------------------------------------------- subnormals
+// Flush-to-zero and denormals-are-zero on the calling thread for the guard's
+// life (x86's MXCSR; elsewhere nothing), restoring the caller's mode after.
+// The optimizers' states decay geometrically where a gradient is zero (Adam's
+// m by beta1 a step: a pixel that is always blank on digits), into subnormal
+// values, and x86 takes a slow path for them: the updates of a digits step
+// at batch 1 took twice as long. Flushed, a state below the smallest normal
+// (1.2e-38 in float32, 2.2e-308 in float64) becomes 0, and the parameter
+// moves by less than lr * 1.2e-38 / eps (float32) less than under torch.optim:
+// nothing, next to any parameter above ~1e-25. Each update sets the mode
+// itself, on whichever thread runs it, so the result never depends on the
+// thread count.
+class SubnormalsFlushed {
+ public:
+#if defined(__SSE__) || defined(_M_X64)
+  explicit SubnormalsFlushed(bool on) : on_(on), saved_(on ? _mm_getcsr() : 0) {
+    if (on_) _mm_setcsr(saved_ | kFlushToZero | kDenormalsAreZero);
+  }
+  ~SubnormalsFlushed() {
+    if (on_) _mm_setcsr(saved_);
+  }
+
+ private:
+  static constexpr unsigned kFlushToZero = 0x8000, kDenormalsAreZero = 0x0040;
+  bool on_;
+  unsigned saved_;
+#else
+  explicit SubnormalsFlushed(bool) {}
+#endif
+  SubnormalsFlushed(const SubnormalsFlushed&) = delete;
+  SubnormalsFlushed& operator=(const SubnormalsFlushed&) = delete;
+};
+
+// Adam flushes only where eps bounds the effect: with eps = 1e-16 a flushed m moves a parameter by at most
+// lr * 1e-22 less. Below it (eps = 0, say), every subnormal is kept, as torch.optim keeps it.
+constexpr double kFlushMinEps = 1e-16;
+
+// op(r, c, i, count) for the vectors of a block of rows: row r in [0, rows) and its elements c, ...,
+// c + count - 1 (c in [0, cols)), which are elements i = offset + r * cols + c, ... of the arrays.
+template <typename T, typename Op>
+inline void for_each_block_vector(int64_t offset, int64_t rows, int64_t cols, const Op& op) {
+  for (int64_t r = 0; r < rows; ++r) {
+    const int64_t o = offset + r * cols;
+    for_each_vector<T>(0, cols, [&](int64_t c, int64_t count) { op(r, c, o + c, count); });
+  }
+}
+
 // ---------------------------------------------------------------- Adam
 // torch.optim.Adam's update of one vector of parameters, with the step's
 // constants computed once.
@@ -36,7 +87,7 @@ template <typename T>
 struct AdamVec {
   using Vec = at::vec::Vectorized<T>;
   Vec neg_step_size, inv_bc2_sqrt, w1, b2, w2, eps, wd, decay;
-  bool weight_decay, decoupled, amsgrad, maximize;
+  bool weight_decay, decoupled, amsgrad, maximize, flush;
 
   // beta1_t, beta2_t: beta1 and beta2 to the power of the step count
   AdamVec(const AdamConfig& c, double beta1_t, double beta2_t)
@@ -53,20 +104,42 @@ struct AdamVec {
         weight_decay(c.weight_decay != 0),
         decoupled(c.decoupled_weight_decay),
         amsgrad(c.amsgrad),
-        maximize(c.maximize) {}
+        maximize(c.maximize),
+        flush(c.eps >= kFlushMinEps) {}
 
-  // Elements [begin, end) of p, m, v and vmax (null without amsgrad), with
-  // gradient grad(i, count), the vector of elements i, ..., i + count - 1.
+  // Elements offset + r * cols + c of p, m, v and vmax (null without
+  // amsgrad), for r in [0, rows) and c in [0, cols): a block of rows, each
+  // with gradient grad(r, c, count), the vector of its elements c, ...,
+  // c + count - 1. The one-row step updates a layer's weights a block of rows
+  // at a time: called once a row, the set-up (the constants, the choice of
+  // loop for the options) cost about a third as much as a 64-wide row's update.
   template <typename Grad>
-  void run(T* p, T* m, T* v, T* vmax, int64_t begin, int64_t end, const Grad& grad) const {
-    // Local copies: every store through T* may alias this object's vector
-    // members (x86's vector types are may_alias), so read in place they
-    // would be reloaded after each store, which made the loop half as fast.
+  void run(T* p, T* m, T* v, T* vmax, int64_t offset, int64_t rows, int64_t cols, const Grad& grad) const {
+    const SubnormalsFlushed flushed(flush);
+    if (amsgrad || maximize || (weight_decay && decoupled))
+      run_options<kAnyOptions>(p, m, v, vmax, offset, rows, cols, grad);
+    else if (weight_decay)
+      run_options<kCoupledDecay>(p, m, v, vmax, offset, rows, cols, grad);
+    else
+      run_options<kNoOptions>(p, m, v, vmax, offset, rows, cols, grad);
+  }
+
+ private:
+  // The options known at compile time for the common cases (scikit-learn's penalty is coupled decay). GCC did
+  // not hoist their tests out of the loop over a block's rows: they, and the set-up they branch around, took
+  // a third of the loop's instructions.
+  enum Options { kNoOptions, kCoupledDecay, kAnyOptions };
+  template <Options kOptions, typename Grad>
+  void run_options(T* p, T* m, T* v, T* vmax, int64_t offset, int64_t rows, int64_t cols, Grad grad) const {
+    // Local copies (grad by value too): every store through T* may alias this object's vector members (x86's
+    // vector types are may_alias), so read in place they would be reloaded after each store, which made the
+    // loop half as fast.
     const Vec nss = neg_step_size, ibc = inv_bc2_sqrt, w1_ = w1, b2_ = b2, w2_ = w2, eps_ = eps, wd_ = wd,
               decay_ = decay;
-    const bool wdecay = weight_decay, dec = decoupled, ams = amsgrad, maxi = maximize;
-    for_each_vector<T>(begin, end, [&](int64_t i, int64_t count) {
-      Vec gv = grad(i, count);
+    const bool any = kOptions == kAnyOptions, wdecay = kOptions == kCoupledDecay || (any && weight_decay),
+               dec = any && decoupled, ams = any && amsgrad, maxi = any && maximize;
+    for_each_block_vector<T>(offset, rows, cols, [&](int64_t r, int64_t c, int64_t i, int64_t count) {
+      Vec gv = grad(r, c, count);
       if (maxi) gv = gv.neg();
       Vec pv = load_n(p + i, count);
       if (wdecay) {
@@ -98,10 +171,16 @@ template <typename T>
 struct AdamUpdate {
   AdamVec<T> rule;
   T *p, *m, *v, *vmax;
-  // Elements [begin, end) with gradient grad(i, count) (see AdamVec::run).
+  // Elements [begin, end) with gradient grad(i, count), the vector of elements i, ..., i + count - 1.
   template <typename Grad>
   void operator()(int64_t begin, int64_t end, const Grad& grad) const {
-    rule.run(p, m, v, vmax, begin, end, grad);
+    rule.run(p, m, v, vmax, begin, 1, end - begin,
+             [&](int64_t, int64_t c, int64_t count) { return grad(begin + c, count); });
+  }
+  // A block of rows (see AdamVec::run).
+  template <typename Grad>
+  void rows(int64_t offset, int64_t rows, int64_t cols, const Grad& grad) const {
+    rule.run(p, m, v, vmax, offset, rows, cols, grad);
   }
 };
 
@@ -127,14 +206,16 @@ struct SgdVec {
         nesterov(c.nesterov),
         maximize(c.maximize) {}
 
-  // Elements [begin, end) of p and buf (null without momentum; fresh: it
-  // holds nothing yet), with gradient grad(i, count) (see AdamVec::run).
+  // Elements offset + r * cols + c of p and buf (null without momentum;
+  // fresh: it holds nothing yet), with gradient grad(r, c, count) (see
+  // AdamVec::run).
   template <typename Grad>
-  void run(T* p, T* buf, bool fresh, int64_t begin, int64_t end, const Grad& grad) const {
+  void run(T* p, T* buf, bool fresh, int64_t offset, int64_t rows, int64_t cols, Grad grad) const {
+    const SubnormalsFlushed flushed(true);  // a flushed buffer moves p by at most lr * 1.2e-38 (float32) less
     const Vec nlr = neg_lr, wd_ = wd, mom = momentum, keep_ = keep;
     const bool wdecay = weight_decay, with_momentum = has_momentum, nest = nesterov, maxi = maximize;
-    for_each_vector<T>(begin, end, [&](int64_t i, int64_t count) {
-      Vec g = grad(i, count);
+    for_each_block_vector<T>(offset, rows, cols, [&](int64_t r, int64_t c, int64_t i, int64_t count) {
+      Vec g = grad(r, c, count);
       if (maxi) g = g.neg();
       const Vec pv = load_n(p + i, count);
       if (wdecay) g = g + pv * wd_;
@@ -155,7 +236,12 @@ struct SgdUpdate {
   bool fresh;
   template <typename Grad>
   void operator()(int64_t begin, int64_t end, const Grad& grad) const {
-    rule.run(p, buf, fresh, begin, end, grad);
+    rule.run(p, buf, fresh, begin, 1, end - begin,
+             [&](int64_t, int64_t c, int64_t count) { return grad(begin + c, count); });
+  }
+  template <typename Grad>
+  void rows(int64_t offset, int64_t rows, int64_t cols, const Grad& grad) const {
+    rule.run(p, buf, fresh, offset, rows, cols, grad);
   }
 };
 
@@ -164,7 +250,7 @@ struct SgdUpdate {
 // parameter, with gradient g, split across threads.
 template <typename T, typename U>
 void update_all(const U& update, const T* g, int64_t n) {
-  at::parallel_for(0, n, one_row_grain(kUpdateWork, n), [&](int64_t begin, int64_t end) {
+  parallel_for(0, n, one_row_grain(kUpdateWork, n), [&](int64_t begin, int64_t end) {
     update(begin, end, [g](int64_t i, int64_t count) { return load_n(g + i, count); });
   });
 }
@@ -178,7 +264,7 @@ template <typename T, typename U>
 void update_concatenated(const std::vector<U>& updates, const std::vector<const T*>& grads,
                          const std::vector<int64_t>& start) {
   const int64_t total = start.back();
-  at::parallel_for(0, total, one_row_grain(kUpdateWork, total), [&](int64_t begin, int64_t end) {
+  parallel_for(0, total, one_row_grain(kUpdateWork, total), [&](int64_t begin, int64_t end) {
     for (size_t i = 0; i < updates.size(); ++i) {
       const int64_t lo = std::max(begin, start[i]), hi = std::min(end, start[i + 1]);
       if (lo >= hi) continue;
@@ -217,6 +303,9 @@ struct Adam {
   AdamConfig config;
   std::vector<double> counts;  // the step count of each parameter in the current step
   std::vector<std::pair<double, double>> powers;  // beta1 and beta2 to the power of counts[i]
+  // Each parameter's p, m, v and vmax, taken at the first bind: the same for every step of a call, and a
+  // fit's one-row step spent about a tenth of its time in data_ptr's checks when bind took them each step.
+  std::vector<std::array<void*, 4>> arrays;
 
   // Every counter first, as torch.optim.Adam advances them. The powers once per distinct count (the
   // counters usually move together): pow was about 4% of a step on digits, FFNN(64, 64, 10) (perf).
@@ -238,14 +327,19 @@ struct Adam {
   // l2: the coefficient of an L2 penalty on the loss (scikit-learn's alpha / rows on a weight), whose gradient
   // l2 * p is coupled weight decay: it joins weight_decay (check_mlp_fit_args refuses it beside decoupled decay)
   template <typename T>
-  AdamUpdate<T> bind(at::TensorList params, size_t i, double l2 = 0) const {
+  AdamUpdate<T> bind(at::TensorList params, size_t i, double l2 = 0) {
     AdamConfig c = config;
     if (l2 != 0) {
       c.weight_decay += l2;
       c.decoupled_weight_decay = false;  // decoupled_weight_decay with no weight_decay of its own
     }
-    return {AdamVec<T>(c, powers[i].first, powers[i].second), params[i].data_ptr<T>(), exp_avgs[i].data_ptr<T>(),
-            exp_avg_sqs[i].data_ptr<T>(), max_exp_avg_sqs.empty() ? nullptr : max_exp_avg_sqs[i].data_ptr<T>()};
+    if (arrays.empty())
+      for (size_t j = 0; j < params.size(); ++j)
+        arrays.push_back({params[j].data_ptr(), exp_avgs[j].data_ptr(), exp_avg_sqs[j].data_ptr(),
+                          max_exp_avg_sqs.empty() ? nullptr : max_exp_avg_sqs[j].data_ptr()});
+    const auto& a = arrays[i];
+    return {AdamVec<T>(c, powers[i].first, powers[i].second), static_cast<T*>(a[0]), static_cast<T*>(a[1]),
+            static_cast<T*>(a[2]), static_cast<T*>(a[3])};
   }
   void apply(at::TensorList params, at::TensorList grads) const;
   void bump(at::TensorList params) const {
@@ -257,17 +351,20 @@ struct Sgd {
   at::TensorList buffers;  // the momentum buffers; empty without momentum
   std::vector<bool> fresh;  // whether buffers[i] holds nothing yet (torch.optim.SGD's None)
   SgdConfig config;
+  std::vector<std::array<void*, 2>> arrays;  // each parameter's p and buffer (see Adam::arrays)
 
   void begin_step() {}
   void end_step() { fresh.assign(fresh.size(), false); }
   bool contiguous() const { return all_contiguous(buffers); }
   template <typename T>
-  SgdUpdate<T> bind(at::TensorList params, size_t i, double l2 = 0) const {
+  SgdUpdate<T> bind(at::TensorList params, size_t i, double l2 = 0) {
     const bool momentum = !buffers.empty();
     SgdConfig c = config;
     c.weight_decay += l2;  // as Adam's
-    return {SgdVec<T>(c), params[i].data_ptr<T>(), momentum ? buffers[i].data_ptr<T>() : nullptr,
-            momentum && fresh[i]};
+    if (arrays.empty())
+      for (size_t j = 0; j < params.size(); ++j)
+        arrays.push_back({params[j].data_ptr(), momentum ? buffers[j].data_ptr() : nullptr});
+    return {SgdVec<T>(c), static_cast<T*>(arrays[i][0]), static_cast<T*>(arrays[i][1]), momentum && fresh[i]};
   }
   void apply(at::TensorList params, at::TensorList grads) const;
   void bump(at::TensorList params) const { bump_versions({params, buffers}); }

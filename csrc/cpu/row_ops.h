@@ -437,6 +437,21 @@ inline int64_t one_row_grain(int64_t per_item, int64_t items) {
   return std::max<int64_t>((items + shares - 1) / shares, 1);
 }
 
+// at::parallel_for, without its bookkeeping when the grain keeps the whole
+// range on the calling thread (as one_row_grain does below
+// kOneRowParallelWork): at::parallel_for then still costs about 150
+// instructions (its guards and thread-local state), and a one-row step of a
+// small network makes half a dozen such calls of a few hundred cycles each.
+// f must not start parallel work of its own (nothing here does).
+template <typename F>
+inline void parallel_for(int64_t begin, int64_t end, int64_t grain, const F& f) {
+  if (end - begin <= grain) {
+    if (begin < end) f(begin, end);
+    return;
+  }
+  at::parallel_for(begin, end, grain, f);
+}
+
 // sum(a[i] * b[i]) over n elements, vectorised.
 // Four running sums: with one, each add waits for the previous one (3-4
 // cycles), which made the one-row products half as fast as reading the weights.
@@ -462,7 +477,7 @@ inline T dot(const T* a, const T* b, int64_t n) {
 // y[j] = dot(w[j, :], x) for the rows of a contiguous (out, in) matrix w.
 template <typename T>
 inline void matvec(const T* w, const T* x, T* y, int64_t out, int64_t in) {
-  at::parallel_for(0, out, one_row_grain(in, out), [&](int64_t j0, int64_t j1) {
+  parallel_for(0, out, one_row_grain(in, out), [&](int64_t j0, int64_t j1) {
     for (int64_t j = j0; j < j1; ++j) y[j] = dot(w + j * in, x, in);
   });
 }
@@ -473,7 +488,7 @@ inline void matvec(const T* w, const T* x, T* y, int64_t out, int64_t in) {
 template <typename T>
 inline void matvec_transposed_add(const T* w, const T* d, T* y, int64_t out, int64_t in) {
   using V = Vectorized<T>;
-  at::parallel_for(0, in, one_row_grain(out, in), [&](int64_t i0, int64_t i1) {
+  parallel_for(0, in, one_row_grain(out, in), [&](int64_t i0, int64_t i1) {
     for (int64_t j = 0; j < out; ++j) {
       const V dj(d[j]);
       const T* row = w + j * in;
@@ -488,7 +503,7 @@ inline void matvec_transposed_add(const T* w, const T* d, T* y, int64_t out, int
 template <typename T>
 inline void outer(const T* d, const T* x, T* g, int64_t out, int64_t in) {
   using V = Vectorized<T>;
-  at::parallel_for(0, out, one_row_grain(in, out), [&](int64_t j0, int64_t j1) {
+  parallel_for(0, out, one_row_grain(in, out), [&](int64_t j0, int64_t j1) {
     for (int64_t j = j0; j < j1; ++j) {
       const V dj(d[j]);
       T* row = g + j * in;

@@ -101,12 +101,10 @@ T one_row_step(const T* x, const std::vector<Layer<T, U>>& layers, const std::ve
   // formed as the outer product it is, a row at a time
   nll_backward_row(dz.data(), z.data(), lse, probs, index, T(1), classes);
   auto update_rows = [&](const U& update, const T* row_grad, const T* col, int64_t rows, int64_t cols) {
-    at::parallel_for(0, rows, cpu::one_row_grain(cpu::kUpdateWork * cols, rows), [&](int64_t r0, int64_t r1) {
-      for (int64_t r = r0; r < r1; ++r) {
-        const Vec g(row_grad[r]);
-        const int64_t o = r * cols;
-        update(o, o + cols, [g, col, o](int64_t i, int64_t count) { return g * cpu::load_n(col + (i - o), count); });
-      }
+    cpu::parallel_for(0, rows, cpu::one_row_grain(cpu::kUpdateWork * cols, rows), [&](int64_t r0, int64_t r1) {
+      update.rows(r0 * cols, r1 - r0, cols, [row_grad = row_grad + r0, col](int64_t r, int64_t c, int64_t count) {
+        return Vec(row_grad[r]) * cpu::load_n(col + c, count);
+      });
     });
   };
   std::vector<T>& below = buffers.below;
@@ -164,7 +162,7 @@ class Trainer {
     for (int64_t k = 0; k < depth(); ++k) {
       const size_t i = k * per_layer;
       const UpdateOf<T> weight = optimizer_.template bind<T>(params_, i, alpha_);
-      layers.push_back({params_[i].const_data_ptr<T>(), weight,
+      layers.push_back({weight.p, weight,
                         has_bias_ ? optimizer_.template bind<T>(params_, i + 1) : weight, has_bias_,
                         sizes_[k + 1], sizes_[k]});
     }
