@@ -200,3 +200,12 @@ def test_a_fit_that_does_not_train_is_not_timed(monkeypatch, capsys):
     rc = cli.main(["--shapes", "20x16x3", "--batches", "1", "--modes", "train", "--impls", "eager,fastffnn-fit",
                    "--block-s", "0.002", "--blocks", "2", "--idle-wait", "0", "--skip", "compile"])
     assert rc == 1 and "fastffnn-fit" in capsys.readouterr().err
+
+
+def test_fit_rows_per_call_stay_bounded():
+    # fastffnn-fit repeats the batch fit_steps(batch) times in memory: at most 16,384 rows, or one batch
+    from fastffnn.bench.peers import fit_steps
+    for batch in (1, 2, 7, 32, 200, 1024, 16384, 65536):
+        steps = fit_steps(batch)
+        assert 1 <= steps <= 1024 and steps * batch <= max(16384, batch)
+    assert fit_steps(1) == 1024 and fit_steps(65536) == 1
