@@ -227,10 +227,12 @@ def _decayed_adam_states(opt_cls, eps):
 def test_adam_flushes_subnormal_states_where_eps_bounds_the_effect():
     ref_p, ref_m = _decayed_adam_states(torch.optim.Adam, 1e-8)
     ours_p, ours_m = _decayed_adam_states(fastffnn.optim.Adam, 1e-8)
-    # torch keeps m as subnormals, fastffnn's CPU update flushes them to zero (csrc/cpu/optim.h)
+    # torch keeps m as subnormals; fastffnn's CPU update never makes one (csrc/cpu/optim.h): m becomes 0 where a
+    # fused multiply-add gives m - 0.1 m a subnormal, and stays just above the smallest normal where a separate
+    # multiply flushes the 0.1 m to zero (the -O1 sanitizer build)
     assert ((ref_m.abs() > 0) & (ref_m.abs() < TINY32)).all()
-    assert (ours_m == 0).all()
-    # and the parameters do not notice: the difference is below lr * 1.2e-38 / eps
+    assert ((ours_m == 0) | (ours_m.abs() >= TINY32)).all() and (ours_m.abs() < 16 * TINY32).all()
+    # and the parameters do not notice: the difference is below lr * 1.9e-37 / eps a step
     torch.testing.assert_close(ours_p, ref_p, rtol=1e-6, atol=0)
 
 

@@ -40,9 +40,11 @@ constexpr int64_t kUpdateWork = 8;
 // m by beta1 a step: a pixel that is always blank on digits), into subnormal
 // values, and x86 takes a slow path for them: the updates of a digits step
 // at batch 1 took twice as long. Flushed, a state below the smallest normal
-// (1.2e-38 in float32, 2.2e-308 in float64) becomes 0, and the parameter
-// moves by less than lr * 1.2e-38 / eps (float32) less than under torch.optim:
-// nothing, next to any parameter above ~1e-25. Each update sets the mode
+// (1.2e-38 in float32, 2.2e-308 in float64) becomes 0 (or, where m - w1 * m
+// is not one fused multiply-add, stops below 16 times that, once w1 * m
+// flushes to 0), and the parameter moves by less than lr * 1.9e-37 / eps a
+// step (float32) differently from torch.optim: nothing, next to any
+// parameter above ~1e-25. Each update sets the mode
 // itself, on whichever thread runs it, so the result never depends on the
 // thread count.
 class SubnormalsFlushed {
@@ -67,7 +69,7 @@ class SubnormalsFlushed {
 };
 
 // Adam flushes only where eps bounds the effect: with eps = 1e-16 a flushed m moves a parameter by at most
-// lr * 1e-22 less. Below it (eps = 0, say), every subnormal is kept, as torch.optim keeps it.
+// lr * 1.9e-21 a step differently. Below it (eps = 0, say), every subnormal is kept, as torch.optim keeps it.
 constexpr double kFlushMinEps = 1e-16;
 
 // op(r, c, i, count) for the vectors of a block of rows: row r in [0, rows) and its elements c, ...,
