@@ -1,6 +1,7 @@
 #include "checks.h"
 
 #include <ATen/Dispatch.h>
+#include <ATen/ops/aminmax.h>
 #include <c10/util/Exception.h>
 #include <torch/library.h>
 
@@ -289,6 +290,21 @@ MlpLossArgs check_mlp_fit_args(const char* op, bool reduced_precision, const at:
                     ": alpha, an L2 penalty added to the loss, cannot be combined with decoupled weight decay "
                     "(weight_decay != 0 with decoupled_weight_decay=True)");
   return check_mlp_train_step_args(op, reduced_precision, input, target, params, has_bias, activations, "mean");
+}
+
+void check_fit_values(const char* op, const at::Tensor& input, const at::Tensor& target, const at::Tensor& order,
+                      bool is_index, int64_t classes) {
+  const int64_t n = input.size(0);
+  if (order.numel() > 0) {
+    const auto [lo, hi] = at::aminmax(order);
+    TORCH_CHECK_INDEX(lo.item<int64_t>() >= 0 && hi.item<int64_t>() < n, "fastffnn.", op,
+                      ": order must index the ", n, " rows of input, got values from ", lo.item<int64_t>(), " to ",
+                      hi.item<int64_t>());
+  }
+  if (is_index && n > 0) {
+    const auto [lo, hi] = at::aminmax(target);
+    for (const int64_t label : {lo.item<int64_t>(), hi.item<int64_t>()}) check_class_index(op, label, classes);
+  }
 }
 
 namespace {

@@ -191,6 +191,12 @@ MlpLossArgs check_mlp_fit_args(const char* op, bool reduced_precision, const at:
                                at::TensorList params, bool has_bias, c10::ArrayRef<std::string> activations,
                                double alpha, bool maximize, bool decoupled_decay);
 
+// The values the fit ops' kernels check before their first step (reading them
+// is a wait for the device on CUDA): every value of order indexes a row of
+// input, and with class indices every label of target is in [0, classes).
+void check_fit_values(const char* op, const at::Tensor& input, const at::Tensor& target, const at::Tensor& order,
+                      bool is_index, int64_t classes);
+
 // ------------------------------------------------------------- optimizers
 struct AdamConfig {
   double lr, beta1, beta2, eps, weight_decay;

@@ -432,9 +432,13 @@ def fit(model: torch.nn.Module, X: torch.Tensor, y: torch.Tensor, optimizer: _On
     one native call; Ctrl-C (KeyboardInterrupt) is raised between two such
     calls, so every step is either applied whole or not at all.
 
-    Where a step cannot be one native call (frozen parameters, layers with
-    and without biases, optimizer step hooks, a module with hooks), and on
-    CUDA for now, the same loop runs in Python, with the same results.
+    On CUDA each native call reads the device twice before its first step
+    (the labels' range) and never after: its steps gather their batches on
+    the device and leave their losses there; the result matches the loop to
+    float tolerance. Where a step cannot be one native call (frozen
+    parameters, layers with and without biases, optimizer step hooks, a
+    module with hooks, CUDA autocast), the same loop runs in Python, with the
+    same results.
     """
     ensure_loaded()
     if not isinstance(optimizer, _OneCall):
@@ -459,7 +463,8 @@ def fit(model: torch.nn.Module, X: torch.Tensor, y: torch.Tensor, optimizer: _On
                          f"shape {tuple(X.shape)}, got shape {tuple(y.shape)}")
     fused = model._fused_args()
     params = fused[:-1] if fused is not None else ()
-    native = fused is not None and _one_native_call(params) and not optimizer._hooked() and _cpu_step(X)
+    native = (fused is not None and _one_native_call(params) and not optimizer._hooked()
+              and _native_step_serves(X))
     plist = optimizer._check_holds(params if native else list(model.parameters()))
     if not y.is_floating_point() and y.numel():
         classes = _classes(model)
@@ -489,7 +494,7 @@ def fit(model: torch.nn.Module, X: torch.Tensor, y: torch.Tensor, optimizer: _On
                                       for b in rows.split(batch_size)])
             sizes = torch.full((take,), batch_size, dtype=torch.float64)
             sizes[-1] = len(rows) - (take - 1) * batch_size
-            total += float((losses.double() * sizes).sum())
+            total += float((losses.double().cpu() * sizes).sum())
             first += take
             done += take
             if callback is not None and done % every == 0:
@@ -505,12 +510,6 @@ def _classes(model) -> int | None:
         if isinstance(m, torch.nn.Linear):
             last = m
     return last.out_features if last is not None else None
-
-
-def _cpu_step(t: torch.Tensor) -> bool:
-    """Whether the CPU's one-call step applies to ``t``'s device: a CPU tensor, except in the emulated build,
-    where CPU tensors take the CUDA route (csrc/cuda/emulation/)."""
-    return t.device.type == "cpu" and not _EMULATED
 
 
 _EMULATED = os.environ.get("FASTFFNN_BACKEND", "auto").lower() == "emulated"  # read as _build.backend() reads it

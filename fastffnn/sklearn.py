@@ -332,7 +332,7 @@ class MLPClassifier(ClassifierMixin, BaseEstimator):
         sizes = np.full(-(-n // batch_size), batch_size, dtype=np.float64)
         sizes[-1] = n - (len(sizes) - 1) * batch_size
         # the native epochs need the fused plan, which global module hooks turn off: then the Python steps
-        fused = self._model._fused_args() if optim._cpu_step(Xt) else None
+        fused = self._model._fused_args() if optim._native_step_serves(Xt) else None
         native = fused is not None
         if native:
             ensure_loaded()
@@ -401,8 +401,9 @@ class MLPClassifier(ClassifierMixin, BaseEstimator):
             self._best = [p.detach().clone() for p in self._model.parameters()]
 
     def _python_epoch(self, X, y, rows, batch_size):
-        """The epoch's steps in Python (CUDA, and the emulated build): autograd through fastffnn's fused loss,
-        scikit-learn's penalty, and the optimizer's one-launch update. Returns each step's loss, without a sync."""
+        """The epoch's steps in Python, where global module hooks turn the native epochs off: autograd through
+        fastffnn's fused loss, scikit-learn's penalty, and the optimizer's update. Returns each step's loss, without a
+        sync."""
         model, opt = self._model, self._optimizer
         weights = [m.weight for m in self._layers()]
         group = opt.param_groups[0]

@@ -562,6 +562,90 @@ def test_train_step_on_the_device_is_one_native_call(kind):
     assert sum("fused" in n for n in launches) == 2, launches  # the forward's kernel and the backward's
 
 
+FIT_CONFIGS = [
+    ("adam", dict(lr=0.01)),
+    ("adam", dict(lr=0.02, amsgrad=True, weight_decay=0.1)),
+    ("sgd", dict(lr=0.05, momentum=0.9, nesterov=True, weight_decay=0.01)),
+    ("sgd", dict(lr=0.1)),
+]
+
+
+@pytest.mark.parametrize("kind,config", FIT_CONFIGS)
+@pytest.mark.parametrize("batch_size,bias,target_kind", [(1, True, "index"), (3, True, "probs"), (4, False, "index")])
+def test_fit_on_the_device_is_one_native_call_and_the_loop_of_train_step(kind, config, batch_size, bias, target_kind):
+    """csrc/cuda/train_cuda.cpp's fit ops: each epoch one call of the fit op (no train_step op), with the
+    parameters, the optimizer state and the epoch losses of the Python loop of train_step over the same order."""
+    torch.manual_seed(3)
+    model = fastffnn.FastMLP([5, 8, 6, 3], activation=["tanh", "relu"], bias=bias, dtype=torch.float64).to(DEVICE)
+    twin = copy.deepcopy(model)
+    cls = fastffnn.optim.Adam if kind == "adam" else fastffnn.optim.SGD
+    opt, twin_opt = cls(model.parameters(), **config), cls(twin.parameters(), **config)
+    X = torch.randn(10, 5, dtype=torch.float64, device=DEVICE)
+    y = (torch.randint(0, 3, (10,)) if target_kind == "index"
+         else torch.softmax(torch.randn(10, 3, dtype=torch.float64), -1)).to(DEVICE)
+    with torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CPU]) as prof:
+        means = model.fit(X, y, opt, epochs=2, batch_size=batch_size, generator=torch.Generator().manual_seed(5))
+    names = [e.name for e in prof.events()]
+    assert names.count(f"fastffnn::mlp_nll_{kind}_fit_") == 3, names  # the checks' call, then one an epoch
+    assert not [n for n in names if "_step_" in n], names
+    generator, expected = torch.Generator().manual_seed(5), []
+    for _ in range(2):
+        total = 0.0
+        for batch in torch.randperm(10, generator=generator).split(batch_size):
+            x, t = (X[batch[0]], y[batch[0]]) if batch_size == 1 else (X[batch], y[batch])
+            total += float(twin_opt.train_step(twin, x, t)) * len(batch)
+        expected.append(total / 10)
+    assert means == pytest.approx(expected, rel=1e-12)
+    for p, q in zip(model.parameters(), twin.parameters(), strict=True):
+        torch.testing.assert_close(p, q, rtol=1e-12, atol=1e-14)
+        for key, value in twin_opt.state[q].items():
+            torch.testing.assert_close(opt.state[p][key], value, rtol=1e-12, atol=1e-14)
+
+
+def test_fit_on_the_device_reads_the_device_only_before_its_first_step():
+    """The labels are checked once a call (IndicesChecked): four steps or twelve, the same reads back."""
+    torch.manual_seed(4)
+    model = fastffnn.FastMLP([5, 8, 3], device=DEVICE)
+    opt = fastffnn.optim.Adam(model.parameters(), lr=0.01)
+    reads = []
+    for n in (4, 12):
+        X, y = torch.randn(n, 5, device=DEVICE), torch.randint(0, 3, (n,), device=DEVICE)
+        with torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CPU]) as prof:
+            model.fit(X, y, opt, batch_size=1)
+        names = [e.name for e in prof.events()]
+        assert "fastffnn::mlp_nll_adam_fit_" in names, names
+        reads.append(names.count("aten::_local_scalar_dense"))
+    assert reads[0] == reads[1], reads
+
+
+@pytest.mark.parametrize("kind", ["adam", "sgd"])
+@pytest.mark.parametrize("bad", ["label", "order"])
+def test_the_fit_ops_on_the_device_check_labels_and_order_before_any_step(kind, bad):
+    torch.manual_seed(5)
+    model = fastffnn.FastMLP([5, 8, 3], dtype=torch.float64).to(DEVICE)
+    params = [p.detach() for p in model.parameters()]
+    before = [p.clone() for p in params]
+    X, y = torch.randn(6, 5, dtype=torch.float64, device=DEVICE), torch.randint(0, 3, (6,))
+    order = torch.arange(6)
+    if bad == "label":
+        y[4] = 3
+    else:
+        order[5] = 6
+    y = y.to(DEVICE)
+    if kind == "adam":
+        state = [[torch.zeros_like(p) for p in params], [torch.zeros_like(p) for p in params], [],
+                 [torch.tensor(0.0) for _ in params]]
+        call = lambda: torch.ops.fastffnn.mlp_nll_adam_fit_(  # noqa: E731
+            X, y, order, 2, params, True, *state, ["tanh"], 0.01, 0.9, 0.999, 1e-8, 0.0, False, False, False)
+    else:
+        call = lambda: torch.ops.fastffnn.mlp_nll_sgd_fit_(  # noqa: E731
+            X, y, order, 2, params, True, [], [], ["tanh"], 0.1, 0.0, 0.0, 0.0, False, False)
+    with pytest.raises(IndexError, match="class index 3" if bad == "label" else "order must index the 6 rows"):
+        call()
+    for p, b in zip(params, before):
+        assert torch.equal(p, b)
+
+
 @pytest.mark.skipif(EMULATED, reason="needs a real GPU: CUDA autocast")
 def test_train_step_under_autocast_takes_the_autograd_route():
     model = fastffnn.FastMLP([6, 16, 3], device=DEVICE)
@@ -577,8 +661,8 @@ def test_train_step_under_autocast_takes_the_autograd_route():
 @pytest.mark.parametrize("params", [dict(solver="adam", alpha=0.5, batch_size=7),
                                     dict(solver="sgd", learning_rate_init=0.05, batch_size=1, alpha=0.1)])
 def test_the_sklearn_estimator_on_the_device_trains_scikit_learns_model(params):
-    """fastffnn.sklearn.MLPClassifier on the device takes its Python steps (the fused loss through autograd,
-    scikit-learn's penalty, the one-launch update with scikit-learn's eps): scikit-learn's own model, float64."""
+    """fastffnn.sklearn.MLPClassifier on the device: its epochs are the device's fit ops, with scikit-learn's
+    penalty (alpha) and eps (eps_before_correction): scikit-learn's own model, float64."""
     pytest.importorskip("sklearn")
     import warnings
 
@@ -593,7 +677,10 @@ def test_the_sklearn_estimator_on_the_device_trains_scikit_learns_model(params):
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", ConvergenceWarning)
         theirs = SkMLP(**params).fit(X, y)
-        ours = MLPClassifier(**params, device=DEVICE, dtype=torch.float64).fit(X, y)
+        with torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CPU]) as prof:
+            ours = MLPClassifier(**params, device=DEVICE, dtype=torch.float64).fit(X, y)
+    fit_op = f"fastffnn::mlp_nll_{params['solver']}_fit_"
+    assert [e.name for e in prof.events()].count(fit_op) == 2  # an epoch each, max_iter=2
     np.testing.assert_allclose(ours.loss_curve_, theirs.loss_curve_, rtol=1e-10)
     for a, b in zip(ours.coefs_ + ours.intercepts_, theirs.coefs_ + theirs.intercepts_, strict=True):
         np.testing.assert_allclose(a, b, rtol=0, atol=1e-10)

@@ -14,7 +14,6 @@
 #include <ATen/Dispatch.h>
 #include <ATen/Parallel.h>
 #include <ATen/cpu/vec/vec.h>
-#include <ATen/ops/aminmax.h>
 #include <ATen/ops/ones.h>
 #include <ATen/ops/scalar_tensor.h>
 #include <c10/core/impl/LocalDispatchKeySet.h>
@@ -332,18 +331,9 @@ template <typename O>
 at::Tensor network_fit(const char* op, const at::Tensor& input, const at::Tensor& target, const at::Tensor& order,
                        int64_t batch_size, at::TensorList params, bool has_bias, O& optimizer,
                        c10::ArrayRef<std::string> activations, const MlpShape& s, bool is_index, double alpha) {
-  const int64_t n = input.size(0), count = order.numel();
+  const int64_t count = order.numel();
   Trainer<O> trainer(op, params, has_bias, activations, s.sizes, optimizer, alpha);
-  if (count > 0) {
-    const auto [lo, hi] = at::aminmax(order);
-    TORCH_CHECK_INDEX(lo.item<int64_t>() >= 0 && hi.item<int64_t>() < n, "fastffnn.", op,
-                      ": order must index the ", n, " rows of input, got values from ", lo.item<int64_t>(), " to ",
-                      hi.item<int64_t>());
-  }
-  if (is_index && n > 0) {
-    const auto [lo, hi] = at::aminmax(target);
-    for (const int64_t label : {lo.item<int64_t>(), hi.item<int64_t>()}) check_class_index(op, label, trainer.classes());
-  }
+  check_fit_values(op, input, target, order, is_index, trainer.classes());
   const int64_t steps = (count + batch_size - 1) / batch_size;
   at::Tensor losses = at::empty({steps}, input.options());
   const at::Tensor x = input.contiguous(), t = target.contiguous(), rows = order.contiguous();
@@ -455,17 +445,17 @@ at::Tensor mlp_nll_sgd_fit_(const at::Tensor& input, const at::Tensor& target, c
 }  // namespace
 
 TORCH_LIBRARY_IMPL(fastffnn, CPU, m) {
-// The emulated build registers csrc/cuda/train_cuda.cpp's steps for CPU tensors instead, so that they run the CUDA
-// kernels under the emulator; the fit ops stay the CPU's.
+// The emulated build registers csrc/cuda/train_cuda.cpp's steps and epochs for CPU tensors instead, so that they run
+// the CUDA kernels under the emulator.
 #ifndef FASTFFNN_CUDA_EMULATION
   m.impl("ffnn_nll_adam_step_", &ffnn_nll_adam_step_);
   m.impl("ffnn_nll_adam_step_.tensor_lr", &fastffnn::ffnn_adam_step_tensor_lr<&ffnn_nll_adam_step_>);
   m.impl("mlp_nll_adam_step_", &mlp_nll_adam_step_);
   m.impl("mlp_nll_adam_step_.tensor_lr", &fastffnn::mlp_adam_step_tensor_lr<&mlp_nll_adam_step_>);
   m.impl("mlp_nll_sgd_step_", &mlp_nll_sgd_step_);
-#endif
   m.impl("mlp_nll_adam_fit_", &mlp_nll_adam_fit_);
   m.impl("mlp_nll_sgd_fit_", &mlp_nll_sgd_fit_);
+#endif
 }
 
 }  // namespace fastffnn

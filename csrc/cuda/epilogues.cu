@@ -29,8 +29,17 @@
 #include "../checks.h"
 #include "../epilogues.h"
 #include "common.cuh"
+#include "indices_checked.h"
 
 namespace fastffnn::cuda {
+
+namespace {
+thread_local bool t_indices_checked = false;
+}  // namespace
+
+IndicesChecked::IndicesChecked() : previous_(t_indices_checked) { t_indices_checked = true; }
+IndicesChecked::~IndicesChecked() { t_indices_checked = previous_; }
+bool IndicesChecked::active() { return t_indices_checked; }
 
 namespace {
 
@@ -311,10 +320,11 @@ void softmax_backward(const at::Tensor& dout, const at::Tensor& y, bool log, at:
 at::Tensor nll_rows(const char* op, const at::Tensor& z, const at::Tensor& target, bool is_index,
                     at::Tensor* lse) {
   const int64_t rows = z.size(0), n = z.size(1);
-  if (is_index && rows > 0 &&
+  if (is_index && rows > 0 && !IndicesChecked::active() &&
       c10::cuda::currentStreamCaptureStatusMayInitCtx() == c10::cuda::CaptureStatus::None) {
     // The range check reads two numbers back, which a CUDA graph cannot
     // record; under capture the kernel turns a bad index into a NaN loss.
+    // A fit call has checked every label before its first step.
     const auto [lo, hi] = at::aminmax(target);
     check_class_index(op, lo.item<int64_t>(), n);
     check_class_index(op, hi.item<int64_t>(), n);

@@ -1,6 +1,7 @@
-// The CUDA training steps, each one native call: fastffnn::mlp_nll_adam_step_
-// (and its case of one hidden layer, ffnn_nll_adam_step_) and
-// mlp_nll_sgd_step_, for CUDA tensors.
+// The CUDA training steps and epochs, each one native call:
+// fastffnn::mlp_nll_adam_step_ (and its case of one hidden layer,
+// ffnn_nll_adam_step_), mlp_nll_sgd_step_, and the epochs of them,
+// mlp_nll_adam_fit_ and mlp_nll_sgd_fit_, for CUDA tensors.
 //
 // A step is the forward and loss (fastffnn::mlp_nll on the CUDA backend: the
 // fused tier's one kernel for a narrow network, else cuBLAS and the
@@ -12,18 +13,29 @@
 // check of class indices (epilogues.cu's nll_rows), as in the loss op. The
 // launches are those of the ops it strings together; the autograd route (a
 // forward op, its backward op and adam_step_) makes the same launches plus
-// autograd's own. The CPU's steps (csrc/cpu/train.cpp) add the one-row loops
-// and the epochs (the fit ops), which have no CUDA kernels yet.
+// autograd's own.
+//
+// A fit call checks the order and every label once, then runs its steps with
+// no wait for the device at all: the labels' check is done (IndicesChecked),
+// each batch is gathered on the device from the order, copied there once, and
+// each step's loss is written into the device tensor the call returns. The
+// CPU's steps (csrc/cpu/train.cpp) add the one-row loops.
+#include <ATen/Dispatch.h>
+#include <ATen/OpMathType.h>
+#include <ATen/ops/index_select.h>
 #include <ATen/ops/ones.h>
 #include <c10/core/impl/LocalDispatchKeySet.h>
 #include <torch/library.h>
 
+#include <algorithm>
+#include <cmath>
 #include <string>
 #include <vector>
 
 #include "../checks.h"
 #include "../ops.h"
 #include "backend.h"
+#include "indices_checked.h"
 #include "updates.h"
 
 namespace fastffnn::cuda {
@@ -112,11 +124,118 @@ at::Tensor mlp_nll_sgd_step_(const at::Tensor& input, const at::Tensor& target, 
   return loss;
 }
 
+// ---------------------------------------------------------------- epochs
+// Adds scikit-learn's L2 penalty (alpha, see the fit ops' schema) of a batch
+// of `rows` rows to the weights' gradients and to the loss, with the weights
+// before the step.
+void add_penalty(double alpha, int64_t rows, at::TensorList params, bool has_bias, std::vector<at::Tensor>& grads,
+                 at::Tensor& loss) {
+  if (alpha == 0) return;
+  const size_t per_layer = has_bias ? 2 : 1;
+  at::Tensor squares;
+  for (size_t i = 0; i < params.size(); i += per_layer) {
+    const at::Tensor s = params[i].square().sum(at::toOpMathType(params[i].scalar_type()));
+    squares = squares.defined() ? squares.add_(s) : s;
+    grads[i].add_(params[i], alpha / static_cast<double>(rows));
+  }
+  loss.add_(squares, 0.5 * alpha / static_cast<double>(rows));
+}
+
+// A CPU step counter's value, read without a dispatch (as optim.cu's advance_step writes it).
+double step_count(const at::Tensor& step) {
+  double count = 0;
+  AT_DISPATCH_FLOATING_TYPES(step.scalar_type(), "fastffnn.step_count",
+                             [&] { count = static_cast<double>(*step.const_data_ptr<scalar_t>()); });
+  return count;
+}
+
+// Steps over the rows of input (n, n_0) and target (n,) or (n, n_L) in the
+// given order (a CPU tensor), batch_size rows at a time (the last batch
+// smaller), as the Python loop over order.split(batch_size) of the step op
+// would run them: step(x, t) trains on one batch and returns its loss. The
+// order's values and every label are checked before the first step; returns
+// each step's loss, on the device.
+template <typename Step>
+at::Tensor fit_steps(const char* op, const at::Tensor& input, const at::Tensor& target, const at::Tensor& order,
+                     int64_t batch_size, int64_t classes, bool is_index, const Step& step) {
+  check_fit_values(op, input, target, order, is_index, classes);
+  const int64_t count = order.numel();
+  const int64_t steps = (count + batch_size - 1) / batch_size;
+  at::Tensor losses = at::empty({steps}, input.options());
+  if (steps == 0) return losses;
+  const auto guard = Backend::guard(input);
+  at::AutoDispatchBelowADInplaceOrView below_autograd;
+  const at::Tensor rows = order.to(input.device());  // one copy for the whole call
+  const IndicesChecked checked;
+  for (int64_t s = 0; s < steps; ++s) {
+    const int64_t begin = s * batch_size;
+    const at::Tensor batch = rows.narrow(0, begin, std::min(batch_size, count - begin));
+    losses.select(0, s).copy_(step(input.index_select(0, batch), target.index_select(0, batch)));
+  }
+  return losses;
+}
+
+at::Tensor mlp_nll_adam_fit_(const at::Tensor& input, const at::Tensor& target, const at::Tensor& order,
+                             int64_t batch_size, at::TensorList params, bool has_bias, at::TensorList exp_avgs,
+                             at::TensorList exp_avg_sqs, at::TensorList max_exp_avg_sqs, at::TensorList steps,
+                             c10::ArrayRef<std::string> activations, double lr, double beta1, double beta2,
+                             double eps, double weight_decay, bool amsgrad, bool maximize,
+                             bool decoupled_weight_decay, double alpha, bool eps_before_correction) {
+  constexpr const char* op = "mlp_nll_adam_fit_";
+  const auto args = check_mlp_fit_args(op, Backend::kReducedPrecision, input, target, order, batch_size, params,
+                                       has_bias, activations, alpha, maximize,
+                                       decoupled_weight_decay && weight_decay != 0);
+  const AdamConfig config{lr, beta1, beta2, eps, weight_decay, amsgrad, maximize, decoupled_weight_decay};
+  check_adam_args(op, Backend::kReducedPrecision, kDevice, params, {}, exp_avgs, exp_avg_sqs, max_exp_avg_sqs, steps,
+                  config);
+  if (eps_before_correction) {
+    // scikit-learn's optimizer keeps one step count; its eps is one number a step for all parameters here
+    for (const at::Tensor& s : steps)
+      TORCH_CHECK_VALUE(step_count(s) == step_count(steps[0]), "fastffnn.", op,
+                        ": eps_before_correction needs one step count for all parameters, got ", step_count(s),
+                        " and ", step_count(steps[0]));
+  }
+  const MlpShape shape = args.shape.concrete();
+  return fit_steps(op, input, target, order, batch_size, shape.sizes.back(), args.is_index,
+                   [&](const at::Tensor& x, const at::Tensor& t) {
+                     auto [loss, grads] = loss_and_grads(x, t, params, has_bias, activations, "mean");
+                     add_penalty(alpha, x.size(0), params, has_bias, grads, loss);
+                     AdamConfig c = config;
+                     // scikit-learn adds eps to sqrt(v) before the bias correction: torch's eps / sqrt(1 - beta2^t)
+                     if (eps_before_correction && !steps.empty())
+                       c.eps = eps / std::sqrt(1 - std::pow(beta2, step_count(steps[0]) + 1));
+                     adam_update(op, params, grads, exp_avgs, exp_avg_sqs, max_exp_avg_sqs, steps, c);
+                     return loss;
+                   });
+}
+
+at::Tensor mlp_nll_sgd_fit_(const at::Tensor& input, const at::Tensor& target, const at::Tensor& order,
+                            int64_t batch_size, at::TensorList params, bool has_bias, at::TensorList momentum_buffers,
+                            const c10::List<bool>& fresh, c10::ArrayRef<std::string> activations, double lr,
+                            double momentum, double dampening, double weight_decay, bool nesterov, bool maximize,
+                            double alpha) {
+  constexpr const char* op = "mlp_nll_sgd_fit_";
+  const auto args = check_mlp_fit_args(op, Backend::kReducedPrecision, input, target, order, batch_size, params,
+                                       has_bias, activations, alpha, maximize, false);
+  const SgdConfig config{lr, momentum, dampening, weight_decay, nesterov, maximize};
+  check_sgd_args(op, Backend::kReducedPrecision, kDevice, params, {}, momentum_buffers, fresh.size(), config);
+  c10::List<bool> first = fresh.copy();
+  const MlpShape shape = args.shape.concrete();
+  return fit_steps(op, input, target, order, batch_size, shape.sizes.back(), args.is_index,
+                   [&](const at::Tensor& x, const at::Tensor& t) {
+                     auto [loss, grads] = loss_and_grads(x, t, params, has_bias, activations, "mean");
+                     add_penalty(alpha, x.size(0), params, has_bias, grads, loss);
+                     sgd_update(op, params, grads, momentum_buffers, first, config);
+                     for (size_t i = 0; i < first.size(); ++i) first.set(i, false);  // a buffer holds its first step
+                     return loss;
+                   });
+}
+
 }  // namespace
 }  // namespace fastffnn::cuda
 
-// The emulated build has no CUDA tensors: it registers these steps for CPU
-// tensors (csrc/cpu/train.cpp then registers only the fit ops).
+// The emulated build has no CUDA tensors: it registers these steps and epochs
+// for CPU tensors (csrc/cpu/train.cpp then registers none).
 #ifdef FASTFFNN_CUDA_EMULATION
 TORCH_LIBRARY_IMPL(fastffnn, CPU, m) {
 #else
@@ -128,4 +247,6 @@ TORCH_LIBRARY_IMPL(fastffnn, CUDA, m) {
   m.impl("mlp_nll_adam_step_", &fastffnn::cuda::mlp_nll_adam_step_);
   m.impl("mlp_nll_adam_step_.tensor_lr", &fastffnn::mlp_adam_step_tensor_lr<&fastffnn::cuda::mlp_nll_adam_step_>);
   m.impl("mlp_nll_sgd_step_", &fastffnn::cuda::mlp_nll_sgd_step_);
+  m.impl("mlp_nll_adam_fit_", &fastffnn::cuda::mlp_nll_adam_fit_);
+  m.impl("mlp_nll_sgd_fit_", &fastffnn::cuda::mlp_nll_sgd_fit_);
 }
