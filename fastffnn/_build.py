@@ -240,8 +240,10 @@ def _sanitizer_flags() -> list[str]:
     names = sanitizers()
     if not names:
         return []
-    # -fno-sanitize-recover: the first finding stops the process, so no report goes unnoticed
-    return [f"-fsanitize={','.join(names)}", "-fno-sanitize-recover=all", "-fno-omit-frame-pointer", "-g"]
+    # -fno-sanitize-recover: the first finding stops the process, so no report goes unnoticed.
+    # -g1: line tables only, which is all a report's stack needs (file:line); full -g took a third
+    # longer to compile (train.cpp: 79 s against 52 s on the 2-core VM).
+    return [f"-fsanitize={','.join(names)}", "-fno-sanitize-recover=all", "-fno-omit-frame-pointer", "-g1"]
 
 
 def cflags() -> list[str]:
