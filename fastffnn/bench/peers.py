@@ -17,10 +17,10 @@ FastFFNN, from the least to the most change to the user's code:
 * ``fastffnn``: the drop-in. Only the class changes: the same loss and the
   same ``torch.optim.Adam()`` as ``eager``;
 * ``fastffnn+fused``: ``FastFFNN.nll_loss`` with ``Adam(fused=True)``;
-* ``fastffnn+adam`` (CPU): the lecture's loss with ``fastffnn.optim.Adam``,
+* ``fastffnn+adam``: the lecture's loss with ``fastffnn.optim.Adam``,
   the same hyper-parameters as ``eager``'s;
-* ``fastffnn-step`` (CPU): ``FastFFNN.train_step``, the whole step in one call;
-* ``fastffnn-fit`` (CPU): ``fit``, fit_steps(batch) steps on the same batch
+* ``fastffnn-step``: ``FastFFNN.train_step``, the whole step in one call;
+* ``fastffnn-fit``: ``fit``, fit_steps(batch) steps on the same batch
   in one call (the batches of an epoch without a Python loop: up to 1,024
   steps or 16,384 rows, as an epoch of digits' 1,797 examples runs them;
   ``fit``'s Python around the call, about 0.2-0.3 ms, was 3 µs of a
@@ -134,10 +134,7 @@ def available(point: Point) -> list[str]:
         return list(FORWARD)
     if point.mode in ("grad-forward", "forward-backward"):
         return list(HALVES)
-    names = STOCK + ["fastffnn", "fastffnn+fused"]
-    if point.device.type == "cpu":
-        names += ["fastffnn+adam", "fastffnn-step", "fastffnn-fit"]
-    return names
+    return STOCK + ["fastffnn", "fastffnn+fused", "fastffnn+adam", "fastffnn-step", "fastffnn-fit"]
 
 
 def _step(model: nn.Module, loss_fn: Callable[[], Tensor], opt: torch.optim.Optimizer) -> Callable[[], None]:
