@@ -390,6 +390,18 @@ double advance_step(const at::Tensor& step) {
   return count;
 }
 
+double read_step(const at::Tensor& step) {
+  double count = 0;
+  AT_DISPATCH_FLOATING_TYPES(step.scalar_type(), "fastffnn.read_step",
+                             [&] { count = static_cast<double>(*step.const_data_ptr<scalar_t>()); });
+  return count;
+}
+
+void write_step(const at::Tensor& step, double value) {
+  AT_DISPATCH_FLOATING_TYPES(step.scalar_type(), "fastffnn.write_step",
+                             [&] { *step.data_ptr<scalar_t>() = static_cast<scalar_t>(value); });
+}
+
 bool reduced_precision_on(const c10::Device& device) {
 #ifdef FASTFFNN_CUDA_EMULATION
   return device.is_cuda() || device.is_cpu();

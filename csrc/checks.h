@@ -282,6 +282,9 @@ at::Tensor mlp_adam_step_tensor_lr(const at::Tensor& input, const at::Tensor& ta
 
 // Advances a torch.optim step counter (a one-element floating CPU tensor) and returns the new count.
 double advance_step(const at::Tensor& step);
+// A step counter's value, and setting it (a one-element CPU float tensor, as advance_step takes).
+double read_step(const at::Tensor& step);
+void write_step(const at::Tensor& step, double value);
 
 // Whether the kernels registered for `device` in this build compute in
 // float16/bfloat16: CUDA's, and in the emulated build (csrc/cuda/emulation/)

@@ -18,8 +18,9 @@ import fastffnn
 from fastffnn import reference as ref
 
 from cuda_harness import MODES as MODE_SETTINGS
-from cuda_harness import (AVAILABLE, DEVICE, EMULATED, SKIP_REASON, assert_close, check, launched_kernels,
-                          precision, ref_ffnn, ref_ffnn_nll, ref_linear_act, tolerance)
+from cuda_harness import (AVAILABLE, DEVICE, EMULATED, SKIP_REASON, assert_close, assert_same_bits, check,
+                          launched_kernels, poisoned_allocations, precision, ref_ffnn, ref_ffnn_nll, ref_linear_act,
+                          set_schedule, tolerance)
 
 pytestmark = pytest.mark.skipif(not AVAILABLE, reason=SKIP_REASON)
 
@@ -602,6 +603,77 @@ def test_fit_on_the_device_is_one_native_call_and_the_loop_of_train_step(kind, c
             torch.testing.assert_close(opt.state[p][key], value, rtol=1e-12, atol=1e-14)
 
 
+ROW_FIT_CASES = [
+    # (optimizer, config, sizes, activations, bias, dtype, target)
+    ("adam", dict(lr=0.01), [5, 8, 6, 3], ["tanh", "relu"], True, torch.float64, "index"),
+    ("adam", dict(lr=0.02, amsgrad=True, weight_decay=0.1), [7, 33, 3], ["sigmoid"], False, torch.float32, "probs"),
+    ("adam", dict(lr=0.02, weight_decay=0.1, decoupled_weight_decay=True, maximize=True), [6, 40, 9, 5, 4],
+     ["relu", "tanh", "sigmoid"], True, torch.float64, "index"),
+    ("adam", dict(lr=0.01), [3, 530, 2], ["tanh"], True, torch.float32, "index"),  # wider than the block's 512
+    ("sgd", dict(lr=0.05, momentum=0.9, nesterov=True, weight_decay=0.01), [5, 8, 3], ["tanh"], True, torch.float64,
+     "index"),
+    ("sgd", dict(lr=0.05, momentum=0.5, dampening=0.3), [4, 36, 5], ["relu"], False, torch.float32, "probs"),
+    ("sgd", dict(lr=0.1), [5, 8, 3], ["sigmoid"], True, torch.float64, "probs"),
+]
+
+
+@pytest.mark.parametrize("kind,config,sizes,acts,bias,dtype,target_kind", ROW_FIT_CASES,
+                         ids=["adam-f64", "adam-amsgrad-f32-probs", "adam-decoupled-deep", "adam-wide",
+                              "sgd-nesterov", "sgd-dampening-f32-probs", "sgd-plain-probs"])
+def test_fit_at_batch_one_is_one_block_launch_and_the_loop_of_train_step(kind, config, sizes, acts, bias, dtype,
+                                                                        target_kind):
+    """row_fit.cu: a fit call at batch 1 is one launch of the one-block epoch, whose parameters, optimizer state
+    (step counts included) and losses are those of the Python loop of train_step (the per-step kernels), the same
+    bits under every thread schedule of the emulator."""
+    torch.manual_seed(6)
+    model = fastffnn.FastMLP(sizes, activation=acts, bias=bias, dtype=dtype).to(DEVICE)
+    cls = fastffnn.optim.Adam if kind == "adam" else fastffnn.optim.SGD
+    n = 9
+    X = torch.randn(n, sizes[0], dtype=dtype).to(DEVICE)
+    y = (torch.randint(0, sizes[-1], (n,)) if target_kind == "index"
+         else torch.softmax(torch.randn(n, sizes[-1], dtype=dtype), -1)).to(DEVICE)
+    twin = copy.deepcopy(model)
+    twin_opt = cls(twin.parameters(), **config)
+    expected = []
+    generator = torch.Generator().manual_seed(7)
+    for _ in range(2):
+        total = 0.0
+        for i in torch.randperm(n, generator=generator):
+            total += float(twin_opt.train_step(twin, X[i], y[i]))
+        expected.append(total / n)
+    runs = []
+    for schedule in ((0, 1, 2) if EMULATED else (None,)):
+        set_schedule(schedule)
+        ours = copy.deepcopy(model)
+        opt = cls(ours.parameters(), **config)
+        with poisoned_allocations():
+            launches = launched_kernels(lambda: runs.append(
+                ours.fit(X, y, opt, epochs=2, batch_size=1, generator=torch.Generator().manual_seed(7))))
+        assert [k for k in launches if "row_fit" in k] == ["row_fit_kernel"] * 2, launches  # one an epoch
+        assert not [k for k in launches if "adam_kernel" in k or "sgd_kernel" in k or "fused" in k], launches
+        rtol, atol = (1e-12, 1e-14) if dtype == torch.float64 else (2e-5, 2e-6)
+        for p, q in zip(ours.parameters(), twin.parameters(), strict=True):
+            torch.testing.assert_close(p, q, rtol=rtol, atol=atol)
+            assert opt.state[p].keys() == twin_opt.state[q].keys()
+            for key, value in twin_opt.state[q].items():
+                torch.testing.assert_close(opt.state[p][key], value, rtol=rtol, atol=atol)
+        assert runs[-1] == pytest.approx(expected, rel=rtol)
+        runs[-1] = [torch.tensor(runs[-1])] + [p.detach().clone() for p in ours.parameters()]
+    set_schedule(0 if EMULATED else None)
+    assert_same_bits(runs, "the one-block epoch")
+
+
+def test_fit_at_batch_one_takes_the_per_step_route_where_the_one_block_epoch_does_not_apply():
+    """bfloat16 (the one-block epoch takes float32 and float64): the per-step kernels, one step at a time."""
+    torch.manual_seed(8)
+    model = fastffnn.FastMLP([5, 8, 3], dtype=torch.bfloat16).to(DEVICE)
+    opt = fastffnn.optim.Adam(model.parameters(), lr=0.01)
+    X, y = torch.randn(4, 5, dtype=torch.bfloat16).to(DEVICE), torch.randint(0, 3, (4,)).to(DEVICE)
+    launches = launched_kernels(lambda: model.fit(X, y, opt, batch_size=1))
+    assert "row_fit_kernel" not in launches, launches
+    assert sum("adam_kernel" in k for k in launches) == 4, launches
+
+
 def test_fit_on_the_device_reads_the_device_only_before_its_first_step():
     """The labels are checked once a call (IndicesChecked): four steps or twelve, the same reads back."""
     torch.manual_seed(4)
@@ -659,6 +731,7 @@ def test_train_step_under_autocast_takes_the_autograd_route():
 
 
 @pytest.mark.parametrize("params", [dict(solver="adam", alpha=0.5, batch_size=7),
+                                    dict(solver="adam", alpha=0.5, batch_size=1),  # the one-block epoch
                                     dict(solver="sgd", learning_rate_init=0.05, batch_size=1, alpha=0.1)])
 def test_the_sklearn_estimator_on_the_device_trains_scikit_learns_model(params):
     """fastffnn.sklearn.MLPClassifier on the device: its epochs are the device's fit ops, with scikit-learn's

@@ -5,7 +5,8 @@
    csrc/cuda/emulation/ (threads as fibers, barriers, warp shuffles, mma.sync and cvt.rna.tf32 to the PTX
    ISA's layouts, poisoned shared memory), every case under three thread schedules.
 2. Mutants: csrc/ with one bug planted (a dropped __syncthreads, swapped mma fragment registers, a partial
-   shuffle, an output element never written, threads exiting before a barrier) must fail the tests that
+   shuffle, an output element never written, threads exiting before a barrier, a missing barrier between
+   reading weights and updating them) must fail the tests that
    cover it, each with the failure the harness promises.
 
 The build is made through a symbolic link to csrc/ (the real files); for the mutants the link is replaced by
@@ -86,6 +87,12 @@ MUTANTS = [
      "  if (partial == nullptr) return;  // the same for the whole block\n",
      "  if (col >= n) return;\n",
      "test_linear_ops and 33-300-100-tanh-float32", r"rows_with_colsum_kernel .* exited while .* waits at __syncthreads"),
+    ("input-gradient-race", "cuda/row_fit.cu",
+     "      __syncthreads();  // the products above read the weights before they move\n",
+     "",
+     # threads update weights that others still read for the gradient below them, in some schedules first
+     "test_fit_at_batch_one_is_one_block_launch_and_the_loop_of_train_step and adam-f64",
+     r"Tensor-likes are not close|differs between thread schedule \d and \d: a race"),
     ("partial-shuffle", "cuda/common.cuh",
      "  for (int offset = 16; offset > 0; offset >>= 1) v += __shfl_xor_sync(0xffffffffu, v, offset);\n",
      "  for (int offset = 16; offset > 0; offset >>= 1) v += __shfl_xor_sync(0x0000ffffu, v, offset);\n",

@@ -118,6 +118,33 @@ struct Act<Activation::Sigmoid> {
   }
 };
 
+// The activation `a` chosen at run time (a network's layers may differ), for kernels that loop over layers.
+template <typename T>
+__device__ __forceinline__ T act_forward(Activation a, T x) {
+  switch (a) {
+    case Activation::ReLU:
+      return Act<Activation::ReLU>::forward(x);
+    case Activation::Sigmoid:
+      return Act<Activation::Sigmoid>::forward(x);
+    case Activation::Tanh:
+      break;
+  }
+  return Act<Activation::Tanh>::forward(x);
+}
+
+template <typename T>
+__device__ __forceinline__ T act_backward(Activation a, T y, T dy) {
+  switch (a) {
+    case Activation::ReLU:
+      return Act<Activation::ReLU>::backward(y, dy);
+    case Activation::Sigmoid:
+      return Act<Activation::Sigmoid>::backward(y, dy);
+    case Activation::Tanh:
+      break;
+  }
+  return Act<Activation::Tanh>::backward(y, dy);
+}
+
 inline cudaStream_t current_stream() { return c10::cuda::getCurrentCUDAStream(); }
 
 // What the host code asks of the current device, read once per device. (The

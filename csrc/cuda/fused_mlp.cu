@@ -279,30 +279,6 @@ struct FusedNet {
   int max_hidden;  // the widest hidden layer: the stride of the on-chip activations is max_hidden + 1
 };
 
-__device__ __forceinline__ float act_forward(Activation a, float v) {
-  switch (a) {
-    case Activation::ReLU:
-      return Act<Activation::ReLU>::forward(v);
-    case Activation::Sigmoid:
-      return Act<Activation::Sigmoid>::forward(v);
-    case Activation::Tanh:
-      break;
-  }
-  return Act<Activation::Tanh>::forward(v);
-}
-
-__device__ __forceinline__ float act_backward(Activation a, float y, float dy) {
-  switch (a) {
-    case Activation::ReLU:
-      return Act<Activation::ReLU>::backward(y, dy);
-    case Activation::Sigmoid:
-      return Act<Activation::Sigmoid>::backward(y, dy);
-    case Activation::Tanh:
-      break;
-  }
-  return Act<Activation::Tanh>::backward(y, dy);
-}
-
 // Per block of kRows rows, layer after layer: each hidden layer's product
 // (step 1), its bias + activation (step 2) into the on-chip activations, which
 // the next layer reads in place of x; then the output layer and softmax

@@ -20,11 +20,8 @@
 
 #include "../checks.h"
 #include "common.cuh"
+#include "updates.cuh"
 #include "updates.h"
-
-#ifndef FASTFFNN_CUDA_EMULATION
-#include <ATen/cuda/CUDAGraphsUtils.cuh>
-#endif
 
 namespace fastffnn::cuda {
 namespace {
@@ -36,9 +33,6 @@ constexpr int kMaxBlocksX = 1024;  // a larger tensor strides
 
 // The tensors of one launch: parameter i has n[i] elements at p[i], with its
 // gradient g[i] and state; the per-tensor constants come along.
-__device__ __forceinline__ float dev_sqrt(float x) { return sqrtf(x); }
-__device__ __forceinline__ double dev_sqrt(double x) { return sqrt(x); }
-
 template <typename T, typename Acc>
 struct AdamTable {
   T* p[kMaxTensors];
@@ -50,12 +44,6 @@ struct AdamTable {
   Acc neg_step_size[kMaxTensors], inv_bc2_sqrt[kMaxTensors];
 };
 
-template <typename Acc>
-struct AdamConstants {
-  Acc w1, b2, w2, eps, wd, decay;
-  bool weight_decay, decoupled, maximize;
-};
-
 template <typename T, typename Acc>
 __global__ void adam_kernel(AdamTable<T, Acc> table, AdamConstants<Acc> c) {
   const int t = blockIdx.y;
@@ -64,29 +52,8 @@ __global__ void adam_kernel(AdamTable<T, Acc> table, AdamConstants<Acc> c) {
   T *p = table.p[t], *m = table.m[t], *v = table.v[t], *vmax = table.vmax[t];
   const T* g = table.g[t];
   const int64_t stride = static_cast<int64_t>(gridDim.x) * blockDim.x;
-  for (int64_t i = static_cast<int64_t>(blockIdx.x) * blockDim.x + threadIdx.x; i < n; i += stride) {
-    Acc grad = static_cast<Acc>(g[i]);
-    if (c.maximize) grad = -grad;
-    Acc param = static_cast<Acc>(p[i]);
-    if (c.weight_decay) {
-      if (c.decoupled)
-        param *= c.decay;
-      else
-        grad += param * c.wd;
-    }
-    Acc mi = static_cast<Acc>(m[i]);
-    mi += c.w1 * (grad - mi);  // torch's lerp for weights below 0.5
-    const Acc vi = static_cast<Acc>(v[i]) * c.b2 + c.w2 * grad * grad;
-    Acc second = vi;
-    if (vmax) {
-      second = nan_max(static_cast<Acc>(vmax[i]), vi);
-      vmax[i] = static_cast<T>(second);
-    }
-    const Acc denom = dev_sqrt(second) * ibc + c.eps;
-    p[i] = static_cast<T>(param + nss * (mi / denom));
-    m[i] = static_cast<T>(mi);
-    v[i] = static_cast<T>(vi);
-  }
+  for (int64_t i = static_cast<int64_t>(blockIdx.x) * blockDim.x + threadIdx.x; i < n; i += stride)
+    adam_element(static_cast<Acc>(g[i]), p + i, m + i, v + i, vmax ? vmax + i : nullptr, nss, ibc, c.eps, c);
 }
 
 template <typename T, typename Acc>
@@ -98,12 +65,6 @@ struct SgdTable {
   int64_t n[kMaxTensors];
 };
 
-template <typename Acc>
-struct SgdConstants {
-  Acc neg_lr, wd, momentum, keep;
-  bool weight_decay, nesterov, maximize;
-};
-
 template <typename T, typename Acc>
 __global__ void sgd_kernel(SgdTable<T, Acc> table, SgdConstants<Acc> c) {
   const int t = blockIdx.y;
@@ -112,28 +73,8 @@ __global__ void sgd_kernel(SgdTable<T, Acc> table, SgdConstants<Acc> c) {
   const T* g = table.g[t];
   const bool fresh = table.fresh[t];
   const int64_t stride = static_cast<int64_t>(gridDim.x) * blockDim.x;
-  for (int64_t i = static_cast<int64_t>(blockIdx.x) * blockDim.x + threadIdx.x; i < n; i += stride) {
-    Acc grad = static_cast<Acc>(g[i]);
-    if (c.maximize) grad = -grad;
-    const Acc param = static_cast<Acc>(p[i]);
-    if (c.weight_decay) grad += param * c.wd;
-    if (buf) {
-      const Acc b = fresh ? grad : static_cast<Acc>(buf[i]) * c.momentum + grad * c.keep;
-      buf[i] = static_cast<T>(b);
-      grad = c.nesterov ? grad + b * c.momentum : b;
-    }
-    p[i] = static_cast<T>(param + grad * c.neg_lr);
-  }
-}
-
-void refuse_capture(const char* op) {
-#ifndef FASTFFNN_CUDA_EMULATION
-  TORCH_CHECK(at::cuda::currentStreamCaptureStatus() == at::cuda::CaptureStatus::None, "fastffnn.", op,
-              ": cannot be captured in a CUDA graph: its step counters live on the CPU and a replay would reuse "
-              "this step's bias corrections (torch.optim.Adam needs capturable=True for the same reason)");
-#else
-  (void)op;
-#endif
+  for (int64_t i = static_cast<int64_t>(blockIdx.x) * blockDim.x + threadIdx.x; i < n; i += stride)
+    sgd_element(static_cast<Acc>(g[i]), p + i, buf ? buf + i : nullptr, fresh, c);
 }
 
 // Launches `kernel` over the `count` tensors of `table`, the largest of `largest` elements.

@@ -18,8 +18,9 @@
 // A fit call checks the order and every label once, then runs its steps with
 // no wait for the device at all: the labels' check is done (IndicesChecked),
 // each batch is gathered on the device from the order, copied there once, and
-// each step's loss is written into the device tensor the call returns. The
-// CPU's steps (csrc/cpu/train.cpp) add the one-row loops.
+// each step's loss is written into the device tensor the call returns. At
+// batch 1 a small network's whole call is one launch instead (row_fit.cu).
+// The CPU's steps (csrc/cpu/train.cpp) add the one-row loops.
 #include <ATen/Dispatch.h>
 #include <ATen/OpMathType.h>
 #include <ATen/ops/index_select.h>
@@ -36,6 +37,7 @@
 #include "../ops.h"
 #include "backend.h"
 #include "indices_checked.h"
+#include "row_fit.h"
 #include "updates.h"
 
 namespace fastffnn::cuda {
@@ -141,23 +143,18 @@ void add_penalty(double alpha, int64_t rows, at::TensorList params, bool has_bia
   loss.add_(squares, 0.5 * alpha / static_cast<double>(rows));
 }
 
-// A CPU step counter's value, read without a dispatch (as optim.cu's advance_step writes it).
-double step_count(const at::Tensor& step) {
-  double count = 0;
-  AT_DISPATCH_FLOATING_TYPES(step.scalar_type(), "fastffnn.step_count",
-                             [&] { count = static_cast<double>(*step.const_data_ptr<scalar_t>()); });
-  return count;
-}
-
 // Steps over the rows of input (n, n_0) and target (n,) or (n, n_L) in the
 // given order (a CPU tensor), batch_size rows at a time (the last batch
 // smaller), as the Python loop over order.split(batch_size) of the step op
-// would run them: step(x, t) trains on one batch and returns its loss. The
-// order's values and every label are checked before the first step; returns
-// each step's loss, on the device.
-template <typename Step>
+// would run them: step(x, t) trains on one batch and returns its loss. At
+// batch 1, every_row(rows, losses) may run all the steps at once (the
+// one-block epoch, row_fit.cu) and say so. The order's values and every
+// label are checked before the first step; returns each step's loss, on the
+// device.
+template <typename Step, typename EveryRow>
 at::Tensor fit_steps(const char* op, const at::Tensor& input, const at::Tensor& target, const at::Tensor& order,
-                     int64_t batch_size, int64_t classes, bool is_index, const Step& step) {
+                     int64_t batch_size, int64_t classes, bool is_index, const Step& step,
+                     const EveryRow& every_row) {
   check_fit_values(op, input, target, order, is_index, classes);
   const int64_t count = order.numel();
   const int64_t steps = (count + batch_size - 1) / batch_size;
@@ -165,7 +162,8 @@ at::Tensor fit_steps(const char* op, const at::Tensor& input, const at::Tensor& 
   if (steps == 0) return losses;
   const auto guard = Backend::guard(input);
   at::AutoDispatchBelowADInplaceOrView below_autograd;
-  const at::Tensor rows = order.to(input.device());  // one copy for the whole call
+  const at::Tensor rows = order.to(input.device()).contiguous();  // one copy for the whole call
+  if (batch_size == 1 && every_row(rows, losses)) return losses;
   const IndicesChecked checked;
   for (int64_t s = 0; s < steps; ++s) {
     const int64_t begin = s * batch_size;
@@ -191,9 +189,9 @@ at::Tensor mlp_nll_adam_fit_(const at::Tensor& input, const at::Tensor& target, 
   if (eps_before_correction) {
     // scikit-learn's optimizer keeps one step count; its eps is one number a step for all parameters here
     for (const at::Tensor& s : steps)
-      TORCH_CHECK_VALUE(step_count(s) == step_count(steps[0]), "fastffnn.", op,
-                        ": eps_before_correction needs one step count for all parameters, got ", step_count(s),
-                        " and ", step_count(steps[0]));
+      TORCH_CHECK_VALUE(read_step(s) == read_step(steps[0]), "fastffnn.", op,
+                        ": eps_before_correction needs one step count for all parameters, got ", read_step(s),
+                        " and ", read_step(steps[0]));
   }
   const MlpShape shape = args.shape.concrete();
   return fit_steps(op, input, target, order, batch_size, shape.sizes.back(), args.is_index,
@@ -203,9 +201,20 @@ at::Tensor mlp_nll_adam_fit_(const at::Tensor& input, const at::Tensor& target, 
                      AdamConfig c = config;
                      // scikit-learn adds eps to sqrt(v) before the bias correction: torch's eps / sqrt(1 - beta2^t)
                      if (eps_before_correction && !steps.empty())
-                       c.eps = eps / std::sqrt(1 - std::pow(beta2, step_count(steps[0]) + 1));
+                       c.eps = eps / std::sqrt(1 - std::pow(beta2, read_step(steps[0]) + 1));
                      adam_update(op, params, grads, exp_avgs, exp_avg_sqs, max_exp_avg_sqs, steps, c);
                      return loss;
+                   },
+                   [&](const at::Tensor& rows, at::Tensor& losses) {
+                     const RowFitProblem problem{input,  target,      args.is_index, rows,  params,
+                                                 has_bias, activations, shape.sizes,   alpha, losses};
+                     std::vector<at::Tensor> state(exp_avgs.begin(), exp_avgs.end());
+                     state.insert(state.end(), exp_avg_sqs.begin(), exp_avg_sqs.end());
+                     state.insert(state.end(), max_exp_avg_sqs.begin(), max_exp_avg_sqs.end());
+                     if (!row_fit_applies(problem, state)) return false;
+                     adam_row_fit(op, problem,
+                                  {exp_avgs, exp_avg_sqs, max_exp_avg_sqs, steps, config, eps_before_correction});
+                     return true;
                    });
 }
 
@@ -228,6 +237,13 @@ at::Tensor mlp_nll_sgd_fit_(const at::Tensor& input, const at::Tensor& target, c
                      sgd_update(op, params, grads, momentum_buffers, first, config);
                      for (size_t i = 0; i < first.size(); ++i) first.set(i, false);  // a buffer holds its first step
                      return loss;
+                   },
+                   [&](const at::Tensor& rows, at::Tensor& losses) {
+                     const RowFitProblem problem{input,  target,      args.is_index, rows,  params,
+                                                 has_bias, activations, shape.sizes,   alpha, losses};
+                     if (!row_fit_applies(problem, momentum_buffers)) return false;
+                     sgd_row_fit(op, problem, {momentum_buffers, fresh, config});
+                     return true;
                    });
 }
 
