@@ -46,6 +46,30 @@ constexpr int kWarps = kThreads / 32;
 constexpr int kMaxLayers = 16;
 constexpr int kMaxParams = 2 * kMaxLayers;
 
+// The block's shared memory, in elements: the input of layer k >= 1 at act[k], the logits at act[depth], two
+// vectors of the widest layer for dz and the gradient below it, kWarps partial sums, and each parameter's three
+// step constants; `words` in all.
+struct Layout {
+  int64_t act[kMaxLayers + 1];
+  int64_t dz, below, partial, constants, words;
+};
+
+Layout lay_out(c10::ArrayRef<int64_t> sizes) {
+  Layout l{};
+  int64_t at = 0, widest = 0;
+  for (size_t k = 1; k < sizes.size(); ++k) {
+    l.act[k] = at;
+    at += sizes[k];
+  }
+  for (const int64_t n : sizes) widest = std::max(widest, n);
+  l.dz = at;
+  l.below = at + widest;
+  l.partial = at + 2 * widest;
+  l.constants = l.partial + kWarps;
+  l.words = l.constants + 3 * kMaxParams;
+  return l;
+}
+
 template <typename T>
 struct RowFitArgs {
   const T* x;            // input (n, n_0), contiguous
@@ -59,10 +83,7 @@ struct RowFitArgs {
   T alpha;  // scikit-learn's L2 penalty
   int64_t sizes[kMaxLayers + 1];
   Activation acts[kMaxLayers];
-  // shared memory, in T: the input of layer k >= 1 at act[k], the logits at act[depth], two vectors of the widest
-  // layer for dz and the gradient below it, kWarps partial sums, and each parameter's three step constants
-  int64_t act[kMaxLayers + 1];
-  int64_t dz, below, partial, constants;
+  Layout layout;
   // parameter i (weights[0], biases[0], weights[1], ...) and its state: Adam's exp_avg, exp_avg_sq and max_exp_avg_sq
   // (null without amsgrad), or SGD's momentum buffer in s1 (null without momentum)
   T* p[kMaxParams];
@@ -99,11 +120,11 @@ __global__ void __launch_bounds__(kThreads, 1) row_fit_kernel(RowFitArgs<T> a, U
   const int tid = threadIdx.x, warp = tid / 32, lane = tid % 32;
   const int depth = a.depth, per_layer = a.has_bias ? 2 : 1, params = depth * per_layer;
   const int64_t classes = a.sizes[depth];
-  T* z = smem + a.act[depth];
-  T* dz_buffer = smem + a.dz;
-  T* below_buffer = smem + a.below;
-  T* partial = smem + a.partial;
-  T* constants = smem + a.constants;
+  T* z = smem + a.layout.act[depth];
+  T* dz_buffer = smem + a.layout.dz;
+  T* below_buffer = smem + a.layout.below;
+  T* partial = smem + a.layout.partial;
+  T* constants = smem + a.layout.constants;
   for (int64_t s = 0; s < a.steps; ++s) {
     const int64_t row = a.rows[s];
     const T* x = a.x + row * a.sizes[0];
@@ -120,8 +141,8 @@ __global__ void __launch_bounds__(kThreads, 1) row_fit_kernel(RowFitArgs<T> a, U
     T squares = 0;
     for (int k = 0; k < depth; ++k) {
       const int64_t in = a.sizes[k], out = a.sizes[k + 1];
-      const T* input = k == 0 ? x : smem + a.act[k];
-      T* output = smem + a.act[k + 1];
+      const T* input = k == 0 ? x : smem + a.layout.act[k];
+      T* output = smem + a.layout.act[k + 1];
       const T* w = a.p[k * per_layer];
       const T* b = a.has_bias ? a.p[k * per_layer + 1] : nullptr;
       for (int64_t j = warp; j < out; j += kWarps) {
@@ -180,7 +201,7 @@ __global__ void __launch_bounds__(kThreads, 1) row_fit_kernel(RowFitArgs<T> a, U
     T* below = below_buffer;
     for (int k = depth - 1; k >= 0; --k) {
       const int64_t in = a.sizes[k], out = a.sizes[k + 1];
-      const T* input = k == 0 ? x : smem + a.act[k];
+      const T* input = k == 0 ? x : smem + a.layout.act[k];
       const int q = k * per_layer;
       T* w = a.p[q];
       if (k > 0) {
@@ -208,22 +229,6 @@ __global__ void __launch_bounds__(kThreads, 1) row_fit_kernel(RowFitArgs<T> a, U
   }
 }
 
-// The layout of RowFitArgs's shared memory for these sizes; returns its size in elements.
-template <typename T>
-int64_t lay_out(RowFitArgs<T>& a) {
-  int64_t at = 0, widest = 0;
-  for (int k = 1; k <= a.depth; ++k) {
-    a.act[k] = at;
-    at += a.sizes[k];
-  }
-  for (int k = 0; k <= a.depth; ++k) widest = std::max(widest, a.sizes[k]);
-  a.dz = at;
-  a.below = at + widest;
-  a.partial = at + 2 * widest;
-  a.constants = a.partial + kWarps;
-  return a.constants + 3 * kMaxParams;
-}
-
 bool all_contiguous(at::TensorList list) {
   for (const at::Tensor& t : list)
     if (!t.is_contiguous()) return false;
@@ -231,11 +236,9 @@ bool all_contiguous(at::TensorList list) {
 }
 
 template <typename T, typename Update>
-void launch_row_fit(RowFitArgs<T>& a, const Update& update) {
-  if (a.steps == 0) return;
-  const int64_t words = lay_out(a);
-  launch("row_fit_kernel", row_fit_kernel<T, Update>, dim3(1), dim3(kThreads), static_cast<size_t>(words) * sizeof(T),
-         a, update);
+void launch_row_fit(const RowFitArgs<T>& a, const Update& update) {
+  launch("row_fit_kernel", row_fit_kernel<T, Update>, dim3(1), dim3(kThreads),
+         static_cast<size_t>(a.layout.words) * sizeof(T), a, update);
 }
 
 // The arguments shared by both optimizers; the caller fills in the state.
@@ -252,6 +255,7 @@ RowFitArgs<T> common_args(const RowFitProblem& problem) {
   a.has_bias = problem.has_bias;
   a.alpha = static_cast<T>(problem.alpha);
   for (size_t k = 0; k < problem.sizes.size(); ++k) a.sizes[k] = problem.sizes[k];
+  a.layout = lay_out(problem.sizes);
   for (size_t k = 0; k < problem.activations.size(); ++k) a.acts[k] = parse_activation(problem.activations[k]);
   for (size_t i = 0; i < problem.params.size(); ++i) a.p[i] = problem.params[i].data_ptr<T>();
   return a;
@@ -273,15 +277,12 @@ bool row_fit_applies(const RowFitProblem& problem, at::TensorList state) {
   if (!problem.input.is_contiguous() || !problem.target.is_contiguous() || !all_contiguous(problem.params) ||
       !all_contiguous(state))
     return false;
-  int64_t total = 0, words = 0;
+  int64_t total = 0;
   for (const at::Tensor& p : problem.params) total += p.numel();
-  for (int64_t k = 1; k <= depth; ++k) words += problem.sizes[k];
-  int64_t widest = 0;
-  for (const int64_t n : problem.sizes) widest = std::max(widest, n);
-  words += 2 * widest + kWarps + 3 * kMaxParams;
   // within the 48 KB any device gives a block without opting in, and small enough that one SM's step beats the
   // per-step route's launches
-  return words * static_cast<int64_t>(problem.input.element_size()) <= 48 * 1024 && total <= kRowFitMaxParams;
+  return lay_out(problem.sizes).words * static_cast<int64_t>(problem.input.element_size()) <= 48 * 1024 &&
+         total <= kRowFitMaxParams;
 }
 
 void adam_row_fit(const char* op, const RowFitProblem& problem, const RowFitAdam& adam) {

@@ -21,7 +21,6 @@
 // each step's loss is written into the device tensor the call returns. At
 // batch 1 a small network's whole call is one launch instead (row_fit.cu).
 // The CPU's steps (csrc/cpu/train.cpp) add the one-row loops.
-#include <ATen/Dispatch.h>
 #include <ATen/OpMathType.h>
 #include <ATen/ops/index_select.h>
 #include <ATen/ops/ones.h>
