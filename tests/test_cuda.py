@@ -663,6 +663,40 @@ def test_fit_at_batch_one_is_one_block_launch_and_the_loop_of_train_step(kind, c
     assert_same_bits(runs, "the one-block epoch")
 
 
+@pytest.mark.parametrize("kind,config", [("adam", dict(lr=0.01, amsgrad=True)),
+                                         ("sgd", dict(lr=0.05, momentum=0.9, dampening=0.2))], ids=["adam", "sgd"])
+def test_a_long_fit_at_batch_one_is_a_launch_per_1024_steps_and_the_same_as_calls_of_1024(kind, config):
+    """row_fit.cu cuts a call of more than 1,024 steps into launches of 1,024, each carrying on where the last
+    ended (rows, losses, Adam's step count, SGD's buffer no longer fresh): an epoch of 1,030 examples in one call
+    gives the same bits as the same epoch in two calls (callback_every=1024), each one launch."""
+    torch.manual_seed(10)
+    model = fastffnn.FastMLP([3, 4, 2], dtype=torch.float64).to(DEVICE)
+    cls = fastffnn.optim.Adam if kind == "adam" else fastffnn.optim.SGD
+    X = torch.randn(1030, 3, dtype=torch.float64).to(DEVICE)
+    y = torch.randint(0, 2, (1030,)).to(DEVICE)
+    results, means = [], []
+    for every in (None, 1024):
+        ours = copy.deepcopy(model)
+        opt = cls(ours.parameters(), **config)
+        calls = []
+        launches = launched_kernels(lambda: calls.append(ours.fit(
+            X, y, opt, batch_size=1, generator=torch.Generator().manual_seed(11),
+            callback=None if every is None else (lambda step, loss: calls.append(step)), callback_every=every)))
+        assert [k for k in launches if "row_fit" in k] == ["row_fit_kernel"] * 2, launches
+        assert calls[:-1] == ([] if every is None else [1024]), calls  # two calls when cut by the callback
+        state = [t for p in ours.parameters() for t in opt.state[p].values()]
+        if kind == "adam":
+            assert all(float(opt.state[p]["step"]) == 1030 for p in ours.parameters())
+        means.append(calls[-1])
+        results.append([*[p.detach().clone() for p in ours.parameters()],
+                        *[t.clone() for t in state if isinstance(t, torch.Tensor)]])
+    assert means[0] == pytest.approx(means[1], rel=1e-12)  # (the epoch's mean sums two calls' losses in another order)
+    assert not torch.equal(results[0][0], model[0].weight)  # it trained
+    assert len(results[0]) == len(results[1])
+    for a, b in zip(*results, strict=True):
+        assert torch.equal(a, b)
+
+
 def test_fit_at_batch_one_takes_the_per_step_route_where_the_one_block_epoch_does_not_apply():
     """bfloat16 (the one-block epoch takes float32 and float64): the per-step kernels, one step at a time."""
     torch.manual_seed(8)

@@ -1,4 +1,4 @@
-// The per-example epoch on CUDA in one launch: every step of a fit call at
+// The per-example epoch on CUDA in one launch per kRowFitStepsPerLaunch steps: every step of a fit call at
 // batch 1 (the lecture's loop) run by one thread block that loops over the
 // examples, for networks small enough that one SM does a step faster than
 // the launches of the per-step route could.
@@ -25,7 +25,8 @@
 // fixed order, so the results do not depend on timing. The step counters are
 // CPU tensors: the host reads them once, the block computes step s's bias
 // corrections from t0 + s + 1, and the host advances the counters by the
-// number of steps after the launch.
+// number of steps after the launch. A call of more than kRowFitStepsPerLaunch
+// steps is several launches, one after another on the stream.
 #include <ATen/Dispatch.h>
 
 #include <algorithm>
@@ -171,7 +172,9 @@ __global__ void __launch_bounds__(kThreads, 1) row_fit_kernel(RowFitArgs<T> a, U
       m = warp_max(m);
       T e = 0;
       for (int64_t c = lane; c < classes; c += 32) e += dev_exp(z[c] - m);
-      const T lse = dev_isinf(m) ? (m > 0 ? T(NAN) : m) : m + dev_log(warp_sum(e));
+      // the sum outside the select: every lane reaches the shuffles whatever m is
+      const T sum = warp_sum(e);
+      const T lse = dev_isinf(m) ? (m > 0 ? T(NAN) : m) : m + dev_log(sum);
       T loss;
       if (a.index) {
         const int64_t t = a.index[row];
@@ -235,10 +238,23 @@ bool all_contiguous(at::TensorList list) {
   return true;
 }
 
+// The call's steps in launches of at most kRowFitStepsPerLaunch steps, each starting where the last ended:
+// its rows and losses offset, Adam's step counts advanced by the steps before it, and SGD's buffers no longer
+// fresh after the first. The same bits as one launch (t0 + first + s is t0 + (first + s), exactly).
 template <typename T, typename Update>
 void launch_row_fit(const RowFitArgs<T>& a, const Update& update) {
-  launch("row_fit_kernel", row_fit_kernel<T, Update>, dim3(1), dim3(kThreads),
-         static_cast<size_t>(a.layout.words) * sizeof(T), a, update);
+  for (int64_t first = 0; first < a.steps; first += kRowFitStepsPerLaunch) {
+    RowFitArgs<T> part = a;
+    part.rows = a.rows + first;
+    part.losses = a.losses + first;
+    part.steps = std::min<int64_t>(kRowFitStepsPerLaunch, a.steps - first);
+    for (int q = 0; q < kMaxParams; ++q) {
+      part.t0[q] = a.t0[q] + static_cast<double>(first);
+      part.fresh[q] = a.fresh[q] && first == 0;
+    }
+    launch("row_fit_kernel", row_fit_kernel<T, Update>, dim3(1), dim3(kThreads),
+           static_cast<size_t>(a.layout.words) * sizeof(T), part, update);
+  }
 }
 
 // The arguments shared by both optimizers; the caller fills in the state.

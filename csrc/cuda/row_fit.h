@@ -1,4 +1,4 @@
-// The per-example epoch on CUDA in one launch (row_fit.cu), which the fit
+// The per-example epoch on CUDA in one launch per 1,024 steps (row_fit.cu), which the fit
 // ops of train_cuda.cpp take at batch 1 where it applies.
 #pragma once
 
@@ -17,6 +17,11 @@ namespace fastffnn::cuda {
 // launches cost tens of microseconds a step whatever the size. (A prior, not
 // yet measured on a GPU.)
 constexpr int64_t kRowFitMaxParams = int64_t{1} << 18;
+
+// The most steps one launch of the one-block epoch runs: a launch of seconds (a long epoch of a network near
+// kRowFitMaxParams) would meet the watchdog of a GPU that also drives a display, while one launch more per
+// 1,024 steps of a microsecond or more each costs next to nothing.
+constexpr int64_t kRowFitStepsPerLaunch = 1024;
 
 // One fit call's steps at batch 1: the checked input (n, n_0), target (n,)
 // class indices or (n, n_L) probabilities, the order's rows already on the
@@ -54,8 +59,8 @@ struct RowFitSgd {
 // kRowFitMaxParams parameters.
 bool row_fit_applies(const RowFitProblem& problem, at::TensorList state);
 
-// Runs every step in one launch and advances Adam's CPU step counters by
-// their number. The arguments must have passed the fit op's checks.
+// Runs every step, kRowFitStepsPerLaunch steps a launch, and advances Adam's
+// CPU step counters by their number. The arguments must have passed the fit op's checks.
 void adam_row_fit(const char* op, const RowFitProblem& problem, const RowFitAdam& adam);
 void sgd_row_fit(const char* op, const RowFitProblem& problem, const RowFitSgd& sgd);
 

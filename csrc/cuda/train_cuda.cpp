@@ -19,7 +19,7 @@
 // no wait for the device at all: the labels' check is done (IndicesChecked),
 // each batch is gathered on the device from the order, copied there once, and
 // each step's loss is written into the device tensor the call returns. At
-// batch 1 a small network's whole call is one launch instead (row_fit.cu).
+// batch 1 a small network's call is one launch per 1,024 steps instead (row_fit.cu).
 // The CPU's steps (csrc/cpu/train.cpp) add the one-row loops.
 #include <ATen/OpMathType.h>
 #include <ATen/ops/index_select.h>
