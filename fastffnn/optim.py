@@ -441,6 +441,10 @@ def fit(model: torch.nn.Module, X: torch.Tensor, y: torch.Tensor, optimizer: _On
     same results.
     """
     ensure_loaded()
+    if isinstance(X, torch.Tensor) and X.is_cuda and torch.cuda.is_current_stream_capturing():
+        # before the labels' range is read below, which a capture does not allow
+        raise RuntimeError("fastffnn.fit: cannot be captured in a CUDA graph: its step counters live on the CPU "
+                           "and a replay would reuse one step's bias corrections")
     if not isinstance(optimizer, _OneCall):
         raise TypeError("fastffnn.fit: optimizer must be a fastffnn.optim.Adam or fastffnn.optim.SGD, got "
                         f"{type(optimizer).__name__}")

@@ -111,6 +111,20 @@ def poisoned_allocations():
         torch.utils.deterministic.fill_uninitialized_memory = old[1]
 
 
+@contextlib.contextmanager
+def capturing():
+    """A CUDA graph capture around the block: the emulator's capture setting, or torch.cuda.graph on a GPU."""
+    if EMULATED:
+        torch.ops.fastffnn._emu_configure("capturing", 1)
+        try:
+            yield
+        finally:
+            torch.ops.fastffnn._emu_configure("capturing", 0)
+        return
+    with torch.cuda.graph(torch.cuda.CUDAGraph()):
+        yield
+
+
 def launched_kernels(fn) -> list[str]:
     """The names of the CUDA kernels `fn` launches, in order."""
     if EMULATED:

@@ -20,7 +20,7 @@ from fastffnn import reference as ref
 from cuda_harness import MODES as MODE_SETTINGS
 from cuda_harness import (AVAILABLE, DEVICE, EMULATED, SKIP_REASON, assert_close, assert_same_bits, check,
                           launched_kernels, poisoned_allocations, precision, ref_ffnn, ref_ffnn_nll, ref_linear_act,
-                          set_schedule, tolerance)
+                          set_schedule, tolerance, capturing)
 
 pytestmark = pytest.mark.skipif(not AVAILABLE, reason=SKIP_REASON)
 
@@ -792,6 +792,52 @@ def test_the_sklearn_estimator_on_the_device_trains_scikit_learns_model(params):
     for a, b in zip(ours.coefs_ + ours.intercepts_, theirs.coefs_ + theirs.intercepts_, strict=True):
         np.testing.assert_allclose(a, b, rtol=0, atol=1e-10)
     np.testing.assert_allclose(ours.predict_proba(X), theirs.predict_proba(X), rtol=0, atol=1e-10)
+
+
+@pytest.mark.parametrize("kind", ["adam", "sgd"])
+def test_steps_and_epochs_refuse_a_cuda_graph_capture_before_any_work(kind):
+    """The step counters live on the CPU, so train_step, fit (both routes) and step() refuse a capture, with the
+    same message, before they launch anything or read the device: the parameters, the optimizer's state and the
+    step counts stay as they were (on the emulator: no kernel launched and no value read back)."""
+    torch.manual_seed(12)
+    model = fastffnn.FastMLP([5, 8, 3], device=DEVICE)
+    opt = fastffnn.optim.Adam(model.parameters(), lr=0.01) if kind == "adam" else \
+        fastffnn.optim.SGD(model.parameters(), lr=0.05, momentum=0.9)
+    X, y = torch.randn(6, 5, device=DEVICE), torch.randint(0, 3, (6,), device=DEVICE)
+    opt.train_step(model, X[:2], y[:2])  # the state exists before the captures
+
+    def snapshot():
+        return [p.detach().clone() for p in model.parameters()] + \
+            [t.clone() for p in model.parameters() for t in opt.state[p].values() if isinstance(t, torch.Tensor)]
+
+    before = snapshot()
+
+    def step_with_grads():
+        for p in model.parameters():
+            p.grad = torch.ones_like(p)
+        opt.step()
+
+    calls = {"train_step": lambda: opt.train_step(model, X[:2], y[:2]),
+             "fit at batch 1": lambda: model.fit(X, y, opt, batch_size=1),
+             "fit at batch 3": lambda: model.fit(X, y, opt, batch_size=3),
+             "step": step_with_grads}
+    for name, call in calls.items():
+        def refused():
+            with pytest.raises(RuntimeError, match="cannot be captured in a CUDA graph"):
+                call()
+        with capturing():
+            if EMULATED:
+                with torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CPU]) as prof:
+                    launches = launched_kernels(refused)
+                assert launches == [], (name, launches)
+                reads = [e for e in prof.events() if e.name == "aten::_local_scalar_dense"]
+                # (fit's Python reads the labels' range before its native call; on a GPU it refuses first)
+                assert name.startswith("fit") or not reads, name
+            else:
+                refused()
+        for a, b in zip(before, snapshot(), strict=True):
+            assert torch.equal(a, b), name
+        model.zero_grad(set_to_none=True)
 
 
 @pytest.mark.skipif(EMULATED, reason="needs a real GPU: CUDA graphs")

@@ -140,10 +140,13 @@ struct Tile<Mma::None> {
 __device__ __forceinline__ uint32_t tf32_bits(float x) {
 #ifdef FASTFFNN_CUDA_EMULATION
   return emu::cvt_rna_tf32(x);
-#else
+#elif __CUDA_ARCH__ >= 800
   uint32_t r;
   asm("cvt.rna.tf32.f32 %0, %1;" : "=r"(r) : "f"(x));
   return r;
+#else
+  // cvt.rna.tf32 is sm_80's, like the mma that uses it; below, mma traps and the host never picks this path
+  return __float_as_uint(x);
 #endif
 }
 

@@ -12,6 +12,7 @@
 // refuses one unless capturable=True.
 #include <ATen/Dispatch.h>
 #include <c10/core/DeviceGuard.h>
+#include <c10/cuda/CUDAGraphsC10Utils.h>
 #include <c10/core/impl/LocalDispatchKeySet.h>
 #include <ATen/core/LegacyTypeDispatch.h>
 #include <torch/library.h>
@@ -134,12 +135,18 @@ c10::OptionalDeviceGuard guard_for(const at::Tensor& t) {
 
 }  // namespace
 
+void refuse_capture(const char* op) {
+  TORCH_CHECK(c10::cuda::currentStreamCaptureStatusMayInitCtx() == c10::cuda::CaptureStatus::None, "fastffnn.", op,
+              ": cannot be captured in a CUDA graph: its step counters live on the CPU and a replay would reuse "
+              "this step's bias corrections (torch.optim.Adam needs capturable=True for the same reason)");
+}
+
 void adam_update(const char* op, at::TensorList params, at::TensorList grads, at::TensorList exp_avgs,
                  at::TensorList exp_avg_sqs, at::TensorList max_exp_avg_sqs, at::TensorList steps,
                  const AdamConfig& config) {
   if (params.empty()) return;
+  const auto guard = guard_for(params[0]);  // first: the capture asked about is that of the params' device
   refuse_capture(op);
-  const auto guard = guard_for(params[0]);
   // (eps_before_correction, scikit-learn's placement of eps, is the CPU fit ops' alone)
   const double lr = config.lr, beta1 = config.beta1, beta2 = config.beta2, eps = config.eps,
                weight_decay = config.weight_decay;
@@ -177,8 +184,8 @@ void adam_update(const char* op, at::TensorList params, at::TensorList grads, at
 void sgd_update(const char* op, at::TensorList params, at::TensorList grads, at::TensorList momentum_buffers,
                 const c10::List<bool>& fresh, const SgdConfig& config) {
   if (params.empty()) return;
-  refuse_capture(op);
   const auto guard = guard_for(params[0]);
+  refuse_capture(op);
   const double lr = config.lr, momentum = config.momentum, dampening = config.dampening,
                weight_decay = config.weight_decay;
   const bool nesterov = config.nesterov, maximize = config.maximize;

@@ -38,6 +38,7 @@
 #include "common.cuh"
 #include "row_fit.h"
 #include "updates.cuh"
+#include "updates.h"
 
 namespace fastffnn::cuda {
 namespace {

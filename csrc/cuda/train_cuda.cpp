@@ -82,6 +82,8 @@ at::Tensor adam_network_step(const char* op, const at::Tensor& input, const at::
                              const AdamConfig& config) {
   check_adam_args(op, Backend::kReducedPrecision, kDevice, params, {}, exp_avgs, exp_avg_sqs, max_exp_avg_sqs, steps,
                   config);
+  const auto guard = Backend::guard(input);
+  refuse_capture(op);  // before the forward and backward, which a capture would otherwise hold
   auto [loss, grads] = loss_and_grads(input, target, params, has_bias, activations, reduction);
   adam_update(op, params, grads, exp_avgs, exp_avg_sqs, max_exp_avg_sqs, steps, config);
   return loss;
@@ -120,6 +122,8 @@ at::Tensor mlp_nll_sgd_step_(const at::Tensor& input, const at::Tensor& target, 
   check_mlp_train_step_args(op, Backend::kReducedPrecision, input, target, params, has_bias, activations, reduction);
   const SgdConfig config{lr, momentum, dampening, weight_decay, nesterov, maximize};
   check_sgd_args(op, Backend::kReducedPrecision, kDevice, params, {}, momentum_buffers, fresh.size(), config);
+  const auto guard = Backend::guard(input);
+  refuse_capture(op);
   auto [loss, grads] = loss_and_grads(input, target, params, has_bias, activations, reduction);
   sgd_update(op, params, grads, momentum_buffers, fresh, config);
   return loss;
@@ -154,12 +158,13 @@ template <typename Step, typename EveryRow>
 at::Tensor fit_steps(const char* op, const at::Tensor& input, const at::Tensor& target, const at::Tensor& order,
                      int64_t batch_size, int64_t classes, bool is_index, const Step& step,
                      const EveryRow& every_row) {
+  const auto guard = Backend::guard(input);
+  refuse_capture(op);  // before the checks, which read the device
   check_fit_values(op, input, target, order, is_index, classes);
   const int64_t count = order.numel();
   const int64_t steps = (count + batch_size - 1) / batch_size;
   at::Tensor losses = at::empty({steps}, input.options());
   if (steps == 0) return losses;
-  const auto guard = Backend::guard(input);
   at::AutoDispatchBelowADInplaceOrView below_autograd;
   const at::Tensor rows = order.to(input.device()).contiguous();  // one copy for the whole call
   if (batch_size == 1 && every_row(rows, losses)) return losses;

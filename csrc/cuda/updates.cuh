@@ -5,10 +5,6 @@
 
 #include "common.cuh"
 
-#ifndef FASTFFNN_CUDA_EMULATION
-#include <ATen/cuda/CUDAGraphsUtils.cuh>
-#endif
-
 namespace fastffnn::cuda {
 
 __device__ __forceinline__ float dev_sqrt(float x) { return sqrtf(x); }
@@ -65,18 +61,6 @@ __device__ __forceinline__ void sgd_element(Acc grad, T* p, T* buf, bool fresh, 
     grad = c.nesterov ? grad + b * c.momentum : b;
   }
   *p = static_cast<T>(param + grad * c.neg_lr);
-}
-
-// The step counters are CPU tensors, read and advanced on the host: a CUDA graph would replay one step's
-// constants, so a capture is refused, as torch.optim.Adam refuses one unless capturable=True.
-inline void refuse_capture(const char* op) {
-#ifndef FASTFFNN_CUDA_EMULATION
-  TORCH_CHECK(at::cuda::currentStreamCaptureStatus() == at::cuda::CaptureStatus::None, "fastffnn.", op,
-              ": cannot be captured in a CUDA graph: its step counters live on the CPU and a replay would reuse "
-              "this step's bias corrections (torch.optim.Adam needs capturable=True for the same reason)");
-#else
-  (void)op;
-#endif
 }
 
 }  // namespace fastffnn::cuda

@@ -17,6 +17,13 @@ constexpr c10::DeviceType kDevice = c10::DeviceType::CPU;
 constexpr c10::DeviceType kDevice = c10::DeviceType::CUDA;
 #endif
 
+// Refuses a CUDA graph capture on the current stream of the current device (the caller holds its tensors' device
+// guard): the step counters are CPU tensors, read and advanced on the host, so a replay would reuse one step's
+// constants (torch.optim.Adam refuses one likewise unless capturable=True). The steps and epochs call it before
+// anything else, so that nothing of theirs is captured and nothing reads the device under capture. The emulated
+// build asks the emulator's capture setting.
+void refuse_capture(const char* op);
+
 // torch.optim.Adam's update of every parameter from grads[i], in one launch
 // per kMaxTensors parameters of one dtype; advances the CPU step counters on
 // the host. The arguments must have passed check_adam_args; `op` names the
