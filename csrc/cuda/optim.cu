@@ -141,12 +141,11 @@ void refuse_capture(const char* op) {
               "this step's bias corrections (torch.optim.Adam needs capturable=True for the same reason)");
 }
 
-void adam_update(const char* op, at::TensorList params, at::TensorList grads, at::TensorList exp_avgs,
+void adam_update(at::TensorList params, at::TensorList grads, at::TensorList exp_avgs,
                  at::TensorList exp_avg_sqs, at::TensorList max_exp_avg_sqs, at::TensorList steps,
                  const AdamConfig& config) {
   if (params.empty()) return;
-  const auto guard = guard_for(params[0]);  // first: the capture asked about is that of the params' device
-  refuse_capture(op);
+  const auto guard = guard_for(params[0]);
   // (eps_before_correction, scikit-learn's placement of eps, is the CPU fit ops' alone)
   const double lr = config.lr, beta1 = config.beta1, beta2 = config.beta2, eps = config.eps,
                weight_decay = config.weight_decay;
@@ -181,11 +180,10 @@ void adam_update(const char* op, at::TensorList params, at::TensorList grads, at
   finish({{params, &p}, {exp_avgs, &m}, {exp_avg_sqs, &v}, {max_exp_avg_sqs, &vmax}}, steps);
 }
 
-void sgd_update(const char* op, at::TensorList params, at::TensorList grads, at::TensorList momentum_buffers,
+void sgd_update(at::TensorList params, at::TensorList grads, at::TensorList momentum_buffers,
                 const c10::List<bool>& fresh, const SgdConfig& config) {
   if (params.empty()) return;
   const auto guard = guard_for(params[0]);
-  refuse_capture(op);
   const double lr = config.lr, momentum = config.momentum, dampening = config.dampening,
                weight_decay = config.weight_decay;
   const bool nesterov = config.nesterov, maximize = config.maximize;
@@ -212,6 +210,13 @@ void sgd_update(const char* op, at::TensorList params, at::TensorList grads, at:
 
 namespace {
 
+// The capture asked about is that of the parameters' device: the guard comes first.
+void refuse_capture_on(const char* op, at::TensorList params) {
+  if (params.empty()) return;
+  const auto guard = guard_for(params[0]);
+  refuse_capture(op);
+}
+
 void adam_step_(at::TensorList params, at::TensorList grads, at::TensorList exp_avgs, at::TensorList exp_avg_sqs,
                 at::TensorList max_exp_avg_sqs, at::TensorList steps, double lr, double beta1, double beta2,
                 double eps, double weight_decay, bool amsgrad, bool maximize, bool decoupled_weight_decay) {
@@ -220,7 +225,8 @@ void adam_step_(at::TensorList params, at::TensorList grads, at::TensorList exp_
                     grads.size(), " grads");
   const AdamConfig config{lr, beta1, beta2, eps, weight_decay, amsgrad, maximize, decoupled_weight_decay};
   check_adam_args(op, true, kDevice, params, grads, exp_avgs, exp_avg_sqs, max_exp_avg_sqs, steps, config);
-  adam_update(op, params, grads, exp_avgs, exp_avg_sqs, max_exp_avg_sqs, steps, config);
+  refuse_capture_on(op, params);
+  adam_update(params, grads, exp_avgs, exp_avg_sqs, max_exp_avg_sqs, steps, config);
 }
 
 void sgd_step_(at::TensorList params, at::TensorList grads, at::TensorList momentum_buffers,
@@ -231,7 +237,8 @@ void sgd_step_(at::TensorList params, at::TensorList grads, at::TensorList momen
                     grads.size(), " grads");
   const SgdConfig config{lr, momentum, dampening, weight_decay, nesterov, maximize};
   check_sgd_args(op, true, kDevice, params, grads, momentum_buffers, fresh.size(), config);
-  sgd_update(op, params, grads, momentum_buffers, fresh, config);
+  refuse_capture_on(op, params);
+  sgd_update(params, grads, momentum_buffers, fresh, config);
 }
 
 }  // namespace

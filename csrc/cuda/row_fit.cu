@@ -38,7 +38,6 @@
 #include "common.cuh"
 #include "row_fit.h"
 #include "updates.cuh"
-#include "updates.h"
 
 namespace fastffnn::cuda {
 namespace {
@@ -302,8 +301,7 @@ bool row_fit_applies(const RowFitProblem& problem, at::TensorList state) {
          total <= kRowFitMaxParams;
 }
 
-void adam_row_fit(const char* op, const RowFitProblem& problem, const RowFitAdam& adam) {
-  refuse_capture(op);
+void adam_row_fit(const RowFitProblem& problem, const RowFitAdam& adam) {
   const AdamConfig& c = adam.config;
   std::vector<double> counts;
   for (const at::Tensor& s : adam.steps) counts.push_back(read_step(s));
@@ -336,8 +334,7 @@ void adam_row_fit(const char* op, const RowFitProblem& problem, const RowFitAdam
   bump(adam.max_exp_avg_sqs);
 }
 
-void sgd_row_fit(const char* op, const RowFitProblem& problem, const RowFitSgd& sgd) {
-  refuse_capture(op);
+void sgd_row_fit(const RowFitProblem& problem, const RowFitSgd& sgd) {
   const SgdConfig& c = sgd.config;
   const bool with_momentum = c.momentum != 0;
   AT_DISPATCH_FLOATING_TYPES(problem.input.scalar_type(), "fastffnn.sgd_row_fit", [&] {

@@ -60,8 +60,9 @@ struct RowFitSgd {
 bool row_fit_applies(const RowFitProblem& problem, at::TensorList state);
 
 // Runs every step, kRowFitStepsPerLaunch steps a launch, and advances Adam's
-// CPU step counters by their number. The arguments must have passed the fit op's checks.
-void adam_row_fit(const char* op, const RowFitProblem& problem, const RowFitAdam& adam);
-void sgd_row_fit(const char* op, const RowFitProblem& problem, const RowFitSgd& sgd);
+// CPU step counters by their number. The arguments must have passed the fit op's checks, and the
+// op must have refused a capture (refuse_capture).
+void adam_row_fit(const RowFitProblem& problem, const RowFitAdam& adam);
+void sgd_row_fit(const RowFitProblem& problem, const RowFitSgd& sgd);
 
 }  // namespace fastffnn::cuda

@@ -85,7 +85,7 @@ at::Tensor adam_network_step(const char* op, const at::Tensor& input, const at::
   const auto guard = Backend::guard(input);
   refuse_capture(op);  // before the forward and backward, which a capture would otherwise hold
   auto [loss, grads] = loss_and_grads(input, target, params, has_bias, activations, reduction);
-  adam_update(op, params, grads, exp_avgs, exp_avg_sqs, max_exp_avg_sqs, steps, config);
+  adam_update(params, grads, exp_avgs, exp_avg_sqs, max_exp_avg_sqs, steps, config);
   return loss;
 }
 
@@ -125,7 +125,7 @@ at::Tensor mlp_nll_sgd_step_(const at::Tensor& input, const at::Tensor& target, 
   const auto guard = Backend::guard(input);
   refuse_capture(op);
   auto [loss, grads] = loss_and_grads(input, target, params, has_bias, activations, reduction);
-  sgd_update(op, params, grads, momentum_buffers, fresh, config);
+  sgd_update(params, grads, momentum_buffers, fresh, config);
   return loss;
 }
 
@@ -206,7 +206,7 @@ at::Tensor mlp_nll_adam_fit_(const at::Tensor& input, const at::Tensor& target, 
                      // scikit-learn adds eps to sqrt(v) before the bias correction: torch's eps / sqrt(1 - beta2^t)
                      if (eps_before_correction && !steps.empty())
                        c.eps = eps / std::sqrt(1 - std::pow(beta2, read_step(steps[0]) + 1));
-                     adam_update(op, params, grads, exp_avgs, exp_avg_sqs, max_exp_avg_sqs, steps, c);
+                     adam_update(params, grads, exp_avgs, exp_avg_sqs, max_exp_avg_sqs, steps, c);
                      return loss;
                    },
                    [&](const at::Tensor& rows, at::Tensor& losses) {
@@ -216,7 +216,7 @@ at::Tensor mlp_nll_adam_fit_(const at::Tensor& input, const at::Tensor& target, 
                      state.insert(state.end(), exp_avg_sqs.begin(), exp_avg_sqs.end());
                      state.insert(state.end(), max_exp_avg_sqs.begin(), max_exp_avg_sqs.end());
                      if (!row_fit_applies(problem, state)) return false;
-                     adam_row_fit(op, problem,
+                     adam_row_fit(problem,
                                   {exp_avgs, exp_avg_sqs, max_exp_avg_sqs, steps, config, eps_before_correction});
                      return true;
                    });
@@ -238,7 +238,7 @@ at::Tensor mlp_nll_sgd_fit_(const at::Tensor& input, const at::Tensor& target, c
                    [&](const at::Tensor& x, const at::Tensor& t) {
                      auto [loss, grads] = loss_and_grads(x, t, params, has_bias, activations, "mean");
                      add_penalty(alpha, x.size(0), params, has_bias, grads, loss);
-                     sgd_update(op, params, grads, momentum_buffers, first, config);
+                     sgd_update(params, grads, momentum_buffers, first, config);
                      for (size_t i = 0; i < first.size(); ++i) first.set(i, false);  // a buffer holds its first step
                      return loss;
                    },
@@ -246,7 +246,7 @@ at::Tensor mlp_nll_sgd_fit_(const at::Tensor& input, const at::Tensor& target, c
                      const RowFitProblem problem{input,  target,      args.is_index, rows,  params,
                                                  has_bias, activations, shape.sizes,   alpha, losses};
                      if (!row_fit_applies(problem, momentum_buffers)) return false;
-                     sgd_row_fit(op, problem, {momentum_buffers, fresh, config});
+                     sgd_row_fit(problem, {momentum_buffers, fresh, config});
                      return true;
                    });
 }

@@ -19,21 +19,22 @@ constexpr c10::DeviceType kDevice = c10::DeviceType::CUDA;
 
 // Refuses a CUDA graph capture on the current stream of the current device (the caller holds its tensors' device
 // guard): the step counters are CPU tensors, read and advanced on the host, so a replay would reuse one step's
-// constants (torch.optim.Adam refuses one likewise unless capturable=True). The steps and epochs call it before
-// anything else, so that nothing of theirs is captured and nothing reads the device under capture. The emulated
-// build asks the emulator's capture setting.
+// constants (torch.optim.Adam refuses one likewise unless capturable=True). Each op that updates (adam_step_,
+// sgd_step_, the steps and the epochs) calls it once, before anything else, so that nothing of theirs is captured
+// and nothing reads the device under capture; the updates below do not ask again. The emulated build asks the
+// emulator's capture setting.
 void refuse_capture(const char* op);
 
 // torch.optim.Adam's update of every parameter from grads[i], in one launch
 // per kMaxTensors parameters of one dtype; advances the CPU step counters on
-// the host. The arguments must have passed check_adam_args; `op` names the
-// caller in errors (a CUDA graph capture is refused: see optim.cu).
-void adam_update(const char* op, at::TensorList params, at::TensorList grads, at::TensorList exp_avgs,
+// the host. The arguments must have passed check_adam_args, and the calling op
+// must have refused a capture (refuse_capture).
+void adam_update(at::TensorList params, at::TensorList grads, at::TensorList exp_avgs,
                  at::TensorList exp_avg_sqs, at::TensorList max_exp_avg_sqs, at::TensorList steps,
                  const AdamConfig& config);
 
 // torch.optim.SGD's, likewise (check_sgd_args).
-void sgd_update(const char* op, at::TensorList params, at::TensorList grads, at::TensorList momentum_buffers,
+void sgd_update(at::TensorList params, at::TensorList grads, at::TensorList momentum_buffers,
                 const c10::List<bool>& fresh, const SgdConfig& config);
 
 }  // namespace fastffnn::cuda
