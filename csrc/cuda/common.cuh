@@ -14,7 +14,6 @@
 #include <cuda_runtime.h>
 
 #include <cstdint>
-#include <mutex>
 #include <utility>
 
 #include "../activation.h"
@@ -147,40 +146,20 @@ __device__ __forceinline__ T act_backward(Activation a, T y, T dy) {
 
 inline cudaStream_t current_stream() { return c10::cuda::getCurrentCUDAStream(); }
 
-// What the host code asks of the current device, read once per device. (The
-// emulated build reads it every time: its tests change the emulated device.)
+// What the host code asks of the current device (device_info.cu).
 struct DeviceInfo {
   int major = 0;       // compute capability
   int smem_optin = 0;  // the most dynamic shared memory a block may opt in to
+  int max_grid_x = 0;  // the most blocks a grid may have along x
+  // The PTX target of the code this build runs on the device, major * 10 +
+  // minor: the device's own arch for a build that has code for it, lower
+  // where its only code is older PTX that the driver JIT-compiled at load
+  // (TORCH_CUDA_ARCH_LIST="7.5+PTX" on an sm_90). The kernels hold their
+  // sm_80 instructions (mma.sync, cvt.rna.tf32) only where this is >= 80.
+  int code_arch = 0;
 };
 
-inline DeviceInfo query_device_info(int device) {
-  DeviceInfo info;
-  C10_CUDA_CHECK(cudaDeviceGetAttribute(&info.major, cudaDevAttrComputeCapabilityMajor, device));
-  C10_CUDA_CHECK(cudaDeviceGetAttribute(&info.smem_optin, cudaDevAttrMaxSharedMemoryPerBlockOptin, device));
-  return info;
-}
-
-inline const DeviceInfo& current_device_info() {
-  int device = 0;
-  C10_CUDA_CHECK(cudaGetDevice(&device));
-#ifdef FASTFFNN_CUDA_EMULATION
-  thread_local DeviceInfo fresh;
-  fresh = query_device_info(device);
-  return fresh;
-#else
-  constexpr int kMaxDevices = 64;
-  static DeviceInfo cache[kMaxDevices];
-  static std::once_flag once[kMaxDevices];
-  if (device < 0 || device >= kMaxDevices) {
-    thread_local DeviceInfo uncached;
-    uncached = query_device_info(device);
-    return uncached;
-  }
-  std::call_once(once[device], [device] { cache[device] = query_device_info(device); });
-  return cache[device];
-#endif
-}
+const DeviceInfo& current_device_info();
 
 // kernel<<<grid, block, dynamic_smem>>>(args...) on the current stream, then
 // the launch check. `name` is what the emulator's reports call the kernel.

@@ -69,27 +69,34 @@ __global__ void bias_act_kernel(T* __restrict__ z, const T* __restrict__ b, int6
 }
 
 // ------------------------------------------------------------ row kernels
+// A warp per row; row_grid caps the grid at the device's limit, so each warp
+// takes rows row, row + gridDim.x * kRowsPerBlock, ... (the whole warp
+// together: the loop's bound is the same for its lanes).
+#define FASTFFNN_FOR_EACH_WARP_ROW(row, rows)                                                     \
+  for (int64_t row = static_cast<int64_t>(blockIdx.x) * kRowsPerBlock + threadIdx.y; row < (rows); \
+       row += static_cast<int64_t>(gridDim.x) * kRowsPerBlock)
+
 template <typename T>
 __global__ void bias_softmax_kernel(T* __restrict__ z, const T* __restrict__ b, int64_t rows, int64_t n,
                                     bool log) {
   using Acc = acc_t<T>;
-  const int64_t row = static_cast<int64_t>(blockIdx.x) * kRowsPerBlock + threadIdx.y;
-  if (row >= rows) return;
-  const int lane = threadIdx.x;
-  T* zr = z + row * n;
-  auto logit = [&](int64_t j) { return static_cast<Acc>(zr[j]) + (b ? static_cast<Acc>(b[j]) : Acc(0)); };
-  Acc m = -std::numeric_limits<Acc>::infinity();
-  for (int64_t j = lane; j < n; j += 32) m = nan_max(m, logit(j));
-  m = warp_max(m);
-  Acc s = 0;
-  for (int64_t j = lane; j < n; j += 32) s += dev_exp(logit(j) - m);
-  s = warp_sum(s);
-  if (log) {
-    const Acc shift = m + dev_log(s);  // log_softmax = z - max - log(sum): never log(p)
-    for (int64_t j = lane; j < n; j += 32) zr[j] = static_cast<T>(logit(j) - shift);
-  } else {
-    const Acc inv = Acc(1) / s;
-    for (int64_t j = lane; j < n; j += 32) zr[j] = static_cast<T>(dev_exp(logit(j) - m) * inv);
+  FASTFFNN_FOR_EACH_WARP_ROW(row, rows) {
+    const int lane = threadIdx.x;
+    T* zr = z + row * n;
+    auto logit = [&](int64_t j) { return static_cast<Acc>(zr[j]) + (b ? static_cast<Acc>(b[j]) : Acc(0)); };
+    Acc m = -std::numeric_limits<Acc>::infinity();
+    for (int64_t j = lane; j < n; j += 32) m = nan_max(m, logit(j));
+    m = warp_max(m);
+    Acc s = 0;
+    for (int64_t j = lane; j < n; j += 32) s += dev_exp(logit(j) - m);
+    s = warp_sum(s);
+    if (log) {
+      const Acc shift = m + dev_log(s);  // log_softmax = z - max - log(sum): never log(p)
+      for (int64_t j = lane; j < n; j += 32) zr[j] = static_cast<T>(logit(j) - shift);
+    } else {
+      const Acc inv = Acc(1) / s;
+      for (int64_t j = lane; j < n; j += 32) zr[j] = static_cast<T>(dev_exp(logit(j) - m) * inv);
+    }
   }
 }
 
@@ -97,19 +104,19 @@ template <typename T>
 __global__ void softmax_backward_kernel(T* __restrict__ dz, const T* __restrict__ dout, const T* __restrict__ y,
                                         int64_t rows, int64_t n, bool log) {
   using Acc = acc_t<T>;
-  const int64_t row = static_cast<int64_t>(blockIdx.x) * kRowsPerBlock + threadIdx.y;
-  if (row >= rows) return;
-  const int lane = threadIdx.x;
-  const int64_t base = row * n;
-  Acc s = 0;
-  for (int64_t j = lane; j < n; j += 32) {
-    const Acc d = static_cast<Acc>(dout[base + j]);
-    s += log ? d : d * static_cast<Acc>(y[base + j]);
-  }
-  s = warp_sum(s);
-  for (int64_t j = lane; j < n; j += 32) {
-    const Acc d = static_cast<Acc>(dout[base + j]), yj = static_cast<Acc>(y[base + j]);
-    dz[base + j] = static_cast<T>(log ? d - dev_exp(yj) * s : yj * (d - s));
+  FASTFFNN_FOR_EACH_WARP_ROW(row, rows) {
+    const int lane = threadIdx.x;
+    const int64_t base = row * n;
+    Acc s = 0;
+    for (int64_t j = lane; j < n; j += 32) {
+      const Acc d = static_cast<Acc>(dout[base + j]);
+      s += log ? d : d * static_cast<Acc>(y[base + j]);
+    }
+    s = warp_sum(s);
+    for (int64_t j = lane; j < n; j += 32) {
+      const Acc d = static_cast<Acc>(dout[base + j]), yj = static_cast<Acc>(y[base + j]);
+      dz[base + j] = static_cast<T>(log ? d - dev_exp(yj) * s : yj * (d - s));
+    }
   }
 }
 
@@ -122,33 +129,33 @@ template <typename T>
 __global__ void nll_rows_kernel(const T* __restrict__ z, const int64_t* __restrict__ index, const T* __restrict__ probs,
                                 acc_t<T>* __restrict__ lse, acc_t<T>* __restrict__ loss, int64_t rows, int64_t n) {
   using Acc = acc_t<T>;
-  const int64_t row = static_cast<int64_t>(blockIdx.x) * kRowsPerBlock + threadIdx.y;
-  if (row >= rows) return;
-  const int lane = threadIdx.x;
-  const T* zr = z + row * n;
-  Acc shift = 0;
-  if (lse) {
-    Acc m = -std::numeric_limits<Acc>::infinity();
-    for (int64_t j = lane; j < n; j += 32) m = nan_max(m, static_cast<Acc>(zr[j]));
-    m = warp_max(m);
-    Acc s = 0;
-    for (int64_t j = lane; j < n; j += 32) s += dev_exp(static_cast<Acc>(zr[j]) - m);
-    s = warp_sum(s);
-    // a row of -inf: -inf; a +inf logit: NaN, as PyTorch's log_softmax (inf - inf)
-    shift = dev_isinf(m) ? (m > 0 ? Acc(NAN) : m) : m + dev_log(s);
-    if (lane == 0) lse[row] = shift;
+  FASTFFNN_FOR_EACH_WARP_ROW(row, rows) {
+    const int lane = threadIdx.x;
+    const T* zr = z + row * n;
+    Acc shift = 0;
+    if (lse) {
+      Acc m = -std::numeric_limits<Acc>::infinity();
+      for (int64_t j = lane; j < n; j += 32) m = nan_max(m, static_cast<Acc>(zr[j]));
+      m = warp_max(m);
+      Acc s = 0;
+      for (int64_t j = lane; j < n; j += 32) s += dev_exp(static_cast<Acc>(zr[j]) - m);
+      s = warp_sum(s);
+      // a row of -inf: -inf; a +inf logit: NaN, as PyTorch's log_softmax (inf - inf)
+      shift = dev_isinf(m) ? (m > 0 ? Acc(NAN) : m) : m + dev_log(s);
+      if (lane == 0) lse[row] = shift;
+    }
+    Acc l;
+    if (index) {
+      const int64_t t = index[row];
+      l = (t >= 0 && t < n) ? shift - static_cast<Acc>(zr[t]) : std::numeric_limits<Acc>::quiet_NaN();
+    } else {
+      const T* yr = probs + row * n;
+      l = 0;
+      for (int64_t j = lane; j < n; j += 32) l += static_cast<Acc>(yr[j]) * (shift - static_cast<Acc>(zr[j]));
+      l = warp_sum(l);
+    }
+    if (lane == 0) loss[row] = l;
   }
-  Acc l;
-  if (index) {
-    const int64_t t = index[row];
-    l = (t >= 0 && t < n) ? shift - static_cast<Acc>(zr[t]) : std::numeric_limits<Acc>::quiet_NaN();
-  } else {
-    const T* yr = probs + row * n;
-    l = 0;
-    for (int64_t j = lane; j < n; j += 32) l += static_cast<Acc>(yr[j]) * (shift - static_cast<Acc>(zr[j]));
-    l = warp_sum(l);
-  }
-  if (lane == 0) loss[row] = l;
 }
 
 template <typename T>
@@ -157,24 +164,24 @@ __global__ void nll_backward_kernel(T* __restrict__ dz, T* __restrict__ grad_tar
                                     const T* __restrict__ probs, const T* __restrict__ grad_loss,
                                     bool per_row_grad, acc_t<T> scale, int64_t rows, int64_t n) {
   using Acc = acc_t<T>;
-  const int64_t row = static_cast<int64_t>(blockIdx.x) * kRowsPerBlock + threadIdx.y;
-  if (row >= rows) return;
-  const int lane = threadIdx.x;
-  const int64_t base = row * n;
-  const Acc w = static_cast<Acc>(grad_loss[per_row_grad ? row : 0]) * scale;
-  const Acc s = shift ? shift[row] : Acc(0);
-  Acc ysum = 1;
-  const int64_t t = index ? index[row] : -1;
-  if (!index) {
-    ysum = 0;
-    for (int64_t j = lane; j < n; j += 32) ysum += static_cast<Acc>(probs[base + j]);
-    ysum = warp_sum(ysum);
-  }
-  for (int64_t j = lane; j < n; j += 32) {
-    const Acc zj = static_cast<Acc>(z[base + j]);
-    const Acc yj = index ? Acc(j == t ? 1 : 0) : static_cast<Acc>(probs[base + j]);
-    dz[base + j] = static_cast<T>(w * (ysum * dev_exp(zj - s) - yj));
-    if (grad_target) grad_target[base + j] = static_cast<T>(w * (s - zj));
+  FASTFFNN_FOR_EACH_WARP_ROW(row, rows) {
+    const int lane = threadIdx.x;
+    const int64_t base = row * n;
+    const Acc w = static_cast<Acc>(grad_loss[per_row_grad ? row : 0]) * scale;
+    const Acc s = shift ? shift[row] : Acc(0);
+    Acc ysum = 1;
+    const int64_t t = index ? index[row] : -1;
+    if (!index) {
+      ysum = 0;
+      for (int64_t j = lane; j < n; j += 32) ysum += static_cast<Acc>(probs[base + j]);
+      ysum = warp_sum(ysum);
+    }
+    for (int64_t j = lane; j < n; j += 32) {
+      const Acc zj = static_cast<Acc>(z[base + j]);
+      const Acc yj = index ? Acc(j == t ? 1 : 0) : static_cast<Acc>(probs[base + j]);
+      dz[base + j] = static_cast<T>(w * (ysum * dev_exp(zj - s) - yj));
+      if (grad_target) grad_target[base + j] = static_cast<T>(w * (s - zj));
+    }
   }
 }
 
@@ -253,7 +260,9 @@ void launch_rows_with_colsum(int64_t rows, int64_t n, const Op& op, at::Tensor* 
   }
 }
 
-dim3 row_grid(int64_t rows) { return dim3(static_cast<unsigned>(ceil_div(rows, kRowsPerBlock))); }
+dim3 row_grid(int64_t rows) {
+  return dim3(static_cast<unsigned>(std::min<int64_t>(ceil_div(rows, kRowsPerBlock), current_device_info().max_grid_x)));
+}
 const dim3 kRowBlock(32, kRowsPerBlock);
 
 #define FASTFFNN_DISPATCH_CUDA_FLOATING(type, name, ...) \

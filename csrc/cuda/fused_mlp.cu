@@ -198,7 +198,7 @@ __device__ __forceinline__ void mma(float (&c)[4], const uint32_t (&a)[4], const
         : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"(b[0]), "r"(b[1]));
   }
 #else
-  __trap();  // the host never picks a tensor-core path below sm_80
+  __trap();  // the host never picks a tensor-core path for code below sm_80 (tensor_core_mode)
 #endif
 }
 
@@ -582,10 +582,11 @@ __global__ void __launch_bounds__(kThreads, 1) fused_backward_kernel(OutputGradP
   }
 }
 
-// The tensor cores need sm_80 or newer; float32 uses them (as TF32) only when
-// torch.backends.cuda.matmul.allow_tf32 is on, as cuBLAS does.
+// The tensor cores need an sm_80 device and code compiled for sm_80 or newer
+// (mma's branch for older code is __trap()); float32 uses them (as TF32) only
+// when torch.backends.cuda.matmul.allow_tf32 is on, as cuBLAS does.
 Mma tensor_core_mode(at::ScalarType t, const DeviceInfo& device) {
-  if (device.major < 8) return Mma::None;
+  if (device.major < 8 || device.code_arch < 80) return Mma::None;
   if (t == at::kBFloat16) return Mma::BF16;
   if (t == at::kHalf) return Mma::FP16;
   return at::globalContext().allowTF32CuBLAS() ? Mma::TF32 : Mma::None;
@@ -715,6 +716,7 @@ bool fused_tier_applies(const at::Tensor& x, const Network& net) {
   // Both kernels must fit the device's shared memory (227 KB per block on
   // Hopper, 163 KB on sm_80/87, 99 KB on sm_86/89/120, 64 KB on sm_75).
   const DeviceInfo& device = current_device_info();
+  if (ceil_div(x.size(0), kRows) > device.max_grid_x) return false;  // a block per kRows rows: too many blocks
   const Mma mode = tensor_core_mode(x.scalar_type(), device);
   const auto limit = static_cast<size_t>(device.smem_optin);
   if (forward_smem_bytes(static_cast<int>(max_hidden), static_cast<int>(classes), mode) > limit ||

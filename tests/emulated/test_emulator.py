@@ -120,6 +120,96 @@ def test_without_tensor_cores_the_fused_tier_uses_exact_fmas(mode, activation):
               relu_hidden=hidden if activation == "relu" else None)
 
 
+@contextlib.contextmanager
+def setting(key, value, default):
+    emu._emu_configure(key, value)
+    try:
+        yield
+    finally:
+        emu._emu_configure(key, default)
+
+
+def code_for(ptx_version):
+    """The device runs this build's code compiled for ptx_version (cudaFuncGetAttributes' ptxVersion)."""
+    return setting("ptx_version", ptx_version, 0)
+
+
+def max_grid_x(blocks):
+    return setting("max_grid_x", blocks, 2**31 - 1)
+
+
+def small_ffnn(in_f=45, hid=60, out=9, rows=37):
+    x = torch.randn(rows, in_f, dtype=torch.float64)
+    params = [torch.randn(hid, in_f, dtype=torch.float64) / in_f**0.5, torch.randn(hid, dtype=torch.float64),
+              torch.randn(out, hid, dtype=torch.float64) / hid**0.5, torch.randn(out, dtype=torch.float64)]
+    return x, params
+
+
+@pytest.mark.parametrize("mode", ["bfloat16", "float16", "tf32"])
+def test_code_compiled_below_sm_80_takes_the_fma_path_on_an_sm_90(mode):
+    # A build whose only code for the device is older PTX (TORCH_CUDA_ARCH_LIST="7.5+PTX", JIT-compiled at load
+    # on an sm_90) holds mma's __trap() branch: the emulator fails the kernel at its first mma there, so the
+    # tier must pick the FMA path from the code's arch, not from the device's alone
+    x, params = small_ffnn()
+    with device("sm_90"), code_for(75), tier("fused"):
+        assert launched_kernels(lambda: fastffnn.ffnn(x.float(), *[p.float() for p in params])) == [
+            "fused_forward_kernel"]
+        check(lambda *a: fastffnn.ffnn(*a), lambda *a, **k: ref_ffnn(*a, **k), [x, *params], mode, K=60)
+
+
+def test_the_tensor_core_path_follows_the_code_the_device_runs():
+    # The same TF32 forward on an sm_90: code for sm_80 or sm_90 takes the tensor cores (TF32 operands: errors
+    # of ~1e-3), code for sm_75 the exact FMAs (float32's ~1e-6)
+    x, params = small_ffnn()
+    expected = ref_ffnn(x, *params)
+    out = {}
+    with device("sm_90"), tier("fused"), precision("tf32"):
+        for version in (0, 80, 90, 75):
+            with code_for(version):
+                out[version] = fastffnn.ffnn(x.float(), *[p.float() for p in params]).double()
+    assert torch.equal(out[0], out[80]) and torch.equal(out[0], out[90])
+    err = {v: ((o - expected).abs().max() / expected.abs().max()).item() for v, o in out.items()}
+    assert err[75] < 1e-5 < err[0], err
+
+
+@pytest.mark.parametrize("log", [False, True])
+def test_more_rows_than_the_grid_allows_take_grid_stride_loops(log):
+    # A grid of at most 3 blocks (the device's limit, set low): the row kernels (a warp per row, 4 rows a
+    # block) then each take 50 rows in rounds; any row they skip stays NaN (poisoned) and fails the check
+    w = torch.randn(7, 20, dtype=torch.float64)
+    b = torch.randn(7, dtype=torch.float64)
+    x = torch.randn(50, 20, dtype=torch.float64)
+    target = torch.randint(0, 7, (50,))
+    probs = torch.softmax(torch.randn(50, 7, dtype=torch.float64), -1)
+    with max_grid_x(3), tier("general"):
+        grids = [line.split()[1] for line in launched_lines(
+            lambda: fastffnn.linear_softmax(x.float(), w.float(), b.float(), log=log))]
+        assert "grid=(3,1,1)" in grids, grids
+        check(lambda *a: fastffnn.linear_softmax(*a, log=log), lambda *a: ref.linear_softmax(*a, log=log),
+              [x, w, b], "float32", K=20)
+        check(lambda z: fastffnn.softmax_nll(z, target, "none"), lambda z: ref.softmax_nll(z, target, "none"),
+              [x], "float32", K=20)
+        check(lambda z, p: fastffnn.softmax_nll(z, p, "sum"), lambda z, p: ref.softmax_nll(z, p, "sum"),
+              [x[:, :7].contiguous(), probs], "float32", K=20)
+
+
+def test_the_fused_tier_gives_way_where_its_grid_would_be_too_large():
+    # a block per 32 rows: 96 rows fit a grid of 3 blocks, 97 do not, and take the general tier
+    x, params = small_ffnn(rows=97)
+    with max_grid_x(3), tier("fused"):
+        fits = launched_kernels(lambda: fastffnn.ffnn(x[:96].float(), *[p.float() for p in params]))
+        too_many = launched_kernels(lambda: fastffnn.ffnn(x.float(), *[p.float() for p in params]))
+        assert fits == ["fused_forward_kernel"], fits
+        assert "fused_forward_kernel" not in too_many and "bias_softmax_kernel" in too_many, too_many
+        check(lambda *a: fastffnn.ffnn(*a), lambda *a, **k: ref_ffnn(*a, **k), [x, *params], "float32", K=60)
+
+
+def launched_lines(fn):
+    emu._emu_launches(True)
+    fn()
+    return emu._emu_launches(True)
+
+
 def test_under_graph_capture_a_bad_class_index_gives_nan_instead_of_a_host_check():
     z = torch.randn(4, 5)
     bad = torch.tensor([0, 7, 2, 1])

@@ -51,10 +51,21 @@ struct Settings {
   int cc_minor = 0;
   int smem_optin = 232448;  // cudaDevAttrMaxSharedMemoryPerBlockOptin: 227 KB
   int sm_count = 132;
+  int max_grid_x = 0x7FFFFFFF;  // cudaDevAttrMaxGridDimX
+  // The PTX target (major * 10 + minor) of the code the device runs, as
+  // cudaFuncGetAttributes' ptxVersion says; 0: code built for the device
+  // itself. Lower: a build whose only code for it is older PTX, JIT-compiled
+  // at load (TORCH_CUDA_ARCH_LIST="7.5+PTX" on an sm_90), where the mma the
+  // kernels hold for sm_80 and newer is the __trap() branch.
+  int ptx_version = 0;
   bool capturing = false;
 };
 
 Settings g_settings;
+int code_arch() {
+  return g_settings.ptx_version != 0 ? g_settings.ptx_version : g_settings.cc_major * 10 + g_settings.cc_minor;
+}
+
 std::mutex g_mutex;  // one grid at a time, and the state below
 std::vector<std::string> g_launch_log;
 std::map<const void*, int> g_max_dynamic_smem;  // cudaFuncAttributeMaxDynamicSharedMemorySize per kernel
@@ -651,6 +662,11 @@ void mma(Collective kind, float (&d)[4], const uint32_t (&a)[4], const uint32_t 
          int line) {
   Runner& r = runner();
   Fiber& f = *r.current;
+  // mma.sync needs sm_80 code on an sm_80 device: below either, the kernel's own branch is __trap()
+  if (code_arch() < 80) {
+    fail(std::string(collective_name(kind)) + " at " + site(file, line) + " in " + where(r, f) +
+         " on code for sm_" + std::to_string(code_arch()) + ": the kernel's branch below sm_80 is __trap()");
+  }
   std::memcpy(f.a, a, sizeof(f.a));
   std::memcpy(f.b, b, sizeof(f.b));
   std::memcpy(f.c, d, sizeof(f.c));
@@ -737,7 +753,7 @@ void run_grid(const char* name, const void* kernel, dim3 grid, dim3 block, size_
   // The launch checks a GPU makes; a failed launch runs nothing and leaves
   // its error for cudaGetLastError, as on the device.
   if (grid.x == 0 || grid.y == 0 || grid.z == 0 || threads == 0 || threads > 1024 || block.z > 64 ||
-      grid.y > 65535 || grid.z > 65535 || grid.x > 0x7FFFFFFFu) {
+      grid.y > 65535 || grid.z > 65535 || grid.x > static_cast<unsigned>(g_settings.max_grid_x)) {
     g_last_error = cudaErrorInvalidConfiguration;
     return;
   }
@@ -803,6 +819,9 @@ cudaError_t device_attribute(int* value, cudaDeviceAttr attr, int device) {
     case cudaDevAttrMultiProcessorCount:
       *value = g_settings.sm_count;
       return cudaSuccess;
+    case cudaDevAttrMaxGridDimX:
+      *value = g_settings.max_grid_x;
+      return cudaSuccess;
   }
   return cudaErrorInvalidValue;
 }
@@ -813,6 +832,17 @@ cudaError_t set_func_attribute(const void* kernel, cudaFuncAttribute attr, int v
     return cudaErrorInvalidValue;
   }
   g_max_dynamic_smem[kernel] = value;
+  return cudaSuccess;
+}
+
+cudaError_t func_attributes(cudaFuncAttributes* attr, const void* kernel) {
+  if (attr == nullptr || kernel == nullptr) return cudaErrorInvalidValue;
+  const std::lock_guard<std::mutex> lock(g_mutex);
+  *attr = cudaFuncAttributes{};
+  attr->ptxVersion = code_arch();
+  attr->binaryVersion = g_settings.cc_major * 10 + g_settings.cc_minor;
+  const auto limit = g_max_dynamic_smem.find(kernel);
+  attr->maxDynamicSharedSizeBytes = limit == g_max_dynamic_smem.end() ? kDefaultDynamicSmem : limit->second;
   return cudaSuccess;
 }
 
@@ -851,12 +881,16 @@ void configure(c10::string_view key, int64_t value) {
     g_settings.schedule = static_cast<Schedule>(value);
   } else if (key == "seed") {
     g_settings.seed = static_cast<uint64_t>(value);
-  } else if (key == "cc_major" || key == "cc_minor" || key == "smem_optin" || key == "sm_count") {
-    TORCH_CHECK_VALUE(value > 0 || (key == "cc_minor" && value == 0), "fastffnn emulator: ", std::string(key),
-                      " must be positive, got ", value);
+  } else if (key == "cc_major" || key == "cc_minor" || key == "smem_optin" || key == "sm_count" ||
+             key == "max_grid_x" || key == "ptx_version") {
+    TORCH_CHECK_VALUE(value > 0 || ((key == "cc_minor" || key == "ptx_version") && value == 0),
+                      "fastffnn emulator: ", std::string(key), " must be positive, got ", value);
+    TORCH_CHECK_VALUE(value <= 0x7FFFFFFF, "fastffnn emulator: ", std::string(key), " is too large: ", value);
     int& field = key == "cc_major"     ? g_settings.cc_major
                  : key == "cc_minor"   ? g_settings.cc_minor
                  : key == "smem_optin" ? g_settings.smem_optin
+                 : key == "max_grid_x" ? g_settings.max_grid_x
+                 : key == "ptx_version" ? g_settings.ptx_version
                                        : g_settings.sm_count;
     field = static_cast<int>(value);  // kernels keep their attributes, as on a device
   } else if (key == "capturing") {
