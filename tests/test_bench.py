@@ -25,18 +25,22 @@ def test_sklearn_mode_fits_both_estimators_and_writes_csv_and_plot(tmp_path, cap
     """bench --sklearn: both estimators on the same data, for the same epochs, side by side."""
     pytest.importorskip("sklearn")
     out_csv, out_png = tmp_path / "sk.csv", tmp_path / "sk.png"
-    rc = cli.main(["--sklearn", "--smoke", "--batches", "1,auto", "--csv", str(out_csv), "--plot", str(out_png)])
+    rc = cli.main(["--sklearn", "--smoke", "--batches", "1,auto", "--repeats", "2", "--csv", str(out_csv),
+                   "--plot", str(out_png)])
     printed = capsys.readouterr().out
     assert rc == 0, printed
     rows = list(csv.DictReader(out_csv.open()))
     assert {(r["batch"], r["impl"]) for r in rows} == {(b, i) for b in ("1", "auto")
                                                        for i in ("scikit-learn float64", "fastffnn float32")}
     for r in rows:
-        assert r["dataset"] == "classification" and r["epochs"] == "1" and r["sklearn"] and r["torch"]
+        assert r["dataset"] == "classification" and r["epochs"] == "1" and r["repeats"] == "2"
+        assert r["sklearn"] and r["torch"]
         assert float(r["fit_s"]) > 0 and 0 <= float(r["test_accuracy"]) <= 1
         assert float(r["examples_per_s"]) == pytest.approx(int(r["n_train"]) / float(r["fit_s"]), rel=1e-2)
         base = next(float(b["fit_s"]) for b in rows if b["batch"] == r["batch"] and b["impl"].startswith("scikit"))
         assert float(r["x_sklearn"]) == pytest.approx(base / float(r["fit_s"]), rel=1e-2)
+        best = next(float(b["fit_s_min"]) for b in rows if b["batch"] == r["batch"] and b["impl"].startswith("scikit"))
+        assert float(r["x_sklearn_best"]) == pytest.approx(best / float(r["fit_s_min"]), rel=1e-2)
     pytest.importorskip("matplotlib")
     assert out_png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
