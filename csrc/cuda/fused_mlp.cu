@@ -728,6 +728,14 @@ bool fused_tier_applies(const at::Tensor& x, const Network& net) {
 
 namespace {
 
+// A block per kRows rows; fused_tier_applies has refused where that is more than the device's grid allows.
+dim3 fused_grid(int64_t rows) {
+  const int64_t blocks = ceil_div(rows, kRows);
+  TORCH_INTERNAL_ASSERT(blocks <= current_device_info().max_grid_x, "fastffnn: the fused tier ran ", rows,
+                        " rows, more than its grid allows");
+  return dim3(static_cast<unsigned>(blocks));
+}
+
 // The network's pointers as the kernels take them (contiguous copies where needed are kept in `keep`).
 template <typename T>
 FusedNet<T> fused_net(const Network& net, std::vector<at::Tensor>& keep) {
@@ -762,7 +770,7 @@ std::pair<at::Tensor, std::vector<at::Tensor>> fused_network_forward(const at::T
   for (size_t k = 0; k + 1 < net.depth(); ++k) hidden.push_back(at::empty({rows, net.weights[k].size(0)}, x.options()));
   if (rows == 0) return {out, hidden};
   const auto xc = x.contiguous();
-  const dim3 grid(static_cast<unsigned>(ceil_div(rows, kRows)));
+  const dim3 grid(fused_grid(rows));
   const Mma mode = tensor_core_mode(x.scalar_type(), current_device_info());
   FASTFFNN_DISPATCH_FUSED_TYPES(x.scalar_type(), "fastffnn.fused_forward", [&] {
     std::vector<at::Tensor> keep;
@@ -833,7 +841,7 @@ std::vector<at::Tensor> fused_network_backward(const OutputGradient& grad, const
     const size_t bytes = backward_smem_bytes(f.max_hidden, classes);
     auto kernel = fused_backward_kernel<scalar_t>;
     allow_shared_memory(kernel, bytes);
-    launch("fused_backward_kernel", kernel, dim3(static_cast<unsigned>(blocks)), dim3(kThreads), bytes, ptrs, f, g,
+    launch("fused_backward_kernel", kernel, fused_grid(rows), dim3(kThreads), bytes, ptrs, f, g,
            rows);
     for (int k = lowest; k < depth; ++k) {
       if (!grad_biases[k]) continue;

@@ -151,9 +151,11 @@ def test_code_compiled_below_sm_80_takes_the_fma_path_on_an_sm_90(mode):
     # on an sm_90) holds mma's __trap() branch: the emulator fails the kernel at its first mma there, so the
     # tier must pick the FMA path from the code's arch, not from the device's alone
     x, params = small_ffnn()
+    dtype = torch.float32 if mode == "tf32" else getattr(torch, mode)
     with device("sm_90"), code_for(75), tier("fused"):
-        assert launched_kernels(lambda: fastffnn.ffnn(x.float(), *[p.float() for p in params])) == [
-            "fused_forward_kernel"]
+        with precision(mode):  # the fused tier, not the general one, runs in this mode
+            assert launched_kernels(lambda: fastffnn.ffnn(x.to(dtype), *[p.to(dtype) for p in params])) == [
+                "fused_forward_kernel"]
         check(lambda *a: fastffnn.ffnn(*a), lambda *a, **k: ref_ffnn(*a, **k), [x, *params], mode, K=60)
 
 

@@ -62,8 +62,10 @@ struct Settings {
 };
 
 Settings g_settings;
+// No device runs code for a newer arch than its own: a ptx_version above the device's is the device's.
 int code_arch() {
-  return g_settings.ptx_version != 0 ? g_settings.ptx_version : g_settings.cc_major * 10 + g_settings.cc_minor;
+  const int device = g_settings.cc_major * 10 + g_settings.cc_minor;
+  return g_settings.ptx_version != 0 ? std::min(g_settings.ptx_version, device) : device;
 }
 
 std::mutex g_mutex;  // one grid at a time, and the state below
