@@ -209,10 +209,10 @@ class FastFFNN(nn.Module):
         return ops.ffnn_nll(x, Vw, Vb, Ww, Wb, target, activation=act, reduction=reduction)
 
     def train_step(self, x: Tensor, target: Tensor, optimizer, reduction: str = "mean") -> Tensor:
-        """A whole training step in one native call: forward, loss, backward and the Adam update.
+        """A whole training step in one native call: forward, loss, backward and the optimizer's update.
 
-        ``optimizer`` must be a :class:`fastffnn.optim.Adam` over
-        ``model.parameters()``. Equivalent to ``model.zero_grad();
+        ``optimizer`` must be a :class:`fastffnn.optim.Adam` or
+        :class:`fastffnn.optim.SGD` over ``model.parameters()``. Equivalent to ``model.zero_grad();
         model.nll_loss(x, target, reduction).backward(); optimizer.step()``,
         except that ``.grad`` is left untouched; returns the loss (detached).
         In the lecture's loop, the five lines of a step become

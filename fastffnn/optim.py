@@ -7,7 +7,7 @@ SGD: ``momentum_buffer``, with a momentum) and param-group keys, so their
 ``state_dict`` loads into torch's optimizers and the reverse. Both have
 ``train_step`` (a whole training step of a FastFFNN or FastMLP in one native
 call), and :func:`fit` drives either over whole epochs. On CUDA, ``step()``
-is one launch per dtype for all the parameters (not capturable in a CUDA
+is one launch per 24 parameters of one dtype (not capturable in a CUDA
 graph: the step counters stay on the CPU), and ``train_step`` is one native
 call too: the fused forward, its backward and that launch, with no autograd
 in between (under CUDA autocast it takes the autograd route).

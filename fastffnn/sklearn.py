@@ -11,9 +11,9 @@ initialisation drawn from the same ``random_state`` in the same order, its
 shuffle, its L2 penalty ``alpha`` (on the weights, divided by each batch's
 size), its Adam (``eps`` added before the bias correction) or SGD with
 momentum, its early stopping and its stopping rule on ``tol`` and
-``n_iter_no_change``. On the CPU each epoch is one native call
-(``fastffnn.optim``'s fit ops); on CUDA the steps run in Python over
-fastffnn's fused ops and optimizer kernel.
+``n_iter_no_change``. On the CPU and on CUDA each epoch is one native call
+(``fastffnn.optim``'s fit ops); only under global module hooks do the steps
+run in Python.
 
 Where it differs from scikit-learn's (each is documented on the class):
 
