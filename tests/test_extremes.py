@@ -143,3 +143,27 @@ def test_same_bits_run_after_run_and_what_holds_across_thread_counts(batch, in_f
         assert torch.equal(many[label], again[label]), f"{label} differs between two runs"
         if _across_threads_too(label, batch):
             assert torch.equal(one[label], many[label]), f"{label} differs between 1 and {max(2, threads)} threads"
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+@pytest.mark.parametrize("n", [1, 3, 7, 10, 15, 16])
+@pytest.mark.parametrize("log", [False, True])
+def test_narrow_rows_do_not_depend_on_the_rows_beside_them(dtype, n, log):
+    # Narrow rows (fewer than two vectors: n < 16 in float32, < 8 in float64) are softmaxed 8 or 4 side by
+    # side, one row per vector lane. Through an identity weight (an exact product), each row of a batch of
+    # 21 (two whole groups and a partial one, or the reverse order of them) has the bits it has alone, a
+    # NaN, +inf or -inf row leaves its neighbours as they were, and all agree with float64.
+    torch.manual_seed(n)
+    eye = torch.eye(n, dtype=dtype)
+    b = torch.randn(n, dtype=dtype)
+    x = torch.randn(21, n, dtype=dtype) * 5
+    x[4, 0], x[9, -1], x[13] = float("nan"), float("inf"), float("-inf")
+    out = fastffnn.linear_softmax(x, eye, b, log=log)
+    alone = torch.cat([fastffnn.linear_softmax(x[i:i + 1], eye, b, log=log) for i in range(21)])
+    reverse = fastffnn.linear_softmax(x.flip(0), eye, b, log=log).flip(0)
+    assert torch.equal(out.isnan(), alone.isnan()) and torch.equal(out.nan_to_num(), alone.nan_to_num())
+    assert torch.equal(out.nan_to_num(), reverse.nan_to_num())
+    expected = ref.linear_softmax(x.double(), eye.double(), b.double(), log=log)
+    assert torch.equal(out.isnan(), expected.isnan()), (out, expected)
+    tol = 1e-5 if dtype == torch.float32 else 1e-13
+    torch.testing.assert_close(out.double(), expected, rtol=tol, atol=tol, equal_nan=True)

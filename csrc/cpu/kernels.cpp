@@ -48,7 +48,14 @@ void bias_softmax_(at::Tensor& z, const c10::optional<at::Tensor>& b, bool log) 
   AT_DISPATCH_FLOATING_TYPES(z.scalar_type(), "fastffnn.bias_softmax", [&] {
     scalar_t* zp = z.data_ptr<scalar_t>();
     const scalar_t* bp = data_or_null<scalar_t>(bc);
-    for_each_row(rows, n, [&](int64_t r) { bias_softmax_row(zp + r * n, bp, n, log); });
+    if (narrow_row<scalar_t>(n)) {
+      constexpr int64_t W = at::vec::Vectorized<scalar_t>::size();
+      for_each_row((rows + W - 1) / W, n * W, [&](int64_t g) {
+        bias_softmax_rows_across(zp + g * W * n, bp, std::min(W, rows - g * W), n, log);
+      });
+    } else {
+      for_each_row(rows, n, [&](int64_t r) { bias_softmax_row(zp + r * n, bp, n, log); });
+    }
   });
 }
 
