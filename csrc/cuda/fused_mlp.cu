@@ -770,7 +770,7 @@ std::pair<at::Tensor, std::vector<at::Tensor>> fused_network_forward(const at::T
   for (size_t k = 0; k + 1 < net.depth(); ++k) hidden.push_back(at::empty({rows, net.weights[k].size(0)}, x.options()));
   if (rows == 0) return {out, hidden};
   const auto xc = x.contiguous();
-  const dim3 grid(fused_grid(rows));
+  const dim3 grid = fused_grid(rows);
   const Mma mode = tensor_core_mode(x.scalar_type(), current_device_info());
   FASTFFNN_DISPATCH_FUSED_TYPES(x.scalar_type(), "fastffnn.fused_forward", [&] {
     std::vector<at::Tensor> keep;
@@ -808,7 +808,8 @@ std::vector<at::Tensor> fused_network_backward(const OutputGradient& grad, const
       if (g) g->zero_();
     return dz;
   }
-  const int64_t blocks = ceil_div(rows, kRows);
+  const dim3 grid = fused_grid(rows);
+  const int64_t blocks = grid.x;
   std::vector<at::Tensor> partial(depth);
   for (int k = lowest; k < depth; ++k)
     if (grad_biases[k]) partial[k] = at::empty({blocks, net.weights[k].size(0)}, y.options().dtype(at::kFloat));
@@ -841,7 +842,7 @@ std::vector<at::Tensor> fused_network_backward(const OutputGradient& grad, const
     const size_t bytes = backward_smem_bytes(f.max_hidden, classes);
     auto kernel = fused_backward_kernel<scalar_t>;
     allow_shared_memory(kernel, bytes);
-    launch("fused_backward_kernel", kernel, fused_grid(rows), dim3(kThreads), bytes, ptrs, f, g,
+    launch("fused_backward_kernel", kernel, grid, dim3(kThreads), bytes, ptrs, f, g,
            rows);
     for (int k = lowest; k < depth; ++k) {
       if (!grad_biases[k]) continue;

@@ -27,15 +27,19 @@ ARCHS = {
 
 
 @contextlib.contextmanager
+def setting(key, value, default):
+    emu._emu_configure(key, value)
+    try:
+        yield
+    finally:
+        emu._emu_configure(key, default)
+
+
+@contextlib.contextmanager
 def device(arch):
     major, minor, optin = ARCHS[arch]
-    for key, value in (("cc_major", major), ("cc_minor", minor), ("smem_optin", optin)):
-        emu._emu_configure(key, value)
-    try:
+    with setting("cc_major", major, 9), setting("cc_minor", minor, 0), setting("smem_optin", optin, 227 * 1024):
         yield optin
-    finally:
-        for key, value in (("cc_major", 9), ("cc_minor", 0), ("smem_optin", 227 * 1024)):
-            emu._emu_configure(key, value)
 
 
 @contextlib.contextmanager
@@ -45,6 +49,28 @@ def tier(name):
         yield
     finally:
         fastffnn.set_cuda_tier(previous)
+
+
+def code_for(ptx_version):
+    """The device runs this build's code compiled for ptx_version (cudaFuncGetAttributes' ptxVersion)."""
+    return setting("ptx_version", ptx_version, 0)
+
+
+def max_grid_x(blocks):
+    return setting("max_grid_x", blocks, 2**31 - 1)
+
+
+def small_ffnn(in_f=45, hid=60, out=9, rows=37):
+    x = torch.randn(rows, in_f, dtype=torch.float64)
+    params = [torch.randn(hid, in_f, dtype=torch.float64) / in_f**0.5, torch.randn(hid, dtype=torch.float64),
+              torch.randn(out, hid, dtype=torch.float64) / hid**0.5, torch.randn(out, dtype=torch.float64)]
+    return x, params
+
+
+def launched_lines(fn):
+    emu._emu_launches(True)
+    fn()
+    return emu._emu_launches(True)
 
 
 def run_training_step(in_f, hid, out, dtype, batch=40):
@@ -96,9 +122,7 @@ def test_a_deep_fused_network_fits_every_gpus_shared_memory(arch, sizes):
 
 def test_at_the_shared_memory_limit_the_fused_kernels_still_run_and_agree():
     # sm_86: the largest eligible shape that fits, checked against the reference like any other
-    x = torch.randn(45, 70, dtype=torch.float64)
-    params = [torch.randn(200, 70, dtype=torch.float64) / 70**0.5, torch.randn(200, dtype=torch.float64),
-              torch.randn(63, 200, dtype=torch.float64) / 200**0.5, torch.randn(63, dtype=torch.float64)]
+    x, params = small_ffnn(in_f=70, hid=200, out=63, rows=45)
     with device("sm_86"), tier("fused"):
         names = launched_kernels(lambda: fastffnn.ffnn(x.float(), *[p.float() for p in params]))
         assert names == ["fused_forward_kernel"]
@@ -110,39 +134,12 @@ def test_at_the_shared_memory_limit_the_fused_kernels_still_run_and_agree():
 def test_without_tensor_cores_the_fused_tier_uses_exact_fmas(mode, activation):
     # sm_75 has no mma.sync for these types: float16/bfloat16/TF32 take the FMA path (Mma::None), which
     # no Hopper test reaches for the 16-bit dtypes
-    x = torch.randn(37, 45, dtype=torch.float64)
-    params = [torch.randn(60, 45, dtype=torch.float64) / 45**0.5, torch.randn(60, dtype=torch.float64),
-              torch.randn(9, 60, dtype=torch.float64) / 60**0.5, torch.randn(9, dtype=torch.float64)]
+    x, params = small_ffnn()
     hidden = (lambda x, Vw, Vb, Ww, Wb: torch.ops.fastffnn.ffnn(x, Vw, Vb, Ww, Wb, activation, False)[1])
     with device("sm_75"), tier("fused"):
         check(lambda *a: fastffnn.ffnn(*a, activation=activation),
               lambda *a, **k: ref_ffnn(*a, activation=activation, **k), [x, *params], mode, K=60,
               relu_hidden=hidden if activation == "relu" else None)
-
-
-@contextlib.contextmanager
-def setting(key, value, default):
-    emu._emu_configure(key, value)
-    try:
-        yield
-    finally:
-        emu._emu_configure(key, default)
-
-
-def code_for(ptx_version):
-    """The device runs this build's code compiled for ptx_version (cudaFuncGetAttributes' ptxVersion)."""
-    return setting("ptx_version", ptx_version, 0)
-
-
-def max_grid_x(blocks):
-    return setting("max_grid_x", blocks, 2**31 - 1)
-
-
-def small_ffnn(in_f=45, hid=60, out=9, rows=37):
-    x = torch.randn(rows, in_f, dtype=torch.float64)
-    params = [torch.randn(hid, in_f, dtype=torch.float64) / in_f**0.5, torch.randn(hid, dtype=torch.float64),
-              torch.randn(out, hid, dtype=torch.float64) / hid**0.5, torch.randn(out, dtype=torch.float64)]
-    return x, params
 
 
 @pytest.mark.parametrize("mode", ["bfloat16", "float16", "tf32"])
@@ -204,12 +201,6 @@ def test_the_fused_tier_gives_way_where_its_grid_would_be_too_large():
         assert fits == ["fused_forward_kernel"], fits
         assert "fused_forward_kernel" not in too_many and "bias_softmax_kernel" in too_many, too_many
         check(lambda *a: fastffnn.ffnn(*a), lambda *a, **k: ref_ffnn(*a, **k), [x, *params], "float32", K=60)
-
-
-def launched_lines(fn):
-    emu._emu_launches(True)
-    fn()
-    return emu._emu_launches(True)
 
 
 def test_under_graph_capture_a_bad_class_index_gives_nan_instead_of_a_host_check():
