@@ -345,14 +345,27 @@ void check_adam_args(const char* op, bool reduced_precision, c10::DeviceType dev
                     "fastffnn.", op, ": invalid hyper-parameters lr=", c.lr, " betas=(", c.beta1, ", ", c.beta2,
                     ") eps=", c.eps, " weight_decay=", c.weight_decay);
   check_params(op, reduced_precision, device_type, params, grads);
+  // all CPU counters, or all on the parameters' device (capturable): not a mix, which no optimizer keeps
+  const bool on_device = n != 0 && !steps[0].device().is_cpu();
   for (size_t i = 0; i < n; ++i) {
     check_state(op, "exp_avgs", exp_avgs[i], params[i], i);
     check_state(op, "exp_avg_sqs", exp_avg_sqs[i], params[i], i);
     if (c.amsgrad) check_state(op, "max_exp_avg_sqs", max_exp_avg_sqs[i], params[i], i);
     const at::Tensor& step = steps[i];
-    TORCH_CHECK_VALUE(step.device().is_cpu() && step.numel() == 1 && step.is_floating_point(), "fastffnn.", op,
-                      ": steps[", i, "] must be a CPU floating tensor with one element, got ", step.scalar_type(),
-                      " of shape ", step.sizes(), " on ", step.device());
+    TORCH_CHECK_VALUE(step.numel() == 1 && step.is_floating_point(), "fastffnn.", op, ": steps[", i,
+                      "] must be a floating tensor with one element, got ", step.scalar_type(), " of shape ",
+                      step.sizes(), " on ", step.device());
+    if (on_device) {
+      TORCH_CHECK_VALUE(step.device() == params[i].device() && device_type != c10::DeviceType::CPU &&
+                            (step.scalar_type() == at::kFloat || step.scalar_type() == at::kDouble),
+                        "fastffnn.", op, ": steps[0] is on ", steps[0].device(),
+                        ", so every step counter must be a float32 or float64 tensor on its parameter's device "
+                        "(capturable), but steps[", i, "] is ", step.scalar_type(), " on ", step.device(),
+                        " for a parameter on ", params[i].device());
+    } else {
+      TORCH_CHECK_VALUE(step.device().is_cpu(), "fastffnn.", op, ": steps[0] is on the CPU, so every step counter "
+                        "must be, but steps[", i, "] is on ", step.device());
+    }
   }
 }
 

@@ -214,7 +214,9 @@ struct SgdConfig {
 // the gradients themselves) and hyper-parameters: params floating, all on one
 // device of the backend's type (`device_type`), every state tensor shaped,
 // typed and placed like its parameter, and steps one-element floating CPU
-// tensors (counters the host reads: no device sync).
+// tensors (counters the host reads: no device sync), or for a CUDA backend
+// float32/float64 ones on the parameters' device (capturable: the kernels
+// read and advance them).
 void check_adam_args(const char* op, bool reduced_precision, c10::DeviceType device_type, at::TensorList params,
                      at::TensorList grads, at::TensorList exp_avgs, at::TensorList exp_avg_sqs,
                      at::TensorList max_exp_avg_sqs, at::TensorList steps, const AdamConfig& config);

@@ -7,10 +7,13 @@ SGD: ``momentum_buffer``, with a momentum) and param-group keys, so their
 ``state_dict`` loads into torch's optimizers and the reverse. Both have
 ``train_step`` (a whole training step of a FastFFNN or FastMLP in one native
 call), and :func:`fit` drives either over whole epochs. On CUDA, ``step()``
-is one launch per 24 parameters of one dtype (not capturable in a CUDA
-graph: the step counters stay on the CPU), and ``train_step`` is one native
+is one launch per 24 parameters of one dtype, and ``train_step`` is one native
 call too: the fused forward, its backward and that launch, with no autograd
-in between (under CUDA autocast it takes the autograd route).
+in between (under CUDA autocast it takes the autograd route). Adam's step
+counters stay on the CPU, so neither can be captured in a CUDA graph, unless
+``Adam(capturable=True)`` keeps them on the parameters' device, as
+torch.optim.Adam's does: one launch more advances them, and a capture may
+then hold ``step()`` and ``train_step`` (not ``fit``, which reads the device).
 """
 
 from __future__ import annotations
@@ -24,6 +27,7 @@ import torch
 from torch.optim.optimizer import _global_optimizer_post_hooks as _POST_HOOKS
 from torch.optim.optimizer import _global_optimizer_pre_hooks as _PRE_HOOKS
 
+from . import _graphs
 from ._runtime import ensure_loaded
 
 
@@ -191,9 +195,13 @@ class Adam(_OneCall):
     weight_decay, amsgrad, maximize, decoupled_weight_decay), within float
     rounding. On the CPU, with ``eps >= 1e-16``, a state that would be
     subnormal is 0 (the update runs with subnormals flushed: they take a slow
-    path on x86; README, Reliability). ``lr`` may be a one-element CPU tensor, as for
-    ``torch.optim.Adam``: with an LR scheduler, a compiled ``train_step`` then
-    reads it as an input instead of recompiling at every change. ``foreach``, ``capturable``, ``differentiable`` and ``fused`` are
+    path on x86; README, Reliability). ``lr`` may be a one-element CPU tensor,
+    as for ``torch.optim.Adam``: with an LR scheduler, a compiled
+    ``train_step`` then reads it as an input instead of recompiling at every
+    change. ``capturable=True`` keeps each ``step`` counter on its parameter's
+    device, as torch.optim.Adam's does, so that ``step()`` and ``train_step``
+    on CUDA can be captured in a CUDA graph (with a float lr: a Tensor lr is
+    read on the host). ``foreach``, ``differentiable`` and ``fused`` are
     accepted for state-dict compatibility and must keep their defaults.
     """
 
@@ -209,12 +217,11 @@ class Adam(_OneCall):
         if not 0.0 <= weight_decay:
             raise ValueError(f"fastffnn.optim.Adam: invalid weight_decay value: {weight_decay}")
         defaults = dict(lr=lr, betas=betas, eps=eps, weight_decay=weight_decay, amsgrad=amsgrad, maximize=maximize,
-                        foreach=None, capturable=False, differentiable=False, fused=None,
+                        foreach=None, capturable=bool(capturable), differentiable=False, fused=None,
                         decoupled_weight_decay=decoupled_weight_decay)
-        self._start(params, defaults, dict(foreach=foreach, capturable=capturable, differentiable=differentiable,
-                                           fused=fused))
+        self._start(params, defaults, dict(foreach=foreach, differentiable=differentiable, fused=fused))
 
-    _group_defaults = dict(amsgrad=False, maximize=False, decoupled_weight_decay=False)
+    _group_defaults = dict(amsgrad=False, maximize=False, decoupled_weight_decay=False, capturable=False)
 
     def __setstate__(self, state):
         super().__setstate__(state)
@@ -227,16 +234,22 @@ class Adam(_OneCall):
     def _state_lists(self, group, params):
         """Per-parameter state, created on first use as torch.optim.Adam creates it."""
         exp_avgs, exp_avg_sqs, max_exp_avg_sqs, steps = [], [], [], []
+        # capturable: each counter on its parameter's device, as torch.optim.Adam keeps it (its load_state_dict
+        # moves loaded counters there too); otherwise on the CPU
+        capturable = bool(group.get("capturable", False))
         for p in params:
             state = self.state[p]
             if len(state) == 0:
-                state["step"] = _step_tensor(0.0)
+                state["step"] = _step_tensor(0.0, p.device if capturable else None)
                 state["exp_avg"] = torch.zeros_like(p, memory_format=torch.preserve_format)
                 state["exp_avg_sq"] = torch.zeros_like(p, memory_format=torch.preserve_format)
                 if group["amsgrad"]:
                     state["max_exp_avg_sq"] = torch.zeros_like(p, memory_format=torch.preserve_format)
-            if not torch.is_tensor(state["step"]):
-                state["step"] = _step_tensor(state["step"])
+            step = state["step"]
+            if not torch.is_tensor(step):
+                state["step"] = _step_tensor(step, p.device if capturable else None)
+            elif step.device != (p.device if capturable else torch.device("cpu")):
+                state["step"] = step.to(p.device if capturable else "cpu")
             if group["amsgrad"] and "max_exp_avg_sq" not in state:
                 state["max_exp_avg_sq"] = torch.zeros_like(p, memory_format=torch.preserve_format)
             exp_avgs.append(state["exp_avg"])
@@ -250,6 +263,10 @@ class Adam(_OneCall):
         """The update's hyper-parameters as the ops take them; a Tensor lr stays a tensor (see _op)."""
         beta1, beta2 = group["betas"]
         lr = group["lr"]
+        if isinstance(lr, torch.Tensor) and group.get("capturable") and torch.cuda.is_available() \
+                and torch.cuda.is_current_stream_capturing():
+            raise RuntimeError("fastffnn.optim.Adam: a Tensor lr is read on the host, so a CUDA graph would replay "
+                               "the value it had at the capture: capture with a float lr")
         lr = lr if isinstance(lr, torch.Tensor) else float(lr)
         return (lr, float(beta1), float(beta2), float(group["eps"]), float(group["weight_decay"]),
                 bool(group["amsgrad"]), bool(group["maximize"]), bool(group["decoupled_weight_decay"]))
@@ -302,6 +319,8 @@ class Adam(_OneCall):
         hyper = self._hyper(self.param_groups[0])
         # (ffnn or mlp) x (float or Tensor lr): a str activation is FastFFNN's
         op = ops[(not isinstance(activations, str)) * 2 + isinstance(hyper[0], torch.Tensor)]
+        if _graphs.serves(input):  # CUDA: a repeated step is replayed from a CUDA graph
+            return _graphs.step(self, op, input, target, args, activations, reduction, hyper)
         return op(input, target, *args, activations, reduction, *hyper)
 
     def _native_fit(self, X, y, order, batch_size, params, activations, alpha=0.0, sklearn=False):
@@ -567,10 +586,11 @@ class _Stepped:
         self.called = False
 
 
-def _step_tensor(value) -> torch.Tensor:
-    """A step counter as torch.optim.Adam keeps it: float64 only when that is the default dtype."""
+def _step_tensor(value, device=None) -> torch.Tensor:
+    """A step counter as torch.optim.Adam keeps it: float64 only when that is the default dtype; on the CPU, or
+    (capturable) on the given device."""
     dtype = torch.float64 if torch.get_default_dtype() == torch.float64 else torch.float32
-    return torch.tensor(float(value), dtype=dtype)
+    return torch.tensor(float(value), dtype=dtype, device=device)
 
 
 _train_step_ops = None

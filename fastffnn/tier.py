@@ -18,6 +18,7 @@ import os
 
 import torch
 
+from . import _graphs
 from ._build import backend
 from ._runtime import ensure_loaded
 
@@ -55,4 +56,5 @@ def set_cuda_tier(tier: str) -> str:
         _cpu_only_setting = tier
     else:
         torch.ops.fastffnn._set_cuda_tier(tier)
+    _graphs.tier_changed()  # a graph holds the kernels of the tier it was captured in
     return previous

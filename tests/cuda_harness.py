@@ -112,6 +112,21 @@ def poisoned_allocations():
 
 
 @contextlib.contextmanager
+def device_steps():
+    """Adam's step counters count as device memory inside the block: on a GPU they are where
+    Adam(capturable=True) keeps them, and this does nothing; the emulated build, whose tensors are all CPU
+    tensors, turns on the emulator's device_steps setting."""
+    if not EMULATED:
+        yield
+        return
+    torch.ops.fastffnn._emu_configure("device_steps", 1)
+    try:
+        yield
+    finally:
+        torch.ops.fastffnn._emu_configure("device_steps", 0)
+
+
+@contextlib.contextmanager
 def capturing():
     """A CUDA graph capture around the block: the emulator's capture setting, or torch.cuda.graph on a GPU."""
     if EMULATED:

@@ -9,18 +9,20 @@ fiber, to sizes that still cross the kernels' 32-row tiles and chunk boundaries.
 
 from __future__ import annotations
 
+import contextlib
 import copy
 
 import pytest
 import torch
 
 import fastffnn
+from fastffnn import _graphs as graphs_module
 from fastffnn import reference as ref
 
 from cuda_harness import MODES as MODE_SETTINGS
 from cuda_harness import (AVAILABLE, DEVICE, EMULATED, SKIP_REASON, assert_close, assert_same_bits, check,
                           launched_kernels, poisoned_allocations, precision, ref_ffnn, ref_ffnn_nll, ref_linear_act,
-                          set_schedule, tolerance, capturing)
+                          set_schedule, tolerance, capturing, device_steps)
 
 pytestmark = pytest.mark.skipif(not AVAILABLE, reason=SKIP_REASON)
 
@@ -838,6 +840,302 @@ def test_steps_and_epochs_refuse_a_cuda_graph_capture_before_any_work(kind):
         for a, b in zip(before, snapshot(), strict=True):
             assert torch.equal(a, b), name
         model.zero_grad(set_to_none=True)
+
+
+def _adam_twins(counter_dtype, amsgrad=True):
+    """A FastMLP with Adam(capturable=True) and its copy with Adam() (CPU counters), both a step in, their counters
+    then set to 5 and 7 (alternately, in counter_dtype) so that the bias corrections differ from the start's."""
+    torch.manual_seed(31)
+    model = fastffnn.FastMLP([6, 9, 4], device=DEVICE)
+    twin = copy.deepcopy(model)
+    opt = fastffnn.optim.Adam(model.parameters(), lr=0.02, amsgrad=amsgrad, capturable=True)
+    twin_opt = fastffnn.optim.Adam(twin.parameters(), lr=0.02, amsgrad=amsgrad)
+    X, y = torch.randn(7, 6, device=DEVICE), torch.randint(0, 4, (7,), device=DEVICE)
+    with device_steps():
+        opt.train_step(model, X[:2], y[:2])
+    twin_opt.train_step(twin, X[:2], y[:2])
+    for o in (opt, twin_opt):
+        for i, p in enumerate(o.param_groups[0]["params"]):
+            device = o.state[p]["step"].device
+            o.state[p]["step"] = torch.full((), 7.0 if i % 2 else 5.0, dtype=counter_dtype, device=device)
+    return model, opt, twin, twin_opt, X, y
+
+
+def _assert_same_training(model, opt, twin, twin_opt):
+    """The same parameters, moments and step counts: bit for bit on the emulator (its host and its device form
+    the bias corrections with the same double arithmetic), to float32 rounding on a GPU, whose pow may differ in
+    the last bit."""
+    for p, q in zip(model.parameters(), twin.parameters(), strict=True):
+        mine, theirs = opt.state[p], twin_opt.state[q]
+        assert mine.keys() == theirs.keys()
+        assert mine["step"].device == (torch.device("cpu") if EMULATED else p.device)
+        assert theirs["step"].device.type == "cpu"
+        for key in mine:
+            a, b = mine[key].cpu(), theirs[key].cpu()
+            if EMULATED:
+                assert torch.equal(a, b), key
+            else:
+                torch.testing.assert_close(a, b, rtol=1e-6, atol=1e-7)
+        if EMULATED:
+            assert torch.equal(p.detach(), q.detach())
+        else:
+            torch.testing.assert_close(p.detach(), q.detach(), rtol=1e-6, atol=1e-7)
+
+
+@pytest.mark.parametrize("route", ["train_step", "step", "fit at batch 3", "fit at batch 1"])
+@pytest.mark.parametrize("counter_dtype", [torch.float32, torch.float64])
+def test_capturable_adam_keeps_its_counters_on_the_device_and_takes_the_same_steps(route, counter_dtype):
+    """Adam(capturable=True): each step counter on its parameter's device, advanced there by one launch more
+    (advance_steps_kernel, before the update's), the bias corrections formed from it in the update's kernel. Three
+    steps (or an epoch of fit, whose counters come to the host for the call and go back) give what the CPU
+    counters give, from uneven counts in either dtype torch keeps them in."""
+    model, opt, twin, twin_opt, X, y = _adam_twins(counter_dtype)
+
+    def run(m, o):
+        if route.startswith("fit"):
+            m.fit(X, y, o, batch_size=int(route[-1]), shuffle=False)
+            return
+        for i in range(3):
+            xb, yb = X[2 * i:2 * i + 2], y[2 * i:2 * i + 2]
+            if route == "train_step":
+                o.train_step(m, xb, yb)
+            else:
+                m.zero_grad(set_to_none=True)
+                m.nll_loss(xb, yb).backward()
+                o.step()
+
+    with device_steps():
+        launches = launched_kernels(lambda: run(model, opt))
+    run(twin, twin_opt)
+    if not route.startswith("fit"):
+        assert launches.count("advance_steps_kernel") == 3, launches
+    assert opt.state[next(model.parameters())]["step"].dtype == counter_dtype
+    _assert_same_training(model, opt, twin, twin_opt)
+
+
+def test_capturable_adam_steps_run_under_a_capture_and_fit_still_refuses():
+    """With device counters nothing reads a counter on the host, so train_step and step() run under a capture
+    (on the emulator: its capture setting, where the kernels still run and must take the CPU counters' steps;
+    tests below replay real graphs on a GPU); fit reads the device and still refuses, before any work."""
+    model, opt, twin, twin_opt, X, y = _adam_twins(torch.float32, amsgrad=False)
+    before = [p.detach().clone() for p in model.parameters()]
+    with device_steps(), capturing():
+        opt.train_step(model, X[:2], y[:2])
+        # (nothing may read the device under a real capture: there the parameters stay as they were)
+        before = [p.detach().clone() for p in model.parameters()] if EMULATED else before
+        with pytest.raises(RuntimeError, match="cannot be captured in a CUDA graph"):
+            model.fit(X, y, opt, batch_size=3)
+    assert all(torch.equal(a, p) for a, p in zip(before, model.parameters()))
+    if EMULATED:  # the capture above ran its kernels: they must have taken the CPU counters' step
+        twin_opt.train_step(twin, X[:2], y[:2])
+        _assert_same_training(model, opt, twin, twin_opt)
+
+
+@pytest.mark.skipif(EMULATED, reason="needs a real GPU: CUDA graphs")
+@pytest.mark.parametrize("route", ["train_step", "step"])
+def test_capturable_adam_replays_a_captured_step_with_advancing_bias_corrections(route):
+    """A CUDA graph of one step (train_step, or step() after a captured backward's gradients are in place),
+    replayed 4 times on new batches copied into its inputs: the 4 steps the CPU counters take eagerly, each with
+    its own bias corrections (a replay of frozen ones would drift from them)."""
+    model, opt, twin, twin_opt, X, y = _adam_twins(torch.float32, amsgrad=False)
+    X, y = torch.randn(8, 6, device=DEVICE), torch.randint(0, 4, (8,), device=DEVICE)
+    static_x, static_y = X[:2].clone(), y[:2].clone()
+    for p in model.parameters():
+        p.grad = torch.zeros_like(p)
+
+    def one_step():
+        if route == "train_step":
+            opt.train_step(model, static_x, static_y)
+        else:
+            for p, g in zip(model.parameters(), torch.autograd.grad(model.nll_loss(static_x, static_y),
+                                                                    list(model.parameters()))):
+                p.grad.copy_(g)
+            opt.step()
+
+    side = torch.cuda.Stream()
+    side.wait_stream(torch.cuda.current_stream())
+    graph = torch.cuda.CUDAGraph()
+    saved = ([p.detach().clone() for p in model.parameters()],
+             {k: (v.clone() if torch.is_tensor(v) else v) for p in model.parameters() for k, v in opt.state[p].items()})
+    with torch.cuda.stream(side):
+        with torch.cuda.graph(graph):
+            one_step()
+    torch.cuda.current_stream().wait_stream(side)
+    # the capture ran nothing: the parameters and the state are those before it
+    for a, p in zip(saved[0], model.parameters()):
+        assert torch.equal(a, p)
+    for i in range(4):
+        static_x.copy_(X[2 * i:2 * i + 2])
+        static_y.copy_(y[2 * i:2 * i + 2])
+        graph.replay()
+        twin_opt.train_step(twin, X[2 * i:2 * i + 2], y[2 * i:2 * i + 2])
+    torch.cuda.synchronize()
+    _assert_same_training(model, opt, twin, twin_opt)
+
+
+class _EmulatedGraphs:
+    """CUDA graphs on the emulator, for fastffnn._graphs: a capture runs nothing and holds the step; a replay runs
+    it as a GPU replays a graph, under a capture (nothing read back) and with its step counters as device memory.
+    (Unlike a GPU's, its replay runs the step's host code again: the device counters' kernels are what make a real
+    replay right, and the tests above check them.)"""
+
+    def __init__(self, loss_dtype):
+        self.loss_dtype, self.captures, self.replays = loss_dtype, 0, 0
+
+    @staticmethod
+    def serves(t):
+        return t.device.type == "cpu"
+
+    def capture(self, fn):
+        self.captures += 1
+        out = torch.empty((), dtype=self.loss_dtype)
+        return (fn, out), out
+
+    def replay(self, graph):
+        self.replays += 1
+        fn, out = graph
+        with device_steps(), capturing():
+            out.copy_(fn())
+
+
+class _CountedGraphs:
+    """torch.cuda.CUDAGraph (fastffnn._graphs' own backend), counting captures and replays."""
+
+    def __init__(self, loss_dtype):
+        self.captures, self.replays = 0, 0
+
+    serves = staticmethod(graphs_module._TorchGraphs.serves)
+
+    def capture(self, fn):
+        self.captures += 1
+        return graphs_module._TorchGraphs.capture(fn)
+
+    def replay(self, graph):
+        self.replays += 1
+        graph.replay()
+
+
+@pytest.fixture
+def graphs(monkeypatch):
+    """fastffnn._graphs on, with a backend that counts (on the emulator, _EmulatedGraphs)."""
+    backend = (_EmulatedGraphs if EMULATED else _CountedGraphs)(torch.float32)
+    monkeypatch.setattr(graphs_module, "backend", backend)
+    monkeypatch.setattr(graphs_module, "ENABLED", True)
+    return backend
+
+
+def _eager(fn):
+    """fn() with fastffnn's automatic CUDA graphs off."""
+    old = graphs_module.ENABLED
+    graphs_module.ENABLED = False
+    try:
+        return fn()
+    finally:
+        graphs_module.ENABLED = old
+
+
+def _same_loss(a, b):
+    if EMULATED:
+        assert torch.equal(a, b)
+    else:
+        torch.testing.assert_close(a, b, rtol=1e-6, atol=1e-7)
+
+
+@pytest.mark.parametrize("capturable", [False, True])
+def test_train_step_replays_a_cuda_graph_of_a_repeated_step(graphs, capturable):
+    """train_step on CUDA captures the step its optimizer saw twice before (fastffnn/_graphs.py) and replays it
+    while nothing in its key changes: 12 steps of batches of 4 and 3 rows, an lr change, a step counter written
+    and an optimizer state loaded in between give the losses, parameters, moments and step counts of the eager
+    steps, with the captures and replays the key says."""
+    torch.manual_seed(41)
+    model = fastffnn.FastMLP([6, 9, 4], device=DEVICE)
+    twin = copy.deepcopy(model)
+    opt = fastffnn.optim.Adam(model.parameters(), lr=0.02, capturable=capturable)
+    twin_opt = fastffnn.optim.Adam(twin.parameters(), lr=0.02, capturable=capturable)
+    X, y = torch.randn(80, 6, device=DEVICE), torch.randint(0, 4, (80,), device=DEVICE)
+    first = 0
+
+    def both(rows):
+        nonlocal first
+        xb, yb = X[first:first + rows], y[first:first + rows]
+        first += rows
+        with device_steps() if capturable else contextlib.nullcontext():
+            _same_loss(opt.train_step(model, xb, yb), _eager(lambda: twin_opt.train_step(twin, xb, yb)))
+
+    for rows in (4, 4, 4, 4, 4):  # two warm-up steps, the capture (and its replay), two replays
+        both(rows)
+    assert (graphs.captures, graphs.replays) == (1, 3)
+    for rows in (3, 3, 4, 3):  # a new key: warm-up, warm-up, the first graph again, then the new one's capture
+        both(rows)
+    assert (graphs.captures, graphs.replays) == (2, 5)
+    for o in (opt, twin_opt):
+        o.param_groups[0]["lr"] = 0.005
+    for rows in (4, 4, 4):  # the lr is in the key: warm-up again
+        both(rows)
+    assert (graphs.captures, graphs.replays) == (3, 6)
+    for o in (opt, twin_opt):  # written between two replays: the graph's counters follow
+        o.state[next(iter(o.state))]["step"].fill_(40.0)
+    both(4)
+    assert (graphs.captures, graphs.replays) == (3, 7)
+    opt.load_state_dict(copy.deepcopy(twin_opt.state_dict()))  # new state tensors: a new key
+    for rows in (4, 4, 4, 4):
+        both(rows)
+    assert (graphs.captures, graphs.replays) == (4, 9)
+    _assert_same_training_graphs(model, opt, twin, twin_opt, capturable)
+
+
+def _assert_same_training_graphs(model, opt, twin, twin_opt, capturable):
+    for p, q in zip(model.parameters(), twin.parameters(), strict=True):
+        mine, theirs = opt.state[p], twin_opt.state[q]
+        assert mine["step"].device == theirs["step"].device
+        for key in mine:
+            _same_loss(mine[key].cpu(), theirs[key].cpu())
+        _same_loss(p.detach(), q.detach())
+
+
+def test_a_replayed_step_bumps_the_version_counters_and_returns_a_new_loss(graphs):
+    """As the eager step: autograd refuses to backward through a graph recorded before a replayed step, and each
+    replay's loss is a tensor of its own (a list of the losses keeps each step's)."""
+    torch.manual_seed(42)
+    model = fastffnn.FastMLP([5, 7, 3], device=DEVICE)
+    opt = fastffnn.optim.Adam(model.parameters(), lr=0.05)
+    X, y = torch.randn(6, 5, device=DEVICE), torch.randint(0, 3, (6,), device=DEVICE)
+    losses = [opt.train_step(model, X[2 * (i % 3):2 * (i % 3) + 2], y[2 * (i % 3):2 * (i % 3) + 2])
+              for i in range(6)]
+    assert graphs.replays == 4
+    assert len({float(loss) for loss in losses[2:]}) == 4
+    recorded = model.nll_loss(X[:2], y[:2])
+    opt.train_step(model, X[:2], y[:2])
+    assert graphs.replays == 5
+    with pytest.raises(RuntimeError, match="modified by an inplace operation"):
+        recorded.backward()
+
+
+def test_automatic_graphs_leave_a_tensor_lr_and_fastffnn_cuda_graphs_0_eager(graphs, monkeypatch):
+    torch.manual_seed(43)
+    model = fastffnn.FastMLP([5, 7, 3], device=DEVICE)
+    X, y = torch.randn(2, 5, device=DEVICE), torch.randint(0, 3, (2,), device=DEVICE)
+    opt = fastffnn.optim.Adam(model.parameters(), lr=torch.tensor(0.01))
+    for _ in range(4):
+        opt.train_step(model, X, y)
+    assert graphs.captures == 0
+    monkeypatch.setattr(graphs_module, "ENABLED", False)
+    opt = fastffnn.optim.Adam(model.parameters(), lr=0.01)
+    for _ in range(4):
+        opt.train_step(model, X, y)
+    assert graphs.captures == 0
+
+
+@pytest.mark.skipif(EMULATED, reason="needs a real GPU: device placement")
+def test_adam_refuses_a_mix_of_cpu_and_device_counters():
+    p = torch.nn.Parameter(torch.randn(4, device=DEVICE))
+    q = torch.nn.Parameter(torch.randn(3, device=DEVICE))
+    p.grad, q.grad = torch.randn_like(p), torch.randn_like(q)
+    steps = [torch.zeros((), device=DEVICE), torch.zeros(())]
+    with pytest.raises(ValueError, match=r"steps\[1\] is Float on cpu"):
+        torch.ops.fastffnn.adam_step_([p, q], [p.grad, q.grad], [torch.zeros_like(p), torch.zeros_like(q)],
+                                      [torch.zeros_like(p), torch.zeros_like(q)], [], steps, 0.01, 0.9, 0.999, 1e-8,
+                                      0.0, False, False, False)
 
 
 @pytest.mark.skipif(EMULATED, reason="needs a real GPU: CUDA graphs")

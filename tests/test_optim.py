@@ -75,6 +75,34 @@ def test_state_dicts_move_both_ways():
     close(a_model.parameters(), b_model.parameters(), 1e-12)
 
 
+def test_capturable_keeps_each_counter_on_its_parameters_device():
+    """Adam(capturable=True), as torch.optim.Adam's: each step counter on its parameter's device (here the CPU, where
+    nothing is captured, so the steps are those of capturable=False, bit for bit), the flag kept in the param group
+    and its state dict; a torch.optim.Adam state dict, which has the flag, loads into it; an older one without the
+    flag loads as capturable=False."""
+    model, _ = pair()
+    twin = copy.deepcopy(model)
+    a = fastffnn.optim.Adam(model.parameters(), lr=0.01, capturable=True)
+    b = fastffnn.optim.Adam(twin.parameters(), lr=0.01)
+    x, y = torch.randn(4, 12, dtype=torch.float64), torch.randint(0, 3, (4,))
+    for _ in range(3):
+        a.train_step(model, x, y)
+        b.train_step(twin, x, y)
+    assert [torch.equal(p, q) for p, q in zip(model.parameters(), twin.parameters())] == [True] * 4
+    assert a.param_groups[0]["capturable"] and a.state_dict()["param_groups"][0]["capturable"]
+    assert {str(s["step"].device) for s in a.state.values()} == {"cpu"}
+    assert [float(s["step"]) for s in a.state.values()] == [3.0] * 4
+    state = copy.deepcopy(b.state_dict())
+    del state["param_groups"][0]["capturable"]
+    c = fastffnn.optim.Adam(model.parameters(), capturable=True)
+    c.load_state_dict(state)
+    assert c.param_groups[0]["capturable"] is False
+    reference = torch.optim.Adam(twin.parameters(), lr=0.01)
+    reference.load_state_dict(copy.deepcopy(b.state_dict()))
+    c.load_state_dict(copy.deepcopy(reference.state_dict()))
+    assert c.param_groups[0]["capturable"] is False and [float(s["step"]) for s in c.state.values()] == [3.0] * 4
+
+
 def test_params_without_grad_and_closure():
     model, _ = pair()
     model.V.weight.requires_grad_(False)
@@ -99,6 +127,8 @@ def test_bad_arguments():
         fastffnn.optim.Adam(model.parameters(), lr=-1)
     with pytest.raises(ValueError, match="foreach=True is not supported"):
         fastffnn.optim.Adam(model.parameters(), foreach=True)
+    with pytest.raises(ValueError, match="fused=True is not supported"):
+        fastffnn.optim.Adam(model.parameters(), fused=True)
     opt = fastffnn.optim.Adam(model.parameters())
     with pytest.raises(ValueError, match="exactly the model's parameters"):
         opt.train_step(FastFFNN(12, 16, 3, dtype=torch.float64), torch.randn(12, dtype=torch.float64),

@@ -6,10 +6,12 @@
 // Elementwise, so every element is read and written once: memory-bound, and
 // the math is done in acc_t (float for float16/bfloat16/float32).
 //
-// The step counters are CPU tensors, read and advanced on the host (no device
-// sync), and the bias corrections go to the kernel as arguments. A CUDA graph
-// would replay them frozen, so a capture is refused, as torch.optim.Adam
-// refuses one unless capturable=True.
+// Adam's step counters are CPU tensors, read and advanced on the host (no
+// device sync), and the bias corrections go to the kernel as arguments. A CUDA
+// graph would replay them frozen, so a capture is refused, as torch.optim.Adam
+// refuses one unless capturable=True. With capturable=True they live on the
+// device: one launch more advances them, the update's kernel forms the bias
+// corrections from them, and a capture may hold the update.
 #include <ATen/Dispatch.h>
 #include <c10/core/DeviceGuard.h>
 #include <c10/cuda/CUDAGraphsC10Utils.h>
@@ -42,14 +44,45 @@ struct AdamTable {
   T* v[kMaxTensors];
   T* vmax[kMaxTensors];  // null without amsgrad
   int64_t n[kMaxTensors];
-  Acc neg_step_size[kMaxTensors], inv_bc2_sqrt[kMaxTensors];
+  Acc neg_step_size[kMaxTensors], inv_bc2_sqrt[kMaxTensors];  // from a CPU step counter
+  const void* step[kMaxTensors];  // a device step counter (capturable), or null
+  bool step_is_double[kMaxTensors];
+};
+
+// Device step counters (capturable): slot i's is a float32, or float64 where is_double[i] (torch keeps them in
+// the default dtype's precision).
+struct StepList {
+  void* s[kMaxTensors];
+  bool is_double[kMaxTensors];
+  int count;
+};
+
+__global__ void advance_steps_kernel(StepList list) {
+  const int i = threadIdx.x;
+  if (i >= list.count) return;
+  if (list.is_double[i])
+    *static_cast<double*>(list.s[i]) += 1;
+  else
+    *static_cast<float*>(list.s[i]) += 1;
+}
+
+// What the kernel needs to form the bias corrections from a device step counter, in double as the host does
+// for a CPU one, so that both give the same constants.
+struct BiasCorrection {
+  double lr, beta1, beta2;
 };
 
 template <typename T, typename Acc>
-__global__ void adam_kernel(AdamTable<T, Acc> table, AdamConstants<Acc> c) {
+__global__ void adam_kernel(AdamTable<T, Acc> table, AdamConstants<Acc> c, BiasCorrection bc) {
   const int t = blockIdx.y;
   const int64_t n = table.n[t];
-  const Acc nss = table.neg_step_size[t], ibc = table.inv_bc2_sqrt[t];
+  Acc nss = table.neg_step_size[t], ibc = table.inv_bc2_sqrt[t];
+  if (const void* step = table.step[t]) {
+    const double count = table.step_is_double[t] ? *static_cast<const double*>(step)
+                                                 : static_cast<double>(*static_cast<const float*>(step));
+    nss = static_cast<Acc>(-bc.lr / (1 - dev_pow(bc.beta1, count)));
+    ibc = static_cast<Acc>(1 / dev_sqrt(1 - dev_pow(bc.beta2, count)));
+  }
   T *p = table.p[t], *m = table.m[t], *v = table.v[t], *vmax = table.vmax[t];
   const T* g = table.g[t];
   const int64_t stride = static_cast<int64_t>(gridDim.x) * blockDim.x;
@@ -79,13 +112,13 @@ __global__ void sgd_kernel(SgdTable<T, Acc> table, SgdConstants<Acc> c) {
 }
 
 // Launches `kernel` over the `count` tensors of `table`, the largest of `largest` elements.
-template <typename Table, typename Constants>
-void launch_table(const char* name, void (*kernel)(Table, Constants), const Table& table, const Constants& c,
-                  int count, int64_t largest) {
+template <typename Table, typename Constants, typename... Extra>
+void launch_table(const char* name, void (*kernel)(Table, Constants, Extra...), const Table& table,
+                  const Constants& c, int count, int64_t largest, const Extra&... extra) {
   if (count == 0 || largest == 0) return;
   const int64_t blocks_x = std::min<int64_t>(ceil_div(largest, int64_t(kThreads) * kPerThread), kMaxBlocksX);
   launch(name, kernel, dim3(static_cast<unsigned>(blocks_x), static_cast<unsigned>(count)), dim3(kThreads), 0,
-         table, c);
+         table, c, extra...);
 }
 
 // The next table's parameters: from `first` on, those of params[first]'s
@@ -133,12 +166,39 @@ c10::OptionalDeviceGuard guard_for(const at::Tensor& t) {
   return t.is_cpu() ? c10::OptionalDeviceGuard() : c10::OptionalDeviceGuard(t.device());
 }
 
+// Advances every device step counter, kMaxTensors a launch, before any update reads them (as torch advances
+// every counter first).
+void advance_device_steps(at::TensorList steps) {
+  for (size_t first = 0; first < steps.size(); first += kMaxTensors) {
+    StepList list{};
+    list.count = static_cast<int>(std::min<size_t>(kMaxTensors, steps.size() - first));
+    for (int i = 0; i < list.count; ++i) {
+      const at::Tensor& s = steps[first + i];
+      TORCH_CHECK_VALUE(s.scalar_type() == at::kFloat || s.scalar_type() == at::kDouble,
+                        "fastffnn.adam_step_: a device step counter must be float32 or float64, got steps[",
+                        first + i, "] of ", s.scalar_type());
+      list.s[i] = s.data_ptr();
+      list.is_double[i] = s.scalar_type() == at::kDouble;
+    }
+    launch("advance_steps_kernel", advance_steps_kernel, dim3(1), dim3(32), 0, list);
+  }
+}
+
 }  // namespace
+
+bool steps_on_device(at::TensorList steps) {
+#ifdef FASTFFNN_CUDA_EMULATION
+  return !steps.empty() && emu::device_steps();
+#else
+  return !steps.empty() && !steps[0].is_cpu();
+#endif
+}
 
 void refuse_capture(const char* op) {
   TORCH_CHECK(c10::cuda::currentStreamCaptureStatusMayInitCtx() == c10::cuda::CaptureStatus::None, "fastffnn.", op,
               ": cannot be captured in a CUDA graph: its step counters live on the CPU and a replay would reuse "
-              "this step's bias corrections (torch.optim.Adam needs capturable=True for the same reason)");
+              "this step's bias corrections (fastffnn.optim.Adam(capturable=True) keeps them on the device, as "
+              "torch.optim.Adam's does)");
 }
 
 void adam_update(at::TensorList params, at::TensorList grads, at::TensorList exp_avgs,
@@ -151,8 +211,12 @@ void adam_update(at::TensorList params, at::TensorList grads, at::TensorList exp
                weight_decay = config.weight_decay;
   const bool amsgrad = config.amsgrad, maximize = config.maximize;
   const bool decoupled_weight_decay = config.decoupled_weight_decay;
+  const bool on_device = steps_on_device(steps);
   std::vector<double> counts;
-  for (const at::Tensor& s : steps) counts.push_back(advance_step(s));  // every counter first, as torch does
+  if (on_device)
+    advance_device_steps(steps);
+  else
+    for (const at::Tensor& s : steps) counts.push_back(advance_step(s));  // every counter first, as torch does
   // The kernel reads each array as one contiguous vector: strided tensors go through copies.
   const auto p = contiguous(params), g = contiguous(grads), m = contiguous(exp_avgs), v = contiguous(exp_avg_sqs),
              vmax = contiguous(max_exp_avg_sqs);
@@ -167,14 +231,19 @@ void adam_update(at::TensorList params, at::TensorList grads, at::TensorList exp
         table.v[slot] = v[i].data_ptr<scalar_t>();
         table.vmax[slot] = amsgrad ? vmax[i].data_ptr<scalar_t>() : nullptr;
         table.n[slot] = p[i].numel();
-        table.neg_step_size[slot] = static_cast<Acc>(-lr / (1 - std::pow(beta1, counts[i])));
-        table.inv_bc2_sqrt[slot] = static_cast<Acc>(1 / std::sqrt(1 - std::pow(beta2, counts[i])));
+        if (on_device) {
+          table.step[slot] = steps[i].const_data_ptr();
+          table.step_is_double[slot] = steps[i].scalar_type() == at::kDouble;
+        } else {
+          table.neg_step_size[slot] = static_cast<Acc>(-lr / (1 - std::pow(beta1, counts[i])));
+          table.inv_bc2_sqrt[slot] = static_cast<Acc>(1 / std::sqrt(1 - std::pow(beta2, counts[i])));
+        }
       });
       const AdamConstants<Acc> c{static_cast<Acc>(1 - beta1), static_cast<Acc>(beta2), static_cast<Acc>(1 - beta2),
                                  static_cast<Acc>(eps), static_cast<Acc>(weight_decay),
                                  static_cast<Acc>(1 - lr * weight_decay), weight_decay != 0, decoupled_weight_decay,
                                  maximize};
-      launch_table("adam_kernel", adam_kernel<scalar_t, Acc>, table, c, count, largest);
+      launch_table("adam_kernel", adam_kernel<scalar_t, Acc>, table, c, count, largest, BiasCorrection{lr, beta1, beta2});
     });
   }
   finish({{params, &p}, {exp_avgs, &m}, {exp_avg_sqs, &v}, {max_exp_avg_sqs, &vmax}}, steps);
@@ -225,7 +294,7 @@ void adam_step_(at::TensorList params, at::TensorList grads, at::TensorList exp_
                     grads.size(), " grads");
   const AdamConfig config{lr, beta1, beta2, eps, weight_decay, amsgrad, maximize, decoupled_weight_decay};
   check_adam_args(op, true, kDevice, params, grads, exp_avgs, exp_avg_sqs, max_exp_avg_sqs, steps, config);
-  refuse_capture_on(op, params);
+  if (!steps_on_device(steps)) refuse_capture_on(op, params);
   adam_update(params, grads, exp_avgs, exp_avg_sqs, max_exp_avg_sqs, steps, config);
 }
 

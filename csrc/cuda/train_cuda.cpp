@@ -83,7 +83,8 @@ at::Tensor adam_network_step(const char* op, const at::Tensor& input, const at::
   check_adam_args(op, Backend::kReducedPrecision, kDevice, params, {}, exp_avgs, exp_avg_sqs, max_exp_avg_sqs, steps,
                   config);
   const auto guard = Backend::guard(input);
-  refuse_capture(op);  // before the forward and backward, which a capture would otherwise hold
+  // before the forward and backward, which a capture would otherwise hold; device counters may be captured
+  if (!steps_on_device(steps)) refuse_capture(op);
   auto [loss, grads] = loss_and_grads(input, target, params, has_bias, activations, reduction);
   adam_update(params, grads, exp_avgs, exp_avg_sqs, max_exp_avg_sqs, steps, config);
   return loss;
@@ -130,6 +131,30 @@ at::Tensor mlp_nll_sgd_step_(const at::Tensor& input, const at::Tensor& target, 
 }
 
 // ---------------------------------------------------------------- epochs
+// Adam's step counters for a call that reads them on the host: CPU counters as they are, device (capturable)
+// ones as CPU copies that go back to the device when the call ends.
+class HostSteps {
+ public:
+  explicit HostSteps(at::TensorList device_or_host) : given_(device_or_host) {
+    for (const at::Tensor& s : given_) copies_.push_back(s.is_cpu() ? s : s.to(at::kCPU));
+    steps = copies_;
+  }
+  ~HostSteps() {
+    try {
+      for (size_t i = 0; i < given_.size(); ++i)
+        if (!given_[i].is_same(copies_[i])) given_[i].copy_(copies_[i]);
+    } catch (...) {  // a destructor must not throw; the error that unwinds it, if any, is the one to report
+    }
+  }
+  HostSteps(const HostSteps&) = delete;
+  HostSteps& operator=(const HostSteps&) = delete;
+  at::TensorList steps;
+
+ private:
+  at::TensorList given_;
+  std::vector<at::Tensor> copies_;
+};
+
 // Adds scikit-learn's L2 penalty (alpha, see the fit ops' schema) of a batch
 // of `rows` rows to the weights' gradients and to the loss, with the weights
 // before the step.
@@ -190,12 +215,17 @@ at::Tensor mlp_nll_adam_fit_(const at::Tensor& input, const at::Tensor& target, 
   const AdamConfig config{lr, beta1, beta2, eps, weight_decay, amsgrad, maximize, decoupled_weight_decay};
   check_adam_args(op, Backend::kReducedPrecision, kDevice, params, {}, exp_avgs, exp_avg_sqs, max_exp_avg_sqs, steps,
                   config);
+  // A fit reads its counters on the host (scikit-learn's eps, the one-block epoch) and waits for the device
+  // anyway (the labels' check): device (capturable) counters come to the host for the call and go back after it,
+  // also when a step fails, so that they count the steps the parameters took.
+  const HostSteps host(steps);
+  const at::TensorList counters = host.steps;
   if (eps_before_correction) {
     // scikit-learn's optimizer keeps one step count; its eps is one number a step for all parameters here
-    for (const at::Tensor& s : steps)
-      TORCH_CHECK_VALUE(read_step(s) == read_step(steps[0]), "fastffnn.", op,
+    for (const at::Tensor& s : counters)
+      TORCH_CHECK_VALUE(read_step(s) == read_step(counters[0]), "fastffnn.", op,
                         ": eps_before_correction needs one step count for all parameters, got ", read_step(s),
-                        " and ", read_step(steps[0]));
+                        " and ", read_step(counters[0]));
   }
   const MlpShape shape = args.shape.concrete();
   return fit_steps(op, input, target, order, batch_size, shape.sizes.back(), args.is_index,
@@ -204,9 +234,9 @@ at::Tensor mlp_nll_adam_fit_(const at::Tensor& input, const at::Tensor& target, 
                      add_penalty(alpha, x.size(0), params, has_bias, grads, loss);
                      AdamConfig c = config;
                      // scikit-learn adds eps to sqrt(v) before the bias correction: torch's eps / sqrt(1 - beta2^t)
-                     if (eps_before_correction && !steps.empty())
-                       c.eps = eps / std::sqrt(1 - std::pow(beta2, read_step(steps[0]) + 1));
-                     adam_update(params, grads, exp_avgs, exp_avg_sqs, max_exp_avg_sqs, steps, c);
+                     if (eps_before_correction && !counters.empty())
+                       c.eps = eps / std::sqrt(1 - std::pow(beta2, read_step(counters[0]) + 1));
+                     adam_update(params, grads, exp_avgs, exp_avg_sqs, max_exp_avg_sqs, counters, c);
                      return loss;
                    },
                    [&](const at::Tensor& rows, at::Tensor& losses) {
@@ -217,7 +247,7 @@ at::Tensor mlp_nll_adam_fit_(const at::Tensor& input, const at::Tensor& target, 
                      state.insert(state.end(), max_exp_avg_sqs.begin(), max_exp_avg_sqs.end());
                      if (!row_fit_applies(problem, state)) return false;
                      adam_row_fit(problem,
-                                  {exp_avgs, exp_avg_sqs, max_exp_avg_sqs, steps, config, eps_before_correction});
+                                  {exp_avgs, exp_avg_sqs, max_exp_avg_sqs, counters, config, eps_before_correction});
                      return true;
                    });
 }

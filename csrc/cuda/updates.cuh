@@ -9,6 +9,7 @@ namespace fastffnn::cuda {
 
 __device__ __forceinline__ float dev_sqrt(float x) { return sqrtf(x); }
 __device__ __forceinline__ double dev_sqrt(double x) { return sqrt(x); }
+__device__ __forceinline__ double dev_pow(double x, double y) { return pow(x, y); }
 
 template <typename Acc>
 struct AdamConstants {

@@ -22,13 +22,20 @@ constexpr c10::DeviceType kDevice = c10::DeviceType::CUDA;
 // constants (torch.optim.Adam refuses one likewise unless capturable=True). Each op that updates (adam_step_,
 // sgd_step_, the steps and the epochs) calls it once, before anything else, so that nothing of theirs is captured
 // and nothing reads the device under capture; the updates below do not ask again. The emulated build asks the
-// emulator's capture setting.
+// emulator's capture setting. Adam's steps with device counters (steps_on_device) do not call it.
 void refuse_capture(const char* op);
 
+// Whether Adam's step counters live on the parameters' device (fastffnn.optim.Adam(capturable=True), as
+// torch.optim.Adam's): adam_update then advances them and forms the bias corrections on the device, nothing
+// reads them on the host, and a CUDA graph may capture the update. check_adam_args has made them all CPU or all
+// device tensors. The emulated build, whose tensors are all CPU tensors, asks the emulator's device_steps setting.
+bool steps_on_device(at::TensorList steps);
+
 // torch.optim.Adam's update of every parameter from grads[i], in one launch
-// per kMaxTensors parameters of one dtype; advances the CPU step counters on
-// the host. The arguments must have passed check_adam_args, and the calling op
-// must have refused a capture (refuse_capture).
+// per kMaxTensors parameters of one dtype; advances the step counters (on the
+// host, or for device counters in one launch more). The arguments must have
+// passed check_adam_args, and the calling op must have refused a capture
+// (refuse_capture) unless the counters are on the device.
 void adam_update(at::TensorList params, at::TensorList grads, at::TensorList exp_avgs,
                  at::TensorList exp_avg_sqs, at::TensorList max_exp_avg_sqs, at::TensorList steps,
                  const AdamConfig& config);

@@ -59,6 +59,7 @@ struct Settings {
   // kernels hold for sm_80 and newer is the __trap() branch.
   int ptx_version = 0;
   bool capturing = false;
+  bool device_steps = false;
 };
 
 Settings g_settings;
@@ -870,6 +871,7 @@ const char* error_string(cudaError_t error) {
 }
 
 bool capturing() { return g_settings.capturing; }
+bool device_steps() { return g_settings.device_steps; }
 
 namespace {
 
@@ -897,6 +899,8 @@ void configure(c10::string_view key, int64_t value) {
     field = static_cast<int>(value);  // kernels keep their attributes, as on a device
   } else if (key == "capturing") {
     g_settings.capturing = value != 0;
+  } else if (key == "device_steps") {
+    g_settings.device_steps = value != 0;
   } else {
     TORCH_CHECK_VALUE(false, "fastffnn emulator: unknown setting '", std::string(key), "'");
   }

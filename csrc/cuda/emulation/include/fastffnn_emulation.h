@@ -99,6 +99,11 @@ T& static_shared_array(const void* key) {
 void run_grid(const char* name, const void* kernel, dim3 grid, dim3 block, size_t dynamic_smem,
               void (*body)(void*), void* ctx);
 
+// Whether the step counters count as device memory (the emulator's setting "device_steps"): the emulated
+// build's tensors are all CPU tensors, so it cannot tell capturable (device) counters from the CPU ones by
+// where they are, as the real build does; the kernels then read and advance them, as on a GPU.
+bool device_steps();
+
 template <typename... Params, typename... Args>
 void launch(const char* name, void (*kernel)(Params...), dim3 grid, dim3 block, size_t dynamic_smem,
             Args&&... args) {

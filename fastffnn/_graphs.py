@@ -1,0 +1,163 @@
+"""Automatic CUDA graphs for ``train_step`` on CUDA: a step repeated unchanged is captured once and replayed.
+
+The lecture's loop on a GPU is bound by launches: a small network's step takes microseconds on the device and
+tens of microseconds of launches on the host. ``train_step``'s one native call is therefore captured into a
+CUDA graph when the same step comes three times in a row (the first two run as they are and warm up), and
+replayed from then on, as torch.compile's reduce-overhead mode does: the batch is copied into the graph's input
+buffers, the graph replays, and the loss is copied out. "The same step" is the key below: the input's and the
+target's shapes, dtypes and strides, the reduction and activations, the parameters and the optimizer's state
+tensors (which objects, and where their memory is), the hyper-parameters, and the settings the kernels are
+chosen by (TF32, cuBLAS's reduced-precision reductions, the CUDA tier, deterministic algorithms). A step whose
+key has no graph runs eagerly; each optimizer keeps the graphs of its last four keys.
+
+A replay keeps what the eager step keeps:
+
+* Adam's step counters. The graph advances device copies of them, and the CPU counters (``state["step"]``) are
+  advanced after each replay, so that ``state_dict()`` and LR schedulers see the same counts; a counter written
+  in between (its version moved) is copied to the device before the next replay. With ``capturable=True`` the
+  graph advances the counters themselves.
+* The version counters of the parameters and the state, bumped by each replay as by the eager update, so that
+  autograd refuses to backward through a graph recorded before the step.
+* A new loss tensor each step (a copy of the graph's output).
+
+What it cannot keep: an eager step raises ``IndexError`` for a class index outside ``[0, classes)``, which needs
+two numbers read back; a replay reads nothing back, and that row's loss is NaN instead (the loss op's behaviour
+under any capture). A Tensor lr (read on the host) and torch.compile keep the eager step. SGD's steps stay eager.
+
+``FASTFFNN_CUDA_GRAPHS=0`` turns it off (read at import).
+"""
+
+from __future__ import annotations
+
+import os
+from collections import OrderedDict
+from itertools import chain
+
+import torch
+from torch.autograd.graph import increment_version
+
+ENABLED = os.environ.get("FASTFFNN_CUDA_GRAPHS", "1") != "0"
+WARMUP = 2  # eager steps of one key before its capture
+KEPT = 4  # graphs kept per optimizer
+_tier_generation = 0  # advanced by fastffnn.set_cuda_tier: a graph holds the kernels of the tier it was captured in
+
+
+def tier_changed() -> None:
+    global _tier_generation
+    _tier_generation += 1
+
+
+class _TorchGraphs:
+    """The graphs themselves: torch.cuda.CUDAGraph, for CUDA tensors. (The tests of the emulated build put an
+    emulation of its capture and replay here.)"""
+
+    @staticmethod
+    def serves(t: torch.Tensor) -> bool:
+        # inside the user's own capture the step is captured there, as it is
+        return t.is_cuda and not torch.cuda.is_current_stream_capturing()
+
+    @staticmethod
+    def capture(fn):
+        """(graph, fn's outputs) of a capture of fn on a side stream, with a private memory pool."""
+        graph = torch.cuda.CUDAGraph()
+        with torch.cuda.graph(graph):
+            out = fn()
+        return graph, out
+
+    @staticmethod
+    def replay(graph) -> None:
+        graph.replay()
+
+
+backend = _TorchGraphs
+
+
+class _Graphed:
+    """One captured step: its graph, its input and output buffers, and the device step counters it advances."""
+
+    __slots__ = ("graph", "x", "y", "loss", "args", "counters", "cpu_steps", "versions", "written")
+
+    def __init__(self, graph, x, y, loss, args, counters, cpu_steps, written):
+        self.graph, self.x, self.y, self.loss, self.args = graph, x, y, loss, args
+        self.counters, self.cpu_steps, self.written = counters, cpu_steps, written
+        self.versions = None  # the CPU counters' versions after the last replay; None: copy them before the next
+
+    def run(self, input: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+        self.x.copy_(input)
+        self.y.copy_(target)
+        steps = self.cpu_steps
+        if steps:
+            if self.versions is None or any(s._version != v for s, v in zip(steps, self.versions)):
+                # fill_ takes the value as an argument: no copy from pageable memory, no wait
+                for counter, step in zip(self.counters, steps):
+                    counter.fill_(float(step))
+        backend.replay(self.graph)
+        if steps:
+            torch._foreach_add_(steps, 1.0)
+            self.versions = [s._version for s in steps]
+        increment_version(self.written)
+        return self.loss.clone()
+
+
+class Cache:
+    """An optimizer's graphs, by key, and the key of the steps before."""
+
+    __slots__ = ("graphs", "last", "repeats")
+
+    def __init__(self) -> None:
+        self.graphs: OrderedDict = OrderedDict()
+        self.last = None
+        self.repeats = 0
+
+
+def _settings():
+    matmul = torch.backends.cuda.matmul
+    return (matmul.allow_tf32, matmul.allow_fp16_reduced_precision_reduction,
+            matmul.allow_bf16_reduced_precision_reduction, torch.are_deterministic_algorithms_enabled(),
+            _tier_generation)
+
+
+def serves(input: torch.Tensor) -> bool:
+    return ENABLED and backend.serves(input) and not torch.compiler.is_compiling()
+
+
+def step(opt, op, input, target, args, activations, reduction, hyper):
+    """train_step's native call ``op(input, target, *args, activations, reduction, *hyper)``: replayed from a
+    graph where this step's key has one, captured where the key came WARMUP times in a row before, else eager."""
+    if isinstance(hyper[0], torch.Tensor):
+        return op(input, target, *args, activations, reduction, *hyper)
+    plist, has_bias, exp_avgs, exp_avg_sqs, max_exp_avg_sqs, steps = args
+    tensors = (*plist, *exp_avgs, *exp_avg_sqs, *max_exp_avg_sqs)
+    key = (id(args), tuple(t.data_ptr() for t in tensors), tuple(input.shape), input.dtype, input.device,
+           input.stride(), tuple(target.shape), target.dtype, target.stride(),
+           activations if isinstance(activations, str) else tuple(activations), reduction, hyper, _settings())
+    cache = opt.__dict__.get("_graph_cache")
+    if cache is None:
+        cache = opt.__dict__["_graph_cache"] = Cache()
+    graphed = cache.graphs.get(key)
+    if graphed is None:
+        cache.repeats = cache.repeats + 1 if key == cache.last else 1
+        cache.last = key
+        if cache.repeats <= WARMUP:
+            return op(input, target, *args, activations, reduction, *hyper)
+        graphed = _capture(op, input, target, args, activations, reduction, hyper, list(tensors))
+        cache.graphs[key] = graphed
+        if len(cache.graphs) > KEPT:
+            cache.graphs.popitem(last=False)
+    else:
+        cache.graphs.move_to_end(key)
+    return graphed.run(input, target)
+
+
+def _capture(op, input, target, args, activations, reduction, hyper, written) -> _Graphed:
+    plist, has_bias, exp_avgs, exp_avg_sqs, max_exp_avg_sqs, steps = args
+    capturable = bool(steps) and steps[0].device.type != "cpu"
+    # CPU counters: the graph advances device copies of them (filled before its first replay)
+    counters = list(steps) if capturable else [torch.empty((), dtype=s.dtype, device=input.device) for s in steps]
+    # filled at each replay; a capture runs nothing
+    x = torch.empty_strided(input.shape, input.stride(), dtype=input.dtype, device=input.device)
+    y = torch.empty_strided(target.shape, target.stride(), dtype=target.dtype, device=target.device)
+    graph, loss = backend.capture(lambda: op(x, y, plist, has_bias, exp_avgs, exp_avg_sqs, max_exp_avg_sqs,
+                                             counters, activations, reduction, *hyper))
+    return _Graphed(graph, x, y, loss, args, counters, [] if capturable else list(steps),
+                    list(chain(written, counters if capturable else ())))

@@ -1,0 +1,88 @@
+"""fastffnn/_graphs.py's bookkeeping around a replay, with a graph of no kernels: what a replay must do on the host
+because the graph's kernels cannot (the step counters on the CPU, the version counters, a new loss tensor).
+
+Runs on the CPU build: the stub backend serves CPU tensors, so train_step's native call on the CPU is what the
+warm-up steps run. The replays themselves (the kernels of a captured step, the device step counters they advance)
+are tests/test_cuda.py's, on the CUDA emulator and on a GPU.
+"""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+import fastffnn
+from fastffnn import _graphs
+
+
+class NoKernels:
+    """A capture that holds nothing and a replay that runs nothing: the loss it gives is its placeholder."""
+
+    def __init__(self):
+        self.captured, self.replays = [], 0
+
+    @staticmethod
+    def serves(t):
+        return True
+
+    def capture(self, fn):
+        out = torch.full((), 7.0)
+        self.captured.append(out)
+        return None, out
+
+    def replay(self, graph):
+        self.replays += 1
+
+
+@pytest.fixture
+def stub(monkeypatch):
+    backend = NoKernels()
+    monkeypatch.setattr(_graphs, "backend", backend)
+    monkeypatch.setattr(_graphs, "ENABLED", True)
+    return backend
+
+
+def test_a_replay_advances_the_cpu_counters_bumps_the_versions_and_returns_a_new_loss(stub):
+    torch.manual_seed(0)
+    model = fastffnn.FastMLP([4, 6, 3])
+    opt = fastffnn.optim.Adam(model.parameters(), lr=0.01, amsgrad=True)
+    x, y = torch.randn(2, 4), torch.randint(0, 3, (2,))
+    for _ in range(_graphs.WARMUP):
+        opt.train_step(model, x, y)
+    assert stub.captured == []
+    params = list(model.parameters())
+    states = [t for p in params for k, t in opt.state[p].items() if k != "step"]
+    steps = [opt.state[p]["step"] for p in params]
+    before = [p.detach().clone() for p in params]
+    versions = [t._version for t in params + states]
+    loss = opt.train_step(model, x, y)  # the capture, then its first replay
+    assert len(stub.captured) == 1 and stub.replays == 1
+    assert loss is not stub.captured[0] and float(loss) == 7.0  # a copy of the graph's output
+    assert all(torch.equal(a, p) for a, p in zip(before, params))  # (the graph ran nothing)
+    assert [float(s) for s in steps] == [_graphs.WARMUP + 1.0] * len(steps)  # advanced on the host
+    assert all(t._version > v for t, v in zip(params + states, versions))  # as the eager update bumps them
+    graphed = next(iter(opt._graph_cache.graphs.values()))
+    # the device counters the graph advances were filled with the CPU counts before the replay
+    assert [float(c) for c in graphed.counters] == [float(_graphs.WARMUP)] * len(steps)
+    second = opt.train_step(model, x, y)
+    assert second is not loss and stub.replays == 2
+    assert [float(c) for c in graphed.counters] == [float(_graphs.WARMUP)] * len(steps)  # not filled again
+    steps[1].fill_(20.0)  # a counter written between replays goes to the graph's counter before the next
+    opt.train_step(model, x, y)
+    assert [float(c) for c in graphed.counters][:2] == [_graphs.WARMUP + 2.0, 20.0]
+    assert [float(s) for s in steps][:2] == [_graphs.WARMUP + 3.0, 21.0]
+
+
+def test_graphs_keep_four_keys_and_leave_sgd_and_other_keys_eager(stub):
+    torch.manual_seed(2)
+    model = fastffnn.FastMLP([4, 6, 3])
+    opt = fastffnn.optim.Adam(model.parameters(), lr=0.01)
+    for rows in (1, 2, 3, 4, 5):
+        x, y = torch.randn(rows, 4), torch.randint(0, 3, (rows,))
+        for _ in range(_graphs.WARMUP + 1):
+            opt.train_step(model, x, y)
+    assert len(stub.captured) == 5 and len(opt._graph_cache.graphs) == _graphs.KEPT
+    sgd = fastffnn.optim.SGD(model.parameters(), lr=0.01, momentum=0.9)
+    for _ in range(_graphs.WARMUP + 2):
+        sgd.train_step(model, x, y)
+    assert len(stub.captured) == 5
