@@ -21,8 +21,10 @@ A replay keeps what the eager step keeps:
 * A new loss tensor each step (a copy of the graph's output).
 
 What it cannot keep: an eager step raises ``IndexError`` for a class index outside ``[0, classes)``, which needs
-two numbers read back; a replay reads nothing back, and that row's loss is NaN instead (the loss op's behaviour
-under any capture). A Tensor lr (read on the host) and torch.compile keep the eager step. SGD's steps stay eager.
+two numbers read back; a replay reads nothing back, and that row's loss and gradients are NaN instead (the ops'
+behaviour under any capture), so the update turns the parameters NaN. A Tensor lr (read on the host) and
+torch.compile keep the eager step, and so does a key whose capture failed (with a warning). SGD's steps stay
+eager.
 
 ``FASTFFNN_CUDA_GRAPHS=0`` turns it off (read at import).
 """
@@ -30,6 +32,7 @@ under any capture). A Tensor lr (read on the host) and torch.compile keep the ea
 from __future__ import annotations
 
 import os
+import warnings
 from collections import OrderedDict
 from itertools import chain
 
@@ -57,16 +60,23 @@ class _TorchGraphs:
         return t.is_cuda and not torch.cuda.is_current_stream_capturing()
 
     @staticmethod
-    def capture(fn):
-        """(graph, fn's outputs) of a capture of fn on a side stream, with a private memory pool."""
+    def capture(fn, device: torch.device):
+        """((graph, device index), fn's outputs) of a capture of fn on a side stream of `device`, with a private
+        memory pool. (torch.cuda.graph's own default stream is made once, on whichever device was current.)"""
         graph = torch.cuda.CUDAGraph()
-        with torch.cuda.graph(graph):
-            out = fn()
-        return graph, out
+        with torch.cuda.device(device):
+            with torch.cuda.graph(graph, stream=torch.cuda.Stream(device)):
+                out = fn()
+        return (graph, device.index), out
 
     @staticmethod
-    def replay(graph) -> None:
-        graph.replay()
+    def replay(handle) -> None:
+        graph, index = handle
+        if torch.cuda.current_device() == index:
+            graph.replay()
+        else:  # a replay launches on the current device's stream
+            with torch.cuda.device(index):
+                graph.replay()
 
 
 backend = _TorchGraphs
@@ -95,7 +105,8 @@ class _Graphed:
         if steps:
             torch._foreach_add_(steps, 1.0)
             self.versions = [s._version for s in steps]
-        increment_version(self.written)
+        for t in self.written:  # (one at a time: a list needs torch 2.5)
+            increment_version(t)
         return self.loss.clone()
 
 
@@ -110,11 +121,14 @@ class Cache:
         self.repeats = 0
 
 
+_EAGER = object()  # a key whose capture failed
+
+
 def _settings():
     matmul = torch.backends.cuda.matmul
     return (matmul.allow_tf32, matmul.allow_fp16_reduced_precision_reduction,
-            matmul.allow_bf16_reduced_precision_reduction, torch.are_deterministic_algorithms_enabled(),
-            _tier_generation)
+            matmul.allow_bf16_reduced_precision_reduction, getattr(matmul, "allow_fp16_accumulation", None),
+            torch.are_deterministic_algorithms_enabled(), _tier_generation)
 
 
 def serves(input: torch.Tensor) -> bool:
@@ -140,12 +154,19 @@ def step(opt, op, input, target, args, activations, reduction, hyper):
         cache.last = key
         if cache.repeats <= WARMUP:
             return op(input, target, *args, activations, reduction, *hyper)
-        graphed = _capture(op, input, target, args, activations, reduction, hyper, list(tensors))
+        try:
+            graphed = _capture(op, input, target, args, activations, reduction, hyper, list(tensors))
+        except Exception as e:  # noqa: BLE001 - the step itself has not run: it runs eagerly, as this key will
+            warnings.warn(f"fastffnn: train_step could not be captured in a CUDA graph ({type(e).__name__}: {e}); "
+                          "its steps of this shape run eagerly", RuntimeWarning, stacklevel=4)
+            graphed = _EAGER
         cache.graphs[key] = graphed
         if len(cache.graphs) > KEPT:
             cache.graphs.popitem(last=False)
     else:
         cache.graphs.move_to_end(key)
+    if graphed is _EAGER:
+        return op(input, target, *args, activations, reduction, *hyper)
     return graphed.run(input, target)
 
 
@@ -158,6 +179,6 @@ def _capture(op, input, target, args, activations, reduction, hyper, written) ->
     x = torch.empty_strided(input.shape, input.stride(), dtype=input.dtype, device=input.device)
     y = torch.empty_strided(target.shape, target.stride(), dtype=target.dtype, device=target.device)
     graph, loss = backend.capture(lambda: op(x, y, plist, has_bias, exp_avgs, exp_avg_sqs, max_exp_avg_sqs,
-                                             counters, activations, reduction, *hyper))
+                                             counters, activations, reduction, *hyper), input.device)
     return _Graphed(graph, x, y, loss, args, counters, [] if capturable else list(steps),
                     list(chain(written, counters if capturable else ())))

@@ -61,6 +61,8 @@ class _OneCall(torch.optim.Optimizer):
         super().__setstate__(state)
         if "_stepped" not in self.__dict__:
             self._stepped = _Stepped()
+        # load_state_dict ends here: graphs of the old state tensors would only hold their memory
+        self.__dict__.pop("_graph_cache", None)
         for group in self.param_groups:
             for key, value in self._group_defaults.items():
                 group.setdefault(key, value)
@@ -289,7 +291,8 @@ class Adam(_OneCall):
 
         def key():
             per_param = list(map(state.get, group["params"]))
-            return (state, len(state), group["params"], group["amsgrad"], *params, *group["params"], *per_param,
+            return (state, len(state), group["params"], group["amsgrad"], group.get("capturable"), *params,
+                    *group["params"], *per_param,
                     *chain.from_iterable([d.values() for d in per_param if d]))
 
         cached = self.__dict__.get("_train_step_cache")

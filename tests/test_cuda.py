@@ -986,7 +986,7 @@ class _EmulatedGraphs:
     def serves(t):
         return t.device.type == "cpu"
 
-    def capture(self, fn):
+    def capture(self, fn, device):
         self.captures += 1
         out = torch.empty((), dtype=self.loss_dtype)
         return (fn, out), out
@@ -1006,13 +1006,13 @@ class _CountedGraphs:
 
     serves = staticmethod(graphs_module._TorchGraphs.serves)
 
-    def capture(self, fn):
+    def capture(self, fn, device):
         self.captures += 1
-        return graphs_module._TorchGraphs.capture(fn)
+        return graphs_module._TorchGraphs.capture(fn, device)
 
-    def replay(self, graph):
+    def replay(self, handle):
         self.replays += 1
-        graph.replay()
+        graphs_module._TorchGraphs.replay(handle)
 
 
 @pytest.fixture
@@ -1041,14 +1041,15 @@ def _same_loss(a, b):
         torch.testing.assert_close(a, b, rtol=1e-6, atol=1e-7)
 
 
+@pytest.mark.parametrize("sizes", [[6, 9, 4], [6, 300, 4]], ids=["fused tier", "general tier (cuBLAS)"])
 @pytest.mark.parametrize("capturable", [False, True])
-def test_train_step_replays_a_cuda_graph_of_a_repeated_step(graphs, capturable):
+def test_train_step_replays_a_cuda_graph_of_a_repeated_step(graphs, capturable, sizes):
     """train_step on CUDA captures the step its optimizer saw twice before (fastffnn/_graphs.py) and replays it
     while nothing in its key changes: 12 steps of batches of 4 and 3 rows, an lr change, a step counter written
     and an optimizer state loaded in between give the losses, parameters, moments and step counts of the eager
     steps, with the captures and replays the key says."""
     torch.manual_seed(41)
-    model = fastffnn.FastMLP([6, 9, 4], device=DEVICE)
+    model = fastffnn.FastMLP(sizes, device=DEVICE)
     twin = copy.deepcopy(model)
     opt = fastffnn.optim.Adam(model.parameters(), lr=0.02, capturable=capturable)
     twin_opt = fastffnn.optim.Adam(twin.parameters(), lr=0.02, capturable=capturable)
@@ -1124,6 +1125,25 @@ def test_automatic_graphs_leave_a_tensor_lr_and_fastffnn_cuda_graphs_0_eager(gra
     for _ in range(4):
         opt.train_step(model, X, y)
     assert graphs.captures == 0
+
+
+@pytest.mark.parametrize("sizes", [[6, 9, 4], [6, 300, 4]], ids=["fused tier", "general tier"])
+def test_a_bad_class_index_under_a_capture_makes_the_loss_and_the_parameters_nan(sizes):
+    """Under a capture nothing can read the labels back to range-check them: a class index outside [0, classes)
+    gives its row a NaN loss and NaN gradients, so the captured update turns the parameters NaN (visibly wrong),
+    on both tiers; without the capture the same step raises IndexError."""
+    torch.manual_seed(44)
+    model = fastffnn.FastMLP(sizes, device=DEVICE)
+    opt = fastffnn.optim.Adam(model.parameters(), lr=0.01, capturable=True)
+    X, y = torch.randn(3, 6, device=DEVICE), torch.tensor([1, 4, 0], device=DEVICE)
+    with pytest.raises(IndexError):
+        opt.train_step(model, X, y)
+    if not EMULATED:
+        return  # (a real capture runs nothing: the replays of test_capturable_adam_replays_... run such steps)
+    with device_steps(), capturing():
+        loss = opt.train_step(model, X, y)
+    assert torch.isnan(loss)
+    assert all(torch.isnan(p).any() for p in model.parameters())
 
 
 @pytest.mark.skipif(EMULATED, reason="needs a real GPU: device placement")

@@ -25,7 +25,7 @@ class NoKernels:
     def serves(t):
         return True
 
-    def capture(self, fn):
+    def capture(self, fn, device):
         out = torch.full((), 7.0)
         self.captured.append(out)
         return None, out
@@ -86,3 +86,42 @@ def test_graphs_keep_four_keys_and_leave_sgd_and_other_keys_eager(stub):
     for _ in range(_graphs.WARMUP + 2):
         sgd.train_step(model, x, y)
     assert len(stub.captured) == 5
+
+
+def test_a_failed_capture_leaves_its_key_eager_with_a_warning(stub, monkeypatch):
+    """A capture that raises (say, something in the step that a graph cannot hold): the step runs eagerly, with a
+    warning, and so do the later steps of that key, without trying again."""
+    attempts = []
+
+    def failing(fn, device):
+        attempts.append(device)
+        raise RuntimeError("operation not permitted when stream is capturing")
+
+    monkeypatch.setattr(stub, "capture", failing)
+    torch.manual_seed(3)
+    model = fastffnn.FastMLP([4, 6, 3])
+    twin = fastffnn.FastMLP([4, 6, 3])
+    twin.load_state_dict(model.state_dict())
+    opt = fastffnn.optim.Adam(model.parameters(), lr=0.01)
+    twin_opt = fastffnn.optim.Adam(twin.parameters(), lr=0.01)
+    x, y = torch.randn(2, 4), torch.randint(0, 3, (2,))
+    with pytest.warns(RuntimeWarning, match="could not be captured in a CUDA graph"):
+        for _ in range(_graphs.WARMUP + 3):
+            loss = opt.train_step(model, x, y)
+            monkeypatch.setattr(_graphs, "ENABLED", False)
+            assert torch.equal(loss, twin_opt.train_step(twin, x, y))
+            monkeypatch.setattr(_graphs, "ENABLED", True)
+    assert len(attempts) == 1 and stub.replays == 0
+    assert all(torch.equal(p, q) for p, q in zip(model.parameters(), twin.parameters()))
+
+
+def test_load_state_dict_drops_the_graphs_of_the_old_state(stub):
+    torch.manual_seed(4)
+    model = fastffnn.FastMLP([4, 6, 3])
+    opt = fastffnn.optim.Adam(model.parameters(), lr=0.01)
+    x, y = torch.randn(2, 4), torch.randint(0, 3, (2,))
+    for _ in range(_graphs.WARMUP + 1):
+        opt.train_step(model, x, y)
+    assert len(opt._graph_cache.graphs) == 1
+    opt.load_state_dict(opt.state_dict())
+    assert "_graph_cache" not in opt.__dict__

@@ -124,7 +124,7 @@ __global__ void softmax_backward_kernel(T* __restrict__ dz, const T* __restrict_
 // row's log-sum-exp, written there in acc_t; otherwise z already holds
 // log-probabilities. A class index outside [0, n) (only possible under graph
 // capture, where the host-side range check cannot run) gives NaN, never an
-// out-of-bounds read.
+// out-of-bounds read (and its gradient, nll_backward_kernel's, NaN too).
 template <typename T>
 __global__ void nll_rows_kernel(const T* __restrict__ z, const int64_t* __restrict__ index, const T* __restrict__ probs,
                                 acc_t<T>* __restrict__ lse, acc_t<T>* __restrict__ loss, int64_t rows, int64_t n) {
@@ -171,6 +171,9 @@ __global__ void nll_backward_kernel(T* __restrict__ dz, T* __restrict__ grad_tar
     const Acc s = shift ? shift[row] : Acc(0);
     Acc ysum = 1;
     const int64_t t = index ? index[row] : -1;
+    // a class index outside [0, n) (only under graph capture, as in nll_rows_kernel) gives NaN gradients, so that
+    // the update makes the damage visible instead of training on a row of zeros
+    const Acc bad = index && (t < 0 || t >= n) ? std::numeric_limits<Acc>::quiet_NaN() : Acc(0);
     if (!index) {
       ysum = 0;
       for (int64_t j = lane; j < n; j += 32) ysum += static_cast<Acc>(probs[base + j]);
@@ -179,7 +182,7 @@ __global__ void nll_backward_kernel(T* __restrict__ dz, T* __restrict__ grad_tar
     for (int64_t j = lane; j < n; j += 32) {
       const Acc zj = static_cast<Acc>(z[base + j]);
       const Acc yj = index ? Acc(j == t ? 1 : 0) : static_cast<Acc>(probs[base + j]);
-      dz[base + j] = static_cast<T>(w * (ysum * dev_exp(zj - s) - yj));
+      dz[base + j] = static_cast<T>(w * (ysum * dev_exp(zj - s) - yj) + bad);
       if (grad_target) grad_target[base + j] = static_cast<T>(w * (s - zj));
     }
   }

@@ -485,6 +485,9 @@ __global__ void __launch_bounds__(kThreads, 1) fused_backward_kernel(OutputGradP
           const int64_t t = grad.index[gr];
 #pragma unroll
           for (int q = 0; q < 2; ++q) other[q] = (lane + 32 * q) == t ? 1.f : 0.f;
+          // outside [0, classes) (only under graph capture, where no range check runs): NaN gradients, as the
+          // general tier's
+          if (t < 0 || t >= classes) tsum = std::numeric_limits<float>::quiet_NaN();
         } else {
 #pragma unroll
           for (int q = 0; q < 2; ++q) {

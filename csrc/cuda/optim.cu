@@ -77,11 +77,18 @@ __global__ void adam_kernel(AdamTable<T, Acc> table, AdamConstants<Acc> c, BiasC
   const int t = blockIdx.y;
   const int64_t n = table.n[t];
   Acc nss = table.neg_step_size[t], ibc = table.inv_bc2_sqrt[t];
-  if (const void* step = table.step[t]) {
-    const double count = table.step_is_double[t] ? *static_cast<const double*>(step)
-                                                 : static_cast<double>(*static_cast<const float*>(step));
-    nss = static_cast<Acc>(-bc.lr / (1 - dev_pow(bc.beta1, count)));
-    ibc = static_cast<Acc>(1 / dev_sqrt(1 - dev_pow(bc.beta2, count)));
+  if (const void* step = table.step[t]) {  // the same for the whole block (blockIdx.y): the barrier is safe
+    // one thread's two double pows (slow where double is: consumer GPUs), shared with the block
+    FASTFFNN_STATIC_SHARED(Acc, corrections, [2]);
+    if (threadIdx.x == 0) {
+      const double count = table.step_is_double[t] ? *static_cast<const double*>(step)
+                                                   : static_cast<double>(*static_cast<const float*>(step));
+      corrections[0] = static_cast<Acc>(-bc.lr / (1 - dev_pow(bc.beta1, count)));
+      corrections[1] = static_cast<Acc>(1 / dev_sqrt(1 - dev_pow(bc.beta2, count)));
+    }
+    __syncthreads();
+    nss = corrections[0];
+    ibc = corrections[1];
   }
   T *p = table.p[t], *m = table.m[t], *v = table.v[t], *vmax = table.vmax[t];
   const T* g = table.g[t];

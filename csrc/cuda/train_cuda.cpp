@@ -218,6 +218,10 @@ at::Tensor mlp_nll_adam_fit_(const at::Tensor& input, const at::Tensor& target, 
   // A fit reads its counters on the host (scikit-learn's eps, the one-block epoch) and waits for the device
   // anyway (the labels' check): device (capturable) counters come to the host for the call and go back after it,
   // also when a step fails, so that they count the steps the parameters took.
+  {
+    const auto guard = Backend::guard(input);
+    refuse_capture(op);  // before HostSteps, whose copy of device counters reads the device
+  }
   const HostSteps host(steps);
   const at::TensorList counters = host.steps;
   if (eps_before_correction) {
