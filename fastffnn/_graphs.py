@@ -175,9 +175,10 @@ def _capture(op, input, target, args, activations, reduction, hyper, written) ->
     capturable = bool(steps) and steps[0].device.type != "cpu"
     # CPU counters: the graph advances device copies of them (filled before its first replay)
     counters = list(steps) if capturable else [torch.empty((), dtype=s.dtype, device=input.device) for s in steps]
-    # filled at each replay; a capture runs nothing
-    x = torch.empty_strided(input.shape, input.stride(), dtype=input.dtype, device=input.device)
-    y = torch.empty_strided(target.shape, target.stride(), dtype=target.dtype, device=target.device)
+    # filled at each replay (a capture runs nothing); the input's strides where they are dense, so that the graph
+    # holds the kernels the eager steps chose, else contiguous (an expanded input cannot be copied into its like)
+    x = torch.empty_like(input, memory_format=torch.preserve_format)
+    y = torch.empty_like(target, memory_format=torch.preserve_format)
     graph, loss = backend.capture(lambda: op(x, y, plist, has_bias, exp_avgs, exp_avg_sqs, max_exp_avg_sqs,
                                              counters, activations, reduction, *hyper), input.device)
     return _Graphed(graph, x, y, loss, args, counters, [] if capturable else list(steps),

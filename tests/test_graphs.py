@@ -125,3 +125,20 @@ def test_load_state_dict_drops_the_graphs_of_the_old_state(stub):
     assert len(opt._graph_cache.graphs) == 1
     opt.load_state_dict(opt.state_dict())
     assert "_graph_cache" not in opt.__dict__
+
+
+@pytest.mark.parametrize("layout", ["transposed", "expanded", "strided rows"])
+def test_a_graphed_step_takes_inputs_of_any_layout(stub, layout):
+    """The graph's input buffers take the input's strides where they are dense, else are contiguous: an expanded
+    (stride 0) or a strided input copies into them at every replay."""
+    torch.manual_seed(5)
+    model = fastffnn.FastMLP([4, 6, 3])
+    opt = fastffnn.optim.Adam(model.parameters(), lr=0.01)
+    x = {"transposed": torch.randn(4, 3).t(), "expanded": torch.randn(1, 4).expand(3, 4),
+         "strided rows": torch.randn(6, 4)[::2]}[layout]
+    y = torch.randint(0, 3, (3,))
+    for _ in range(_graphs.WARMUP + 2):
+        opt.train_step(model, x, y)
+    assert stub.replays == 2
+    graphed = next(iter(opt._graph_cache.graphs.values()))
+    assert torch.equal(graphed.x, x)
