@@ -14,6 +14,9 @@ counters stay on the CPU, so neither can be captured in a CUDA graph, unless
 ``Adam(capturable=True)`` keeps them on the parameters' device, as
 torch.optim.Adam's does: one launch more advances them, and a capture may
 then hold ``step()`` and ``train_step`` (not ``fit``, which reads the device).
+Adam's ``train_step`` on CUDA captures a step repeated unchanged into a CUDA
+graph of its own and replays it, with either kind of counter
+(``fastffnn/_graphs.py``; ``FASTFFNN_CUDA_GRAPHS=0`` turns it off).
 """
 
 from __future__ import annotations
