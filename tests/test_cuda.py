@@ -22,7 +22,7 @@ from fastffnn import reference as ref
 from cuda_harness import MODES as MODE_SETTINGS
 from cuda_harness import (AVAILABLE, DEVICE, EMULATED, SKIP_REASON, assert_close, assert_same_bits, check,
                           launched_kernels, poisoned_allocations, precision, ref_ffnn, ref_ffnn_nll, ref_linear_act,
-                          set_schedule, tolerance, capturing, device_steps)
+                          set_schedule, tolerance, capturing, device_steps, SCHEDULES)
 
 pytestmark = pytest.mark.skipif(not AVAILABLE, reason=SKIP_REASON)
 
@@ -882,14 +882,17 @@ def _assert_same_training(model, opt, twin, twin_opt):
             torch.testing.assert_close(p.detach(), q.detach(), rtol=1e-6, atol=1e-7)
 
 
+@pytest.mark.parametrize("schedule", SCHEDULES)
 @pytest.mark.parametrize("route", ["train_step", "step", "fit at batch 3", "fit at batch 1"])
 @pytest.mark.parametrize("counter_dtype", [torch.float32, torch.float64])
-def test_capturable_adam_keeps_its_counters_on_the_device_and_takes_the_same_steps(route, counter_dtype):
+def test_capturable_adam_keeps_its_counters_on_the_device_and_takes_the_same_steps(route, counter_dtype, schedule):
     """Adam(capturable=True): each step counter on its parameter's device, advanced there by one launch more
     (advance_steps_kernel, before the update's), the bias corrections formed from it in the update's kernel. Three
     steps (or an epoch of fit, whose counters come to the host for the call and go back) give what the CPU
-    counters give, from uneven counts in either dtype torch keeps them in."""
+    counters give, from uneven counts in either dtype torch keeps them in, under each thread schedule (the
+    block's shared bias corrections are written by thread 0 before the barrier)."""
     model, opt, twin, twin_opt, X, y = _adam_twins(counter_dtype)
+    set_schedule(schedule)
 
     def run(m, o):
         if route.startswith("fit"):
@@ -904,8 +907,11 @@ def test_capturable_adam_keeps_its_counters_on_the_device_and_takes_the_same_ste
                 m.nll_loss(xb, yb).backward()
                 o.step()
 
-    with device_steps():
-        launches = launched_kernels(lambda: run(model, opt))
+    try:
+        with device_steps():
+            launches = launched_kernels(lambda: run(model, opt))
+    finally:
+        set_schedule(0 if EMULATED else None)
     run(twin, twin_opt)
     if not route.startswith("fit"):
         assert launches.count("advance_steps_kernel") == 3, launches
