@@ -23,8 +23,10 @@ A replay keeps what the eager step keeps:
 What it cannot keep: an eager step raises ``IndexError`` for a class index outside ``[0, classes)``, which needs
 two numbers read back; a replay reads nothing back, and that row's loss and gradients are NaN instead (the ops'
 behaviour under any capture), so the update turns the parameters NaN. A Tensor lr (read on the host) and
-torch.compile keep the eager step, and so does a key whose capture failed (with a warning). SGD's steps stay
-eager.
+torch.compile keep the eager step, and so does a key whose capture failed (with a warning). SGD's steps are
+graphed as Adam's are, except a step that creates momentum buffers (torch's first step sets them to the
+gradient, which a replay would do again): a step with a new buffer is never captured, and the steps after it
+are, once their key has come WARMUP times.
 
 ``FASTFFNN_CUDA_GRAPHS=0`` turns it off (read at import).
 """
@@ -87,10 +89,10 @@ backend = _TorchGraphs
 class _Graphed:
     """One captured step: its graph, its input and output buffers, and the device step counters it advances."""
 
-    __slots__ = ("graph", "x", "y", "loss", "args", "counters", "cpu_steps", "views", "versions", "written")
+    __slots__ = ("graph", "x", "y", "loss", "held", "counters", "cpu_steps", "views", "versions", "written")
 
-    def __init__(self, graph, x, y, loss, args, counters, cpu_steps, written):
-        self.graph, self.x, self.y, self.loss, self.args = graph, x, y, loss, args
+    def __init__(self, graph, x, y, loss, held, counters, cpu_steps, written):
+        self.graph, self.x, self.y, self.loss, self.held = graph, x, y, loss, held
         self.counters, self.cpu_steps = counters, cpu_steps
         # the CPU counters advanced through numpy views of them (0.5 µs each, where torch's in-place add takes
         # ~3), their versions bumped with the others'
@@ -145,16 +147,17 @@ def serves(input: torch.Tensor) -> bool:
     return ENABLED and backend.serves(input) and not torch.compiler.is_compiling()
 
 
-def step(opt, op, input, target, args, activations, reduction, hyper):
-    """train_step's native call ``op(input, target, *args, activations, reduction, *hyper)``: replayed from a
-    graph where this step's key has one, captured where the key came WARMUP times in a row before, else eager."""
-    if isinstance(hyper[0], torch.Tensor):
-        return op(input, target, *args, activations, reduction, *hyper)
-    plist, has_bias, exp_avgs, exp_avg_sqs, max_exp_avg_sqs, steps = args
-    tensors = (*plist, *exp_avgs, *exp_avg_sqs, *max_exp_avg_sqs)
-    key = (id(args), tuple(t.data_ptr() for t in tensors), tuple(input.shape), input.dtype, input.device,
-           input.stride(), tuple(target.shape), target.dtype, target.stride(),
-           activations if isinstance(activations, str) else tuple(activations), reduction, hyper, _settings())
+def step(opt, run, input, target, key, written, steps=(), held=None):
+    """train_step's native call ``run(input, target, steps)``: replayed from a graph where this step's key has one,
+    captured where the key came WARMUP times in a row before, else run as it is.
+
+    ``key`` is the optimizer's part of the key (its tensors' identities and addresses, the hyper-parameters, the
+    activations and reduction); ``written``: the tensors the step updates in place (their versions are bumped at
+    each replay); ``steps``: Adam's step counters; ``held``: what the key's identities come from, kept alive
+    with the graph so that no other object takes an identity of the key while it is cached.
+    """
+    key = (key, tuple(input.shape), input.dtype, input.device, input.stride(), tuple(target.shape), target.dtype,
+           target.stride(), _settings())
     cache = opt.__dict__.get("_graph_cache")
     if cache is None:
         cache = opt.__dict__["_graph_cache"] = Cache()
@@ -163,9 +166,9 @@ def step(opt, op, input, target, args, activations, reduction, hyper):
         cache.repeats = cache.repeats + 1 if key == cache.last else 1
         cache.last = key
         if cache.repeats <= WARMUP:
-            return op(input, target, *args, activations, reduction, *hyper)
+            return run(input, target, steps)
         try:
-            graphed = _capture(op, input, target, args, activations, reduction, hyper, list(tensors))
+            graphed = _capture(run, input, target, written, steps, held)
         except Exception as e:  # noqa: BLE001 - the step itself has not run: it runs eagerly, as this key will
             warnings.warn(f"fastffnn: train_step could not be captured in a CUDA graph ({type(e).__name__}: {e}); "
                           "its steps of this shape run eagerly", RuntimeWarning, stacklevel=4)
@@ -176,12 +179,11 @@ def step(opt, op, input, target, args, activations, reduction, hyper):
     else:
         cache.graphs.move_to_end(key)
     if graphed is _EAGER:
-        return op(input, target, *args, activations, reduction, *hyper)
+        return run(input, target, steps)
     return graphed.run(input, target)
 
 
-def _capture(op, input, target, args, activations, reduction, hyper, written) -> _Graphed:
-    plist, has_bias, exp_avgs, exp_avg_sqs, max_exp_avg_sqs, steps = args
+def _capture(run, input, target, written, steps, held) -> _Graphed:
     capturable = bool(steps) and steps[0].device.type != "cpu"
     # CPU counters: the graph advances device copies of them (filled before its first replay)
     counters = list(steps) if capturable else [torch.empty((), dtype=s.dtype, device=input.device) for s in steps]
@@ -189,7 +191,6 @@ def _capture(op, input, target, args, activations, reduction, hyper, written) ->
     # holds the kernels the eager steps chose, else contiguous (an expanded input cannot be copied into its like)
     x = torch.empty_like(input, memory_format=torch.preserve_format)
     y = torch.empty_like(target, memory_format=torch.preserve_format)
-    graph, loss = backend.capture(lambda: op(x, y, plist, has_bias, exp_avgs, exp_avg_sqs, max_exp_avg_sqs,
-                                             counters, activations, reduction, *hyper), input.device)
-    return _Graphed(graph, x, y, loss, args, counters, [] if capturable else list(steps),
+    graph, loss = backend.capture(lambda: run(x, y, counters), input.device)
+    return _Graphed(graph, x, y, loss, held, counters, [] if capturable else list(steps),
                     list(chain(written, counters if capturable else ())))

@@ -10,13 +10,15 @@ call), and :func:`fit` drives either over whole epochs. On CUDA, ``step()``
 is one launch per 24 parameters of one dtype, and ``train_step`` is one native
 call too: the fused forward, its backward and that launch, with no autograd
 in between (under CUDA autocast it takes the autograd route). Adam's step
-counters stay on the CPU, so neither can be captured in a CUDA graph, unless
-``Adam(capturable=True)`` keeps them on the parameters' device, as
+counters stay on the CPU, so its steps cannot be captured in a CUDA graph,
+unless ``Adam(capturable=True)`` keeps them on the parameters' device, as
 torch.optim.Adam's does: one launch more advances them, and a capture may
-then hold ``step()`` and ``train_step`` (not ``fit``, which reads the device).
-Adam's ``train_step`` on CUDA captures a step repeated unchanged into a CUDA
-graph of its own and replays it, with either kind of counter
-(``fastffnn/_graphs.py``; ``FASTFFNN_CUDA_GRAPHS=0`` turns it off).
+then hold ``step()`` and ``train_step``. SGD's may be captured from the
+second step on (the first sets the momentum buffers to the gradients).
+``fit`` cannot be (it reads the device). ``train_step`` on CUDA captures a
+step repeated unchanged into a CUDA graph of its own and replays it, for
+either optimizer and either kind of counter (``fastffnn/_graphs.py``;
+``FASTFFNN_CUDA_GRAPHS=0`` turns it off).
 """
 
 from __future__ import annotations
@@ -325,9 +327,20 @@ class Adam(_OneCall):
         hyper = self._hyper(self.param_groups[0])
         # (ffnn or mlp) x (float or Tensor lr): a str activation is FastFFNN's
         op = ops[(not isinstance(activations, str)) * 2 + isinstance(hyper[0], torch.Tensor)]
-        if _graphs.serves(input):  # CUDA: a repeated step is replayed from a CUDA graph
-            return _graphs.step(self, op, input, target, args, activations, reduction, hyper)
-        return op(input, target, *args, activations, reduction, *hyper)
+        plist, has_bias, exp_avgs, exp_avg_sqs, max_exp_avg_sqs, steps = args
+
+        def run(x, t, counters):
+            return op(x, t, plist, has_bias, exp_avgs, exp_avg_sqs, max_exp_avg_sqs, counters, activations, reduction,
+                      *hyper)
+
+        # CUDA: a repeated step is replayed from a CUDA graph (not with a Tensor lr, which is read on the host)
+        if _graphs.serves(input) and not isinstance(hyper[0], torch.Tensor):
+            written = [*plist, *exp_avgs, *exp_avg_sqs, *max_exp_avg_sqs]
+            # args is cached while its tensors stay (_train_step_args): its identity stands for theirs
+            key = (id(args), tuple([t.data_ptr() for t in written]),
+                   activations if isinstance(activations, str) else tuple(activations), reduction, hyper)
+            return _graphs.step(self, run, input, target, key, written, steps, args)
+        return run(input, target, steps)
 
     def _native_fit(self, X, y, order, batch_size, params, activations, alpha=0.0, sklearn=False):
         """One native call of steps; alpha and sklearn: scikit-learn's L2 penalty and Adam (see fastffnn.sklearn)."""
@@ -345,8 +358,10 @@ class SGD(_OneCall):
     weight_decay and maximize, within float rounding (on the CPU a momentum
     buffer that would be subnormal is 0, as for :class:`Adam`); its ``state_dict``
     loads into ``torch.optim.SGD`` and the reverse. ``lr`` may be a
-    one-element CPU tensor (it is read at each step). ``foreach``,
-    ``differentiable`` and ``fused`` are accepted for state-dict
+    one-element CPU tensor (it is read at each step, so a CUDA graph capture
+    needs a float lr). On CUDA, ``step()`` and ``train_step`` can be captured
+    in a CUDA graph once the momentum buffers exist (after the first step).
+    ``foreach``, ``differentiable`` and ``fused`` are accepted for state-dict
     compatibility and must keep their defaults. Like :class:`Adam`, it has
     ``train_step`` and drives ``fit``.
     """
@@ -370,7 +385,11 @@ class SGD(_OneCall):
 
     def _hyper(self, group):
         """(lr, momentum, dampening, weight_decay, nesterov, maximize) as the ops take them."""
-        return (float(group["lr"]), float(group["momentum"]), float(group["dampening"]),
+        lr = group["lr"]
+        if isinstance(lr, torch.Tensor) and torch.cuda.is_available() and torch.cuda.is_current_stream_capturing():
+            raise RuntimeError("fastffnn.optim.SGD: a Tensor lr is read on the host, so a CUDA graph would replay "
+                               "the value it had at the capture: capture with a float lr")
+        return (float(lr), float(group["momentum"]), float(group["dampening"]),
                 float(group["weight_decay"]), bool(group["nesterov"]), bool(group["maximize"]))
 
     def _buffers(self, group, params):
@@ -406,9 +425,21 @@ class SGD(_OneCall):
         plist = self._check_holds(params)
         group = self.param_groups[0]
         buffers, fresh = self._buffers(group, plist)
-        loss = torch.ops.fastffnn.mlp_nll_sgd_step_.default(input, target, plist, params[1] is not None, buffers,
-                                                            fresh, _activation_list(activations), reduction,
-                                                            *self._hyper(group))
+        has_bias, acts, hyper = params[1] is not None, _activation_list(activations), self._hyper(group)
+
+        def run(x, t, steps=()):
+            return torch.ops.fastffnn.mlp_nll_sgd_step_.default(x, t, plist, has_bias, buffers, fresh, acts,
+                                                                reduction, *hyper)
+
+        # CUDA: a repeated step is replayed from a CUDA graph, once the momentum buffers exist (a first step sets
+        # them to the gradients: its replay would do that again)
+        if _graphs.serves(input) and not any(fresh):
+            written = [*plist, *buffers]
+            key = (tuple([id(t) for t in written]), tuple([t.data_ptr() for t in written]), has_bias, tuple(acts),
+                   reduction, hyper)
+            loss = _graphs.step(self, run, input, target, key, written, (), written)
+        else:
+            loss = run(input, target)
         self._keep(plist, buffers)
         return loss
 
@@ -468,8 +499,8 @@ def fit(model: torch.nn.Module, X: torch.Tensor, y: torch.Tensor, optimizer: _On
     ensure_loaded()
     if isinstance(X, torch.Tensor) and X.is_cuda and torch.cuda.is_current_stream_capturing():
         # before the labels' range is read below, which a capture does not allow
-        raise RuntimeError("fastffnn.fit: cannot be captured in a CUDA graph: its step counters live on the CPU "
-                           "and a replay would reuse one step's bias corrections")
+        raise RuntimeError("fastffnn.fit: cannot be captured in a CUDA graph: an epoch reads its labels' check "
+                           "back from the device before its first step")
     if not isinstance(optimizer, _OneCall):
         raise TypeError("fastffnn.fit: optimizer must be a fastffnn.optim.Adam or fastffnn.optim.SGD, got "
                         f"{type(optimizer).__name__}")

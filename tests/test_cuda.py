@@ -798,15 +798,18 @@ def test_the_sklearn_estimator_on_the_device_trains_scikit_learns_model(params):
 
 @pytest.mark.parametrize("kind", ["adam", "sgd"])
 def test_steps_and_epochs_refuse_a_cuda_graph_capture_before_any_work(kind):
-    """The step counters live on the CPU, so train_step, fit (both routes) and step() refuse a capture, with the
-    same message, before they launch anything or read the device: the parameters, the optimizer's state and the
-    step counts stay as they were (on the emulator: no kernel launched and no value read back)."""
+    """Adam's step counters live on the CPU, and SGD's first step sets its new momentum buffers to the gradients:
+    a replay would repeat either step's constants, so train_step and step() refuse a capture, and fit (both
+    routes, which reads the device) does too, before they launch anything or read the device: the parameters,
+    the optimizer's state and the step counts stay as they were (on the emulator: no kernel launched and no
+    value read back)."""
     torch.manual_seed(12)
     model = fastffnn.FastMLP([5, 8, 3], device=DEVICE)
     opt = fastffnn.optim.Adam(model.parameters(), lr=0.01) if kind == "adam" else \
         fastffnn.optim.SGD(model.parameters(), lr=0.05, momentum=0.9)
     X, y = torch.randn(6, 5, device=DEVICE), torch.randint(0, 3, (6,), device=DEVICE)
-    opt.train_step(model, X[:2], y[:2])  # the state exists before the captures
+    if kind == "adam":
+        opt.train_step(model, X[:2], y[:2])  # the state exists before the captures
 
     def snapshot():
         return [p.detach().clone() for p in model.parameters()] + \
@@ -937,15 +940,56 @@ def test_capturable_adam_steps_run_under_a_capture_and_fit_still_refuses():
         _assert_same_training(model, opt, twin, twin_opt)
 
 
-@pytest.mark.skipif(EMULATED, reason="needs a real GPU: CUDA graphs")
+def _sgd_twins(**hyper):
+    """A FastMLP with fastffnn's SGD and an identical copy with its own, and 16 rows of data."""
+    torch.manual_seed(32)
+    model = fastffnn.FastMLP([6, 9, 4], device=DEVICE)
+    twin = copy.deepcopy(model)
+    hyper = dict(lr=0.05, **hyper)
+    opt, twin_opt = (fastffnn.optim.SGD(m.parameters(), **hyper) for m in (model, twin))
+    return model, opt, twin, twin_opt, torch.randn(16, 6, device=DEVICE), torch.randint(0, 4, (16,), device=DEVICE)
+
+
+def _sgd_step(route, m, o, xb, yb):
+    if route == "train_step":
+        return o.train_step(m, xb, yb)
+    m.zero_grad(set_to_none=True)
+    m.nll_loss(xb, yb).backward()
+    o.step()
+
+
+def _assert_same_sgd_training(model, opt, twin, twin_opt):
+    """The same parameters and momentum buffers: bit for bit on the emulator, to float32 rounding on a GPU."""
+    same = torch.equal if EMULATED else (lambda a, b: torch.allclose(a, b, rtol=1e-6, atol=1e-7))
+    for p, q in zip(model.parameters(), twin.parameters(), strict=True):
+        assert opt.state[p].keys() == twin_opt.state[q].keys()
+        assert all(same(opt.state[p][k], twin_opt.state[q][k]) for k in opt.state[p])
+        assert same(p.detach(), q.detach())
+
+
 @pytest.mark.parametrize("route", ["train_step", "step"])
-def test_capturable_adam_replays_a_captured_step_with_advancing_bias_corrections(route):
-    """A CUDA graph of one step (train_step, or step() after a captured backward's gradients are in place),
-    replayed 4 times on new batches copied into its inputs: the 4 steps the CPU counters take eagerly, each with
-    its own bias corrections (a replay of frozen ones would drift from them)."""
-    model, opt, twin, twin_opt, X, y = _adam_twins(torch.float32, amsgrad=False)
-    X, y = torch.randn(8, 6, device=DEVICE), torch.randint(0, 4, (8,), device=DEVICE)
-    static_x, static_y = X[:2].clone(), y[:2].clone()
+def test_sgd_steps_after_the_first_run_under_a_capture(route):
+    """Once its momentum buffers exist nothing of an SGD step is read or decided on the host, so train_step and
+    step() run under a capture (on the emulator: its capture setting, where the kernels still run and must take
+    the eager steps; the test below replays real graphs on a GPU)."""
+    model, opt, twin, twin_opt, X, y = _sgd_twins(momentum=0.9, nesterov=True, weight_decay=0.01)
+    _sgd_step(route, model, opt, X[:2], y[:2])
+    _sgd_step(route, twin, twin_opt, X[:2], y[:2])
+    before = [p.detach().clone() for p in model.parameters()]
+    with capturing():
+        for i in (1, 2):
+            _sgd_step(route, model, opt, X[2 * i:2 * i + 2], y[2 * i:2 * i + 2])
+    if not EMULATED:  # a real capture runs nothing
+        assert all(torch.equal(a, p) for a, p in zip(before, model.parameters()))
+        return
+    for i in (1, 2):
+        _sgd_step(route, twin, twin_opt, X[2 * i:2 * i + 2], y[2 * i:2 * i + 2])
+    _assert_same_sgd_training(model, opt, twin, twin_opt)
+
+
+def _graph_of_one_step(route, model, opt, static_x, static_y):
+    """A torch.cuda.CUDAGraph of one step on static_x, static_y: train_step, or a backward whose gradients are
+    copied into .grad, then step()."""
     for p in model.parameters():
         p.grad = torch.zeros_like(p)
 
@@ -961,11 +1005,44 @@ def test_capturable_adam_replays_a_captured_step_with_advancing_bias_corrections
     side = torch.cuda.Stream()
     side.wait_stream(torch.cuda.current_stream())
     graph = torch.cuda.CUDAGraph()
-    saved = [p.detach().clone() for p in model.parameters()]
     with torch.cuda.stream(side):
         with torch.cuda.graph(graph):
             one_step()
     torch.cuda.current_stream().wait_stream(side)
+    return graph
+
+
+@pytest.mark.skipif(EMULATED, reason="needs a real GPU: CUDA graphs")
+@pytest.mark.parametrize("route", ["train_step", "step"])
+def test_sgd_replays_a_captured_step_after_its_first(route):
+    """A CUDA graph of SGD's second step (train_step, or step() after a captured backward's gradients are in
+    place), replayed 4 times on new batches copied into its inputs: the 4 steps the eager twin takes, its
+    momentum buffers carried from replay to replay."""
+    model, opt, twin, twin_opt, X, y = _sgd_twins(momentum=0.8, dampening=0.1)
+    _sgd_step("train_step", model, opt, X[:2], y[:2])
+    _sgd_step("train_step", twin, twin_opt, X[:2], y[:2])
+    static_x, static_y = X[:2].clone(), y[:2].clone()
+    graph = _graph_of_one_step(route, model, opt, static_x, static_y)
+    for i in range(1, 5):
+        static_x.copy_(X[2 * i:2 * i + 2])
+        static_y.copy_(y[2 * i:2 * i + 2])
+        graph.replay()
+        _eager(lambda: _sgd_step(route, twin, twin_opt, X[2 * i:2 * i + 2], y[2 * i:2 * i + 2]))
+    torch.cuda.synchronize()
+    _assert_same_sgd_training(model, opt, twin, twin_opt)
+
+
+@pytest.mark.skipif(EMULATED, reason="needs a real GPU: CUDA graphs")
+@pytest.mark.parametrize("route", ["train_step", "step"])
+def test_capturable_adam_replays_a_captured_step_with_advancing_bias_corrections(route):
+    """A CUDA graph of one step (train_step, or step() after a captured backward's gradients are in place),
+    replayed 4 times on new batches copied into its inputs: the 4 steps the CPU counters take eagerly, each with
+    its own bias corrections (a replay of frozen ones would drift from them)."""
+    model, opt, twin, twin_opt, X, y = _adam_twins(torch.float32, amsgrad=False)
+    X, y = torch.randn(8, 6, device=DEVICE), torch.randint(0, 4, (8,), device=DEVICE)
+    static_x, static_y = X[:2].clone(), y[:2].clone()
+    saved = [p.detach().clone() for p in model.parameters()]
+    graph = _graph_of_one_step(route, model, opt, static_x, static_y)
     # the capture ran nothing: the parameters are those before it
     for a, p in zip(saved, model.parameters()):
         assert torch.equal(a, p)
@@ -1088,6 +1165,47 @@ def test_train_step_replays_a_cuda_graph_of_a_repeated_step(graphs, capturable, 
         both(rows)
     assert (graphs.captures, graphs.replays) == (4, 9)
     _assert_same_training_graphs(model, opt, twin, twin_opt, capturable)
+
+
+@pytest.mark.parametrize("sizes", [[6, 9, 4], [6, 300, 4]], ids=["fused tier", "general tier (cuBLAS)"])
+@pytest.mark.parametrize("hyper", [dict(momentum=0.9, nesterov=True), dict(momentum=0.8, dampening=0.3,
+                                                                           weight_decay=0.01), dict()],
+                         ids=["nesterov", "dampening and weight decay", "no momentum"])
+def test_sgd_train_step_replays_a_cuda_graph_of_a_repeated_step_after_its_first(graphs, hyper, sizes):
+    """SGD's train_step on CUDA is graphed as Adam's is, except for a step that creates momentum buffers: the
+    first step and the first after the state was cleared run eagerly and out of the count of repeats, then the
+    new buffers make a new key. Over 19 steps with two shapes and an lr change: the eager losses, parameters
+    and buffers, and the captures and replays the key says."""
+    torch.manual_seed(46)
+    model = fastffnn.FastMLP(sizes, device=DEVICE)
+    twin = copy.deepcopy(model)
+    opt, twin_opt = (fastffnn.optim.SGD(m.parameters(), lr=0.05, **hyper) for m in (model, twin))
+    X, y = torch.randn(80, 6, device=DEVICE), torch.randint(0, 4, (80,), device=DEVICE)
+    first, fresh = 0, int("momentum" in hyper)  # the steps that create buffers
+
+    def both(rows):
+        nonlocal first
+        xb, yb = X[first:first + rows], y[first:first + rows]
+        first += rows
+        _same_loss(opt.train_step(model, xb, yb), _eager(lambda: twin_opt.train_step(twin, xb, yb)))
+
+    for rows in [4] * (fresh + graphs_module.WARMUP + 3):  # (the buffers' step,) two warm-ups, capture, 2 more
+        both(rows)
+    assert (graphs.captures, graphs.replays) == (1, 3)
+    for rows in (3, 3, 3):
+        both(rows)
+    assert (graphs.captures, graphs.replays) == (2, 4)
+    for o in (opt, twin_opt):
+        o.param_groups[0]["lr"] = 0.02
+    for rows in (4, 4, 4):
+        both(rows)
+    assert (graphs.captures, graphs.replays) == (3, 5)
+    for o in (opt, twin_opt):
+        o.state.clear()  # new buffers: their first step, then a new key
+    for rows in (4, 4, 4, 4):
+        both(rows)
+    assert (graphs.captures, graphs.replays) == ((4, 6) if fresh else (3, 9))
+    _assert_same_sgd_training(model, opt, twin, twin_opt)
 
 
 def _assert_same_training_graphs(model, opt, twin, twin_opt, capturable):

@@ -73,7 +73,7 @@ def test_a_replay_advances_the_cpu_counters_bumps_the_versions_and_returns_a_new
     assert [float(s) for s in steps][:2] == [_graphs.WARMUP + 3.0, 21.0]
 
 
-def test_graphs_keep_four_keys_and_leave_sgd_and_other_keys_eager(stub):
+def test_graphs_keep_four_keys(stub):
     torch.manual_seed(2)
     model = fastffnn.FastMLP([4, 6, 3])
     opt = fastffnn.optim.Adam(model.parameters(), lr=0.01)
@@ -82,10 +82,44 @@ def test_graphs_keep_four_keys_and_leave_sgd_and_other_keys_eager(stub):
         for _ in range(_graphs.WARMUP + 1):
             opt.train_step(model, x, y)
     assert len(stub.captured) == 5 and len(opt._graph_cache.graphs) == _graphs.KEPT
-    sgd = fastffnn.optim.SGD(model.parameters(), lr=0.01, momentum=0.9)
-    for _ in range(_graphs.WARMUP + 2):
-        sgd.train_step(model, x, y)
-    assert len(stub.captured) == 5
+    assert [key[1] for key in opt._graph_cache.graphs] == [(rows, 4) for rows in (2, 3, 4, 5)]
+
+
+def test_sgd_graphs_the_steps_after_the_one_that_creates_its_momentum_buffers(stub):
+    """SGD's first step sets the new momentum buffers to the gradients (a replay would do it again): it runs as it
+    is, outside the count of repeats, and so does the step after a buffer is dropped; the steps with buffers are
+    captured at their key's third time and replayed, bumping the buffers' versions, with the buffers kept in the
+    state; a Tensor lr is read into the key."""
+    torch.manual_seed(6)
+    model = fastffnn.FastMLP([4, 6, 3])
+    lr = torch.tensor(0.01)
+    opt = fastffnn.optim.SGD(model.parameters(), lr=lr, momentum=0.9)
+    x, y = torch.randn(2, 4), torch.randint(0, 3, (2,))
+    params = list(model.parameters())
+    opt.train_step(model, x, y)  # creates the buffers
+    assert "_graph_cache" not in opt.__dict__
+    buffers = [opt.state[p]["momentum_buffer"] for p in params]
+    for _ in range(_graphs.WARMUP):
+        opt.train_step(model, x, y)
+    assert stub.captured == []
+    versions = [t._version for t in params + buffers]
+    opt.train_step(model, x, y)
+    assert len(stub.captured) == 1 and stub.replays == 1
+    assert all(t._version > v for t, v in zip(params + buffers, versions))
+    assert all(opt.state[p]["momentum_buffer"] is b for p, b in zip(params, buffers))
+    del opt.state[params[2]]["momentum_buffer"]  # a new buffer: its first step runs as it is
+    opt.train_step(model, x, y)
+    assert stub.replays == 1 and opt.state[params[2]]["momentum_buffer"] is not buffers[2]
+    for _ in range(_graphs.WARMUP + 1):  # then a new key: the buffer's identity is in it
+        opt.train_step(model, x, y)
+    assert len(stub.captured) == 2 and stub.replays == 2
+    lr.fill_(0.02)  # the lr's value is in the key
+    opt.train_step(model, x, y)
+    assert len(stub.captured) == 2 and stub.replays == 2
+    without = fastffnn.optim.SGD(model.parameters(), lr=0.01)  # no momentum, no buffers: graphed from the start
+    for _ in range(_graphs.WARMUP + 1):
+        without.train_step(model, x, y)
+    assert len(stub.captured) == 3 and stub.replays == 3
 
 
 def test_a_failed_capture_leaves_its_key_eager_with_a_warning(stub, monkeypatch):

@@ -201,11 +201,19 @@ bool steps_on_device(at::TensorList steps) {
 #endif
 }
 
-void refuse_capture(const char* op) {
+void refuse_capture(const char* op, const char* why) {
   TORCH_CHECK(c10::cuda::currentStreamCaptureStatusMayInitCtx() == c10::cuda::CaptureStatus::None, "fastffnn.", op,
-              ": cannot be captured in a CUDA graph: its step counters live on the CPU and a replay would reuse "
-              "this step's bias corrections (fastffnn.optim.Adam(capturable=True) keeps them on the device, as "
-              "torch.optim.Adam's does)");
+              ": cannot be captured in a CUDA graph: ", why);
+}
+
+void refuse_fresh_capture(const char* op, const c10::List<bool>& fresh) {
+  for (const bool f : fresh) {
+    if (f) {
+      refuse_capture(op, "this is the first step of its momentum buffers, which sets them to the gradients, and "
+                         "a replay would set them again: capture the steps after it");
+      return;
+    }
+  }
 }
 
 void adam_update(at::TensorList params, at::TensorList grads, at::TensorList exp_avgs,
@@ -287,10 +295,11 @@ void sgd_update(at::TensorList params, at::TensorList grads, at::TensorList mome
 namespace {
 
 // The capture asked about is that of the parameters' device: the guard comes first.
-void refuse_capture_on(const char* op, at::TensorList params) {
+template <typename Refuse>
+void refuse_capture_on(at::TensorList params, const Refuse& refuse) {
   if (params.empty()) return;
   const auto guard = guard_for(params[0]);
-  refuse_capture(op);
+  refuse();
 }
 
 void adam_step_(at::TensorList params, at::TensorList grads, at::TensorList exp_avgs, at::TensorList exp_avg_sqs,
@@ -301,7 +310,7 @@ void adam_step_(at::TensorList params, at::TensorList grads, at::TensorList exp_
                     grads.size(), " grads");
   const AdamConfig config{lr, beta1, beta2, eps, weight_decay, amsgrad, maximize, decoupled_weight_decay};
   check_adam_args(op, true, kDevice, params, grads, exp_avgs, exp_avg_sqs, max_exp_avg_sqs, steps, config);
-  if (!steps_on_device(steps)) refuse_capture_on(op, params);
+  if (!steps_on_device(steps)) refuse_capture_on(params, [&] { refuse_capture(op, kHostStepCounters); });
   adam_update(params, grads, exp_avgs, exp_avg_sqs, max_exp_avg_sqs, steps, config);
 }
 
@@ -313,7 +322,7 @@ void sgd_step_(at::TensorList params, at::TensorList grads, at::TensorList momen
                     grads.size(), " grads");
   const SgdConfig config{lr, momentum, dampening, weight_decay, nesterov, maximize};
   check_sgd_args(op, true, kDevice, params, grads, momentum_buffers, fresh.size(), config);
-  refuse_capture_on(op, params);
+  refuse_capture_on(params, [&] { refuse_fresh_capture(op, fresh); });
   sgd_update(params, grads, momentum_buffers, fresh, config);
 }
 

@@ -84,7 +84,7 @@ at::Tensor adam_network_step(const char* op, const at::Tensor& input, const at::
                   config);
   const auto guard = Backend::guard(input);
   // before the forward and backward, which a capture would otherwise hold; device counters may be captured
-  if (!steps_on_device(steps)) refuse_capture(op);
+  if (!steps_on_device(steps)) refuse_capture(op, kHostStepCounters);
   auto [loss, grads] = loss_and_grads(input, target, params, has_bias, activations, reduction);
   adam_update(params, grads, exp_avgs, exp_avg_sqs, max_exp_avg_sqs, steps, config);
   return loss;
@@ -124,7 +124,7 @@ at::Tensor mlp_nll_sgd_step_(const at::Tensor& input, const at::Tensor& target, 
   const SgdConfig config{lr, momentum, dampening, weight_decay, nesterov, maximize};
   check_sgd_args(op, Backend::kReducedPrecision, kDevice, params, {}, momentum_buffers, fresh.size(), config);
   const auto guard = Backend::guard(input);
-  refuse_capture(op);
+  refuse_fresh_capture(op, fresh);  // before the forward and backward, which a capture would otherwise hold
   auto [loss, grads] = loss_and_grads(input, target, params, has_bias, activations, reduction);
   sgd_update(params, grads, momentum_buffers, fresh, config);
   return loss;
@@ -184,7 +184,7 @@ at::Tensor fit_steps(const char* op, const at::Tensor& input, const at::Tensor& 
                      int64_t batch_size, int64_t classes, bool is_index, const Step& step,
                      const EveryRow& every_row) {
   const auto guard = Backend::guard(input);
-  refuse_capture(op);  // before the checks, which read the device
+  refuse_capture(op, kEpochsReadTheDevice);  // before the checks, which read the device
   check_fit_values(op, input, target, order, is_index, classes);
   const int64_t count = order.numel();
   const int64_t steps = (count + batch_size - 1) / batch_size;
@@ -220,7 +220,7 @@ at::Tensor mlp_nll_adam_fit_(const at::Tensor& input, const at::Tensor& target, 
   // also when a step fails, so that they count the steps the parameters took.
   {
     const auto guard = Backend::guard(input);
-    refuse_capture(op);  // before HostSteps, whose copy of device counters reads the device
+    refuse_capture(op, kEpochsReadTheDevice);  // before HostSteps, whose copy of device counters reads the device
   }
   const HostSteps host(steps);
   const at::TensorList counters = host.steps;

@@ -18,12 +18,25 @@ constexpr c10::DeviceType kDevice = c10::DeviceType::CUDA;
 #endif
 
 // Refuses a CUDA graph capture on the current stream of the current device (the caller holds its tensors' device
-// guard): the step counters are CPU tensors, read and advanced on the host, so a replay would reuse one step's
-// constants (torch.optim.Adam refuses one likewise unless capturable=True). Each op that updates (adam_step_,
-// sgd_step_, the steps and the epochs) calls it once, before anything else, so that nothing of theirs is captured
-// and nothing reads the device under capture; the updates below do not ask again. The emulated build asks the
-// emulator's capture setting. Adam's steps with device counters (steps_on_device) do not call it.
-void refuse_capture(const char* op);
+// guard), with the reason `why` below. Each op that cannot be replayed calls it once, before anything else, so
+// that nothing of theirs is captured and nothing reads the device under capture; the updates below do not ask
+// again. The emulated build asks the emulator's capture setting.
+void refuse_capture(const char* op, const char* why);
+
+// Adam's CPU step counters are read and advanced on the host, so a replay would reuse one step's bias
+// corrections (torch.optim.Adam refuses one likewise unless capturable=True). Adam's steps with device counters
+// (steps_on_device) do not refuse.
+inline constexpr const char* kHostStepCounters =
+    "its step counters live on the CPU and a replay would reuse this step's bias corrections "
+    "(fastffnn.optim.Adam(capturable=True) keeps them on the device, as torch.optim.Adam's does)";
+// An epoch checks its labels and its order on the device and reads the result back before its first step.
+inline constexpr const char* kEpochsReadTheDevice =
+    "an epoch reads its labels' check back from the device before its first step";
+
+// SGD's momentum buffers are set to the gradient at their first step (fresh) and updated after it: a graph of a
+// first step would set them again at every replay. Refuses a capture where any buffer is fresh; the steps after
+// the first may be captured.
+void refuse_fresh_capture(const char* op, const c10::List<bool>& fresh);
 
 // Whether Adam's step counters live on the parameters' device (fastffnn.optim.Adam(capturable=True), as
 // torch.optim.Adam's): adam_update then advances them and forms the bias corrections on the device, nothing
