@@ -106,7 +106,7 @@ step "benchmark"
 # The project's one benchmark, both CUDA tiers at every point (the crossover the auto tier should follow).
 # torch.compile is left out: it compiles afresh at every point, which would not fit the budget; run
 # `python -m fastffnn bench --device cuda --impls compile,fastffnn+fused` on its own for it.
-BENCH_ARGS=(--device cuda --tiers general,fused --skip compile --csv "$OUT/gpu_bench.csv")
+BENCH_ARGS=(--device cuda --tiers general,fused --skip compile,compile-ro --csv "$OUT/gpu_bench.csv")
 if [ "$QUICK" = 1 ]; then
   # a deep network (FastMLP, the fused tier for any depth) beside the lecture's
   BENCH_ARGS+=(--quick --shapes 300x100x2,784x256x256x10 --batches 32,4096 --modes forward,train)

@@ -102,6 +102,17 @@ def test_compile_peer_is_checked_and_its_compile_time_reported(capsys):
     assert re.search(r"^  compile .* compile \d+\.\d s$", printed, re.M), printed
 
 
+def test_reduce_overhead_compile_is_a_cuda_peer_only(capsys):
+    """torch.compile(mode="reduce-overhead") differs from the compile peer by its CUDA graphs alone: listed at CUDA
+    points (forward and train), left out of CPU points, and asked for on the CPU it is a one-line error."""
+    for mode in ("forward", "train"):
+        assert "compile-ro" in peers.available(peers.Point((4, 5, 3), 2, mode, torch.device("cuda")))
+        assert "compile-ro" not in peers.available(peers.Point((4, 5, 3), 2, mode, torch.device("cpu")))
+        assert "compile" in peers.available(peers.Point((4, 5, 3), 2, mode, torch.device("cpu")))
+    assert cli.main(["--device", "cpu", "--impls", "compile-ro", "--idle-wait", "0"]) == 2
+    assert "compile-ro runs on CUDA only" in capsys.readouterr().err
+
+
 def test_measure_reports_median_and_iqr_per_function():
     timer = timing.BlockTimer(torch.device("cpu"), 1)
     stats = timing.measure({"a": lambda: None, "b": lambda: sum(range(2000))}, timer, block_s=0.001, blocks=5)

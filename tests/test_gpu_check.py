@@ -77,3 +77,32 @@ def test_the_summary_tabulates_the_benchmark_csv(tmp_path):
     table = summary.bench_table(tmp_path / "b.csv")
     assert "| 300,100,2 | 32 | train | fastffnn[fused] | 10.0 | 4.00 |  |" in table, table
     assert summary.bench_table(tmp_path / "missing.csv") == "(no benchmark CSV)"
+
+
+TARGETS = ROOT / "benchmarks" / "gpu_targets.sh"
+
+
+def test_the_targets_script_without_a_gpu_stops_and_says_so(tmp_path):
+    env = dict(os.environ, OUT=str(tmp_path / "out"), PATH="/usr/bin:/bin")
+    r = subprocess.run(["bash", str(TARGETS)], cwd=tmp_path, env=env, capture_output=True, text=True, timeout=60)
+    assert r.returncode == 2 and "no GPU visible" in r.stdout, r.stdout + r.stderr
+
+
+def test_the_targets_script_fits_one_call_and_asks_the_benchmark_for_what_it_has():
+    """Its timeouts leave room in a 10-minute call, and each benchmark run names shapes, batches and
+    implementations that `python -m fastffnn bench` knows (a typo would cost a GPU session its comparison)."""
+    from fastffnn.bench import cli, peers
+
+    text = TARGETS.read_text()
+    budgets = [int(m) for m in re.findall(r"run_limited (\d+)", text)]
+    budgets += [int(m) for m in re.findall(r"^bench \w+ (\d+)", text, re.M)]
+    assert len(budgets) == 3 and sum(budgets) < 540, budgets
+    runs = re.findall(r"^bench (\w+) \d+ (.*?)(?=^\S|\Z)", text, re.M | re.S)
+    assert [name for name, _ in runs] == ["issue13", "issue12"]
+    for name, args in runs:
+        words = args.replace("\\\n", " ").split()
+        options = dict(zip(words[::2], words[1::2]))
+        assert set(options) == {"--shapes", "--batches", "--impls"}, (name, options)
+        assert all(cli._shape(s) for s in options["--shapes"].split(","))
+        assert all(int(b) >= 1 for b in options["--batches"].split(","))
+        assert set(options["--impls"].split(",")) <= set(peers.STOCK + peers.FAST), name

@@ -19,8 +19,9 @@ GPU_BATCHES = BATCHES + [65536]
 
 DEFAULTS = dict(shapes=None, batches=None, block_s=0.1, blocks=7, idle_wait=30.0, skip="")
 QUICK = dict(shapes="300x100x2,784x256x10", batches="1,32,1024", block_s=0.02, blocks=3, idle_wait=2.0,
-             skip="compile")
-SMOKE = dict(shapes="300x100x2", batches="1,32", block_s=0.002, blocks=2, idle_wait=0.0, skip="compile")
+             skip="compile,compile-ro")
+SMOKE = dict(shapes="300x100x2", batches="1,32", block_s=0.002, blocks=2, idle_wait=0.0,
+             skip="compile,compile-ro")
 
 USAGE = """
 examples:
@@ -113,6 +114,11 @@ def main(argv: list[str] | None = None) -> int:
     if unknown:
         print(f"fastffnn bench: unknown implementations {sorted(unknown)}; known: {peers.STOCK + peers.FAST}",
               file=sys.stderr)
+        return 2
+    cuda_only = sorted((wanted or set()) & set(peers.CUDA_ONLY))
+    if cuda_only and device.type != "cuda":
+        print(f"fastffnn bench: {', '.join(cuda_only)} runs on CUDA only (its CUDA graphs); this run is on "
+              f"{device.type}", file=sys.stderr)
         return 2
     tiers = _parse_list(args.tiers, "tiers", str, allow_empty=True)
     if tiers and (device.type != "cuda" or not set(tiers) <= {"auto", "general", "fused"}):

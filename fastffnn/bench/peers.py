@@ -10,7 +10,10 @@ initialisation) and sees the same batch. The stock peers:
 * ``eager+fused``, ``eager-ce+fused``: both with ``Adam(fused=True)``;
 * ``compile``: ``torch.compile`` of the cross-entropy forward and loss, with
   ``Adam(fused=True)`` (forward mode: ``torch.compile(model)``); its first
-  call, the compilation, is timed separately.
+  call, the compilation, is timed separately;
+* ``compile-ro`` (CUDA only): the same with ``mode="reduce-overhead"``, whose
+  CUDA graphs replay the forward and the backward (the fused Adam step runs
+  after them, outside the graphs, as in a loop that compiles its loss).
 
 FastFFNN, from the least to the most change to the user's code:
 
@@ -64,7 +67,9 @@ from ..reference import LectureFFNN, lecture_loss
 
 LR = 1e-3
 
-STOCK = ["eager", "eager-ce", "eager+fused", "eager-ce+fused", "compile"]
+STOCK = ["eager", "eager-ce", "eager+fused", "eager-ce+fused", "compile", "compile-ro"]
+COMPILED = ("compile", "compile-ro")
+CUDA_ONLY = ("compile-ro",)  # on the CPU, reduce-overhead's only difference (CUDA graphs) is off
 FAST = ["fastffnn", "fastffnn+fused", "fastffnn+adam", "fastffnn-step", "fastffnn-fit"]
 FIT_STEPS, FIT_ROWS = 1024, 16384
 
@@ -72,7 +77,7 @@ FIT_STEPS, FIT_ROWS = 1024, 16384
 def fit_steps(batch: int) -> int:
     """The steps of one timed ``fit`` call at this batch size (see fastffnn-fit above)."""
     return max(1, min(FIT_STEPS, FIT_ROWS // max(batch, 1)))
-FORWARD = ["eager", "compile", "fastffnn"]
+FORWARD = ["eager", "compile", "compile-ro", "fastffnn"]
 HALVES = ["eager", "fastffnn"]
 MODES = ["forward", "grad-forward", "forward-backward", "train"]
 
@@ -130,11 +135,10 @@ def with_tiers(names: list[str], tiers: list[str]) -> list[str]:
 
 def available(point: Point) -> list[str]:
     """The implementations that apply to a point, in report order."""
-    if point.mode == "forward":
-        return list(FORWARD)
     if point.mode in ("grad-forward", "forward-backward"):
         return list(HALVES)
-    return STOCK + ["fastffnn", "fastffnn+fused", "fastffnn+adam", "fastffnn-step", "fastffnn-fit"]
+    names = FORWARD if point.mode == "forward" else STOCK + FAST
+    return [n for n in names if point.device.type == "cuda" or n not in CUDA_ONLY]
 
 
 def _step(model: nn.Module, loss_fn: Callable[[], Tensor], opt: torch.optim.Optimizer) -> Callable[[], None]:
@@ -182,8 +186,8 @@ def build(name: str, point: Point, stock: nn.Module, x: Tensor, y: Tensor, gold:
     else:
         model = copy.deepcopy(stock)
     if point.mode == "forward":
-        if name == "compile":
-            compiled = torch.compile(model)
+        if name in COMPILED:
+            compiled = torch.compile(model, mode="reduce-overhead" if name == "compile-ro" else None)
             t0 = time.perf_counter()
             with torch.no_grad():
                 compiled(x)
@@ -214,6 +218,14 @@ def build(name: str, point: Point, stock: nn.Module, x: Tensor, y: Tensor, gold:
 
         def loss_fn():
             return compiled_loss(x, y)
+    elif name == "compile-ro":
+        graphed_loss = torch.compile(lambda inp, target: F.cross_entropy(model.logits(inp), target),
+                                     mode="reduce-overhead")
+
+        def loss_fn():
+            # a new iteration: the graphs' outputs of the step before may be overwritten
+            torch.compiler.cudagraph_mark_step_begin()
+            return graphed_loss(x, y)
     elif name == "fastffnn-step":
         opt = FastAdam(model.parameters(), lr=LR)
         return Runner(lambda: opt.train_step(model, x, y), model)
@@ -230,7 +242,7 @@ def build(name: str, point: Point, stock: nn.Module, x: Tensor, y: Tensor, gold:
     else:
         raise ValueError(f"fastffnn bench: unknown implementation {name!r}; known: {STOCK + FAST}")
 
-    if name in ("eager+fused", "eager-ce+fused", "compile", "fastffnn+fused"):
+    if name in ("eager+fused", "eager-ce+fused", "compile", "compile-ro", "fastffnn+fused"):
         opt = torch.optim.Adam(model.parameters(), lr=LR, fused=True)
     elif name == "fastffnn+adam":
         opt = FastAdam(model.parameters(), lr=LR)
@@ -238,7 +250,7 @@ def build(name: str, point: Point, stock: nn.Module, x: Tensor, y: Tensor, gold:
         opt = torch.optim.Adam(model.parameters(), lr=LR)
     step = _step(model, loss_fn, opt)
     runner = Runner(step, model)
-    if name == "compile":
+    if name in COMPILED:
         t0 = time.perf_counter()
         step()  # the first call compiles
         _sync(point.device)
