@@ -14,7 +14,8 @@ A replay keeps what the eager step keeps:
 
 * Adam's step counters. The graph advances device copies of them, and the CPU counters (``state["step"]``) are
   advanced after each replay, so that ``state_dict()`` and LR schedulers see the same counts; a counter written
-  in between (its version moved) is copied to the device before the next replay. With ``capturable=True`` the
+  in between (its value is not the one the last replay left, however it was written) is copied to the device
+  before the next replay. With ``capturable=True`` the
   graph advances the counters themselves.
 * The version counters of the parameters and the state, bumped by each replay as by the eager update, so that
   autograd refuses to backward through a graph recorded before the step.
@@ -89,7 +90,7 @@ backend = _TorchGraphs
 class _Graphed:
     """One captured step: its graph, its input and output buffers, and the device step counters it advances."""
 
-    __slots__ = ("graph", "x", "y", "loss", "held", "counters", "cpu_steps", "views", "versions", "written")
+    __slots__ = ("graph", "x", "y", "loss", "held", "counters", "cpu_steps", "views", "counts", "written")
 
     def __init__(self, graph, x, y, loss, held, counters, cpu_steps, written):
         self.graph, self.x, self.y, self.loss, self.held = graph, x, y, loss, held
@@ -98,17 +99,19 @@ class _Graphed:
         # ~3), their versions bumped with the others'
         self.views = [s.numpy() for s in cpu_steps]
         self.written = written + cpu_steps
-        self.versions = None  # the CPU counters' versions after the last replay; None: copy them before the next
+        self.counts = None  # the CPU counters' values after the last replay; None: copy them before the next
 
     def run(self, input: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
         self.x.copy_(input)
         self.y.copy_(target)
         steps = self.cpu_steps
         if steps:
-            if self.versions is None or any(s._version != v for s, v in zip(steps, self.versions)):
+            # by value, not by version: a write through .data bumps no version
+            now = [view.item() for view in self.views]
+            if now != self.counts:
                 # fill_ takes the value as an argument: no copy from pageable memory, no wait
-                for counter, step in zip(self.counters, steps):
-                    counter.fill_(float(step))
+                for counter, value in zip(self.counters, now):
+                    counter.fill_(value)
         backend.replay(self.graph)
         for view in self.views:
             view += 1
@@ -118,7 +121,7 @@ class _Graphed:
             for t in self.written:
                 increment_version(t)
         if steps:
-            self.versions = [s._version for s in steps]
+            self.counts = [view.item() for view in self.views]
         return self.loss.clone()
 
 

@@ -71,6 +71,10 @@ def test_a_replay_advances_the_cpu_counters_bumps_the_versions_and_returns_a_new
     opt.train_step(model, x, y)
     assert [float(c) for c in graphed.counters][:2] == [_graphs.WARMUP + 2.0, 20.0]
     assert [float(s) for s in steps][:2] == [_graphs.WARMUP + 3.0, 21.0]
+    steps[2].data.fill_(30.0)  # written where no version moves: seen by its value
+    opt.train_step(model, x, y)
+    assert [float(c) for c in graphed.counters][:3] == [_graphs.WARMUP + 3.0, 21.0, 30.0]
+    assert [float(s) for s in steps][:3] == [_graphs.WARMUP + 4.0, 22.0, 31.0]
 
 
 def test_graphs_keep_four_keys(stub):
