@@ -14,8 +14,8 @@ A replay keeps what the eager step keeps:
 
 * Adam's step counters. The graph advances device copies of them, and the CPU counters (``state["step"]``) are
   advanced after each replay, so that ``state_dict()`` and LR schedulers see the same counts; a counter written
-  in between (its value is not the one the last replay left, however it was written) is copied to the device
-  before the next replay. With ``capturable=True`` the
+  in between (its value is not the one the last replay left: written in place, or through ``.data``) is
+  copied to the device before the next replay. With ``capturable=True`` the
   graph advances the counters themselves.
 * The version counters of the parameters and the state, bumped by each replay as by the eager update, so that
   autograd refuses to backward through a graph recorded before the step.
@@ -23,11 +23,12 @@ A replay keeps what the eager step keeps:
 
 What it cannot keep: an eager step raises ``IndexError`` for a class index outside ``[0, classes)``, which needs
 two numbers read back; a replay reads nothing back, and that row's loss and gradients are NaN instead (the ops'
-behaviour under any capture), so the update turns the parameters NaN. A Tensor lr (read on the host) and
-torch.compile keep the eager step, and so does a key whose capture failed (with a warning). SGD's steps are
-graphed as Adam's are, except a step that creates momentum buffers (torch's first step sets them to the
-gradient, which a replay would do again): a step with a new buffer is never captured, and the steps after it
-are, once their key has come WARMUP times.
+behaviour under any capture), so the update turns the parameters NaN. Adam's Tensor lr (a tensor argument of its
+op, read on the host) and torch.compile keep the eager step, and so does a key whose capture failed (with a
+warning). SGD's steps are graphed as Adam's are (its lr, a Tensor too, is read into the key as a number), except a
+step that creates momentum buffers (torch's first step sets them to the gradient, which a replay would do again): a
+step with a new buffer runs eagerly and is not counted, and the steps after it are captured once their key has come
+WARMUP times (with a momentum, the first replay is at the fourth step).
 
 ``FASTFFNN_CUDA_GRAPHS=0`` turns it off (read at import).
 """

@@ -13,8 +13,9 @@ in between (under CUDA autocast it takes the autograd route). Adam's step
 counters stay on the CPU, so its steps cannot be captured in a CUDA graph,
 unless ``Adam(capturable=True)`` keeps them on the parameters' device, as
 torch.optim.Adam's does: one launch more advances them, and a capture may
-then hold ``step()`` and ``train_step``. SGD's may be captured from the
-second step on (the first sets the momentum buffers to the gradients).
+then hold ``step()`` and ``train_step``. SGD's may be captured once its
+momentum buffers exist (with a momentum, after the first step, which sets
+them to the gradients).
 ``fit`` cannot be (it reads the device). ``train_step`` on CUDA captures a
 step repeated unchanged into a CUDA graph of its own and replays it, for
 either optimizer and either kind of counter (``fastffnn/_graphs.py``;
@@ -360,7 +361,8 @@ class SGD(_OneCall):
     loads into ``torch.optim.SGD`` and the reverse. ``lr`` may be a
     one-element CPU tensor (it is read at each step, so a CUDA graph capture
     needs a float lr). On CUDA, ``step()`` and ``train_step`` can be captured
-    in a CUDA graph once the momentum buffers exist (after the first step).
+    in a CUDA graph once the momentum buffers exist (with a momentum, after
+    the first step).
     ``foreach``, ``differentiable`` and ``fused`` are accepted for state-dict
     compatibility and must keep their defaults. Like :class:`Adam`, it has
     ``train_step`` and drives ``fit``.
@@ -499,8 +501,8 @@ def fit(model: torch.nn.Module, X: torch.Tensor, y: torch.Tensor, optimizer: _On
     ensure_loaded()
     if isinstance(X, torch.Tensor) and X.is_cuda and torch.cuda.is_current_stream_capturing():
         # before the labels' range is read below, which a capture does not allow
-        raise RuntimeError("fastffnn.fit: cannot be captured in a CUDA graph: an epoch reads its labels' check "
-                           "back from the device before its first step")
+        raise RuntimeError("fastffnn.fit: cannot be captured in a CUDA graph: an epoch checks its inputs on the "
+                           "device and reads the result back before its first step")
     if not isinstance(optimizer, _OneCall):
         raise TypeError("fastffnn.fit: optimizer must be a fastffnn.optim.Adam or fastffnn.optim.SGD, got "
                         f"{type(optimizer).__name__}")

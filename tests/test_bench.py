@@ -113,6 +113,25 @@ def test_reduce_overhead_compile_is_a_cuda_peer_only(capsys):
     assert "compile-ro runs on CUDA only" in capsys.readouterr().err
 
 
+def test_each_point_with_a_compiled_peer_compiles_afresh(monkeypatch):
+    """torch._dynamo.reset() before a point's compiled peers are built (and only then): dynamo's recompile limit
+    is never reached across points, where it would silently time eager code as torch.compile."""
+    resets = []
+    monkeypatch.setattr(torch._dynamo, "reset", lambda: resets.append(1))
+    built = []
+
+    def build(name, point, stock, x, y, gold):
+        built.append((name, len(resets)))
+        return peers.Runner(lambda: None, stock)
+
+    monkeypatch.setattr(peers, "build", build)
+    monkeypatch.setattr(cli, "_check_and_time", lambda *a: ({}, 0))
+    point = peers.Point((4, 5, 3), 2, "train", torch.device("cpu"))
+    for names in (["eager", "compile"], ["eager", "fastffnn"], ["eager", "compile"]):
+        cli.run_point(point, names, None, cli.parse_args(["--seed", "0"]), {}, False, None)
+    assert built == [("eager", 1), ("compile", 1), ("eager", 1), ("fastffnn", 1), ("eager", 2), ("compile", 2)]
+
+
 def test_measure_reports_median_and_iqr_per_function():
     timer = timing.BlockTimer(torch.device("cpu"), 1)
     stats = timing.measure({"a": lambda: None, "b": lambda: sum(range(2000))}, timer, block_s=0.001, blocks=5)

@@ -827,8 +827,12 @@ def test_steps_and_epochs_refuse_a_cuda_graph_capture_before_any_work(kind):
              "fit at batch 3": lambda: model.fit(X, y, opt, batch_size=3),
              "step": step_with_grads}
     for name, call in calls.items():
+        # each with its reason
+        why = ("an epoch checks its inputs on the device" if name.startswith("fit") else
+               "its step counters live on the CPU" if kind == "adam" else "the first step of its momentum buffers")
+
         def refused():
-            with pytest.raises(RuntimeError, match="cannot be captured in a CUDA graph"):
+            with pytest.raises(RuntimeError, match=f"cannot be captured in a CUDA graph: .*{why}"):
                 call()
         with capturing():
             if EMULATED:
@@ -932,7 +936,7 @@ def test_capturable_adam_steps_run_under_a_capture_and_fit_still_refuses():
         opt.train_step(model, X[:2], y[:2])
         # (nothing may read the device under a real capture: there the parameters stay as they were)
         before = [p.detach().clone() for p in model.parameters()] if EMULATED else before
-        with pytest.raises(RuntimeError, match="cannot be captured in a CUDA graph"):
+        with pytest.raises(RuntimeError, match="cannot be captured in a CUDA graph: an epoch checks its inputs"):
             model.fit(X, y, opt, batch_size=3)
     assert all(torch.equal(a, p) for a, p in zip(before, model.parameters()))
     if EMULATED:  # the capture above ran its kernels: they must have taken the CPU counters' step
@@ -1030,6 +1034,21 @@ def test_sgd_replays_a_captured_step_after_its_first(route):
         _eager(lambda: _sgd_step(route, twin, twin_opt, X[2 * i:2 * i + 2], y[2 * i:2 * i + 2]))
     torch.cuda.synchronize()
     _assert_same_sgd_training(model, opt, twin, twin_opt)
+
+
+@pytest.mark.skipif(EMULATED, reason="needs a real GPU: torch.cuda.is_current_stream_capturing")
+@pytest.mark.parametrize("route", ["train_step", "step"])
+def test_sgd_refuses_a_tensor_lr_under_a_capture(route):
+    """SGD reads a Tensor lr on the host at each step: a graph would hold the value of its capture, so a capture
+    with one is refused (train_step's automatic graphs read it into their key instead)."""
+    model, opt, twin, twin_opt, X, y = _sgd_twins(momentum=0.9)
+    opt.param_groups[0]["lr"] = torch.tensor(0.05)
+    _sgd_step("train_step", model, opt, X[:2], y[:2])  # the buffers exist
+    saved = [p.detach().clone() for p in model.parameters()]
+    with pytest.raises(RuntimeError, match="a Tensor lr is read on the host"):
+        _graph_of_one_step(route, model, opt, X[2:4].clone(), y[2:4].clone())
+    torch.cuda.synchronize()
+    assert all(torch.equal(a, p) for a, p in zip(saved, model.parameters()))
 
 
 @pytest.mark.skipif(EMULATED, reason="needs a real GPU: CUDA graphs")
@@ -1289,6 +1308,6 @@ def test_optimizer_step_refuses_a_cuda_graph_capture():
     opt = fastffnn.optim.Adam([p], lr=0.01)
     opt.step()  # state created outside the capture
     graph = torch.cuda.CUDAGraph()
-    with pytest.raises(RuntimeError, match="cannot be captured in a CUDA graph"):
+    with pytest.raises(RuntimeError, match="cannot be captured in a CUDA graph: its step counters live on the CPU"):
         with torch.cuda.graph(graph):
             opt.step()

@@ -17,8 +17,18 @@ def run(tmp_path, path_dirs):
     return subprocess.run(["bash", str(SCRIPT)], cwd=tmp_path, env=env, capture_output=True, text=True, timeout=120)
 
 
+def no_gpu(tmp_path) -> Path:
+    """A folder whose nvidia-smi fails, first on PATH: no GPU, also on a machine that has one."""
+    fake = tmp_path / "no-gpu"
+    fake.mkdir()
+    smi = fake / "nvidia-smi"
+    smi.write_text("#!/bin/sh\necho 'No devices were found'\nexit 6\n")
+    smi.chmod(0o755)
+    return fake
+
+
 def test_without_a_gpu_it_stops_and_says_so(tmp_path):
-    r = run(tmp_path, ["/usr/bin", "/bin"])
+    r = run(tmp_path, [no_gpu(tmp_path), "/usr/bin", "/bin"])
     assert r.returncode == 2, r.stdout + r.stderr
     steps = (tmp_path / "out" / "steps.txt").read_text()
     assert "environment|not run|" in steps and "no GPU visible" in steps
@@ -83,7 +93,7 @@ TARGETS = ROOT / "benchmarks" / "gpu_targets.sh"
 
 
 def test_the_targets_script_without_a_gpu_stops_and_says_so(tmp_path):
-    env = dict(os.environ, OUT=str(tmp_path / "out"), PATH="/usr/bin:/bin")
+    env = dict(os.environ, OUT=str(tmp_path / "out"), PATH=os.pathsep.join([str(no_gpu(tmp_path)), "/usr/bin", "/bin"]))
     r = subprocess.run(["bash", str(TARGETS)], cwd=tmp_path, env=env, capture_output=True, text=True, timeout=60)
     assert r.returncode == 2 and "no GPU visible" in r.stdout, r.stdout + r.stderr
 

@@ -29,9 +29,9 @@ void refuse_capture(const char* op, const char* why);
 inline constexpr const char* kHostStepCounters =
     "its step counters live on the CPU and a replay would reuse this step's bias corrections "
     "(fastffnn.optim.Adam(capturable=True) keeps them on the device, as torch.optim.Adam's does)";
-// An epoch checks its labels and its order on the device and reads the result back before its first step.
+// An epoch checks its order and its class indices on the device and reads the result back before its first step.
 inline constexpr const char* kEpochsReadTheDevice =
-    "an epoch reads its labels' check back from the device before its first step";
+    "an epoch checks its inputs on the device and reads the result back before its first step";
 
 // SGD's momentum buffers are set to the gradient at their first step (fresh) and updated after it: a graph of a
 // first step would set them again at every replay. Refuses a capture where any buffer is fresh; the steps after
@@ -53,7 +53,8 @@ void adam_update(at::TensorList params, at::TensorList grads, at::TensorList exp
                  at::TensorList exp_avg_sqs, at::TensorList max_exp_avg_sqs, at::TensorList steps,
                  const AdamConfig& config);
 
-// torch.optim.SGD's, likewise (check_sgd_args).
+// torch.optim.SGD's, likewise (check_sgd_args); the calling op must have refused a capture of a step with a
+// fresh buffer (refuse_fresh_capture).
 void sgd_update(at::TensorList params, at::TensorList grads, at::TensorList momentum_buffers,
                 const c10::List<bool>& fresh, const SgdConfig& config);
 

@@ -191,6 +191,10 @@ def run_point(point, names, timer, args, meta, busy, load):
     x, y, gold = point.make_inputs(args.seed)
     initial = [p.detach().clone() for p in stock.parameters()]
     runners, compile_s = {}, {}
+    if any(peers.split_tier(n)[0] in peers.COMPILED for n in names):
+        # each point compiles afresh, as a loop at one batch size would: no dynamic shapes carried over from the
+        # points before, and no recompile limit reached across them (past it, dynamo would run eager code)
+        torch._dynamo.reset()
     previous_tier = None
     if any(peers.split_tier(n)[1] for n in names):
         from ..tier import cuda_tier
