@@ -59,11 +59,11 @@ def test_the_cuda_tests_pass_on_the_emulator(sources):
     _, env = sources
     r = run_pytest(["tests/test_cuda.py", "tests/emulated"], timeout=1800, **env)
     assert r.returncode == 0, report(r)
-    # every CUDA test ran (none skipped for want of a GPU, but the eleven that need real CUDA graphs, devices or
+    # every CUDA test ran (none skipped for want of a GPU, but the thirteen that need real CUDA graphs, devices or
     # CUDA autocast)
     assert passed_count(r) >= 1100, report(r)
     skipped = re.search(r"(\d+) skipped", r.stdout)
-    assert skipped is None or int(skipped.group(1)) <= 11, report(r)
+    assert skipped is None or int(skipped.group(1)) <= 13, report(r)
 
 
 # (name, file under csrc/, original text, planted bug, tests that must catch it, what their failure says).
