@@ -96,8 +96,8 @@ class _Graphed:
     def __init__(self, graph, x, y, loss, held, counters, cpu_steps, written):
         self.graph, self.x, self.y, self.loss, self.held = graph, x, y, loss, held
         self.counters, self.cpu_steps = counters, cpu_steps
-        # the CPU counters advanced through numpy views of them (0.5 µs each, where torch's in-place add takes
-        # ~3), their versions bumped with the others'
+        # the CPU counters advanced through numpy views of them (a fraction of a µs each, where torch's in-place
+        # add takes ~3), their versions bumped with the others'
         self.views = [s.numpy() for s in cpu_steps]
         self.written = written + cpu_steps
         self.counts = None  # the CPU counters' values after the last replay; None: copy them before the next
@@ -114,15 +114,16 @@ class _Graphed:
                 for counter, value in zip(self.counters, now):
                     counter.fill_(value)
         backend.replay(self.graph)
-        for view in self.views:
-            view += 1
+        if steps:
+            # (an item assignment: numpy's in-place add on a 0-d array takes ~2 µs)
+            self.counts = [value + 1.0 for value in now]
+            for view, value in zip(self.views, self.counts):
+                view[()] = value
         if _VERSIONS_AT_ONCE:
             increment_version(self.written)
         else:
             for t in self.written:
                 increment_version(t)
-        if steps:
-            self.counts = [view.item() for view in self.views]
         return self.loss.clone()
 
 
@@ -140,11 +141,22 @@ class Cache:
 _EAGER = object()  # a key whose capture failed
 
 
+def _setting(name: str):
+    """torch's C getter of a setting (the Python properties around them cost microseconds a step), or a stand-in
+    giving None where this torch has no such setting."""
+    return getattr(torch._C, name, lambda: None)
+
+
+# TF32 (legacy flag and fp32_precision alike), cuBLAS's reduced-precision reductions and fp16 accumulation,
+# deterministic algorithms: what the kernels of a step are chosen by
+_TF32, _FP16_REDUCTION, _BF16_REDUCTION, _FP16_ACCUMULATION, _DETERMINISTIC = map(_setting, (
+    "_get_cublas_allow_tf32", "_get_cublas_allow_fp16_reduced_precision_reduction",
+    "_get_cublas_allow_bf16_reduced_precision_reduction", "_get_cublas_allow_fp16_accumulation",
+    "_get_deterministic_algorithms"))
+
+
 def _settings():
-    matmul = torch.backends.cuda.matmul
-    return (matmul.allow_tf32, matmul.allow_fp16_reduced_precision_reduction,
-            matmul.allow_bf16_reduced_precision_reduction, getattr(matmul, "allow_fp16_accumulation", None),
-            torch.are_deterministic_algorithms_enabled(), _tier_generation)
+    return (_TF32(), _FP16_REDUCTION(), _BF16_REDUCTION(), _FP16_ACCUMULATION(), _DETERMINISTIC(), _tier_generation)
 
 
 def serves(input: torch.Tensor) -> bool:

@@ -77,6 +77,47 @@ def test_a_replay_advances_the_cpu_counters_bumps_the_versions_and_returns_a_new
     assert [float(s) for s in steps][:3] == [_graphs.WARMUP + 4.0, 22.0, 31.0]
 
 
+@pytest.mark.parametrize("setting", ["allow_tf32", "allow_fp16_reduced_precision_reduction", "deterministic",
+                                     "cuda tier"])
+def test_a_setting_the_kernels_are_chosen_by_is_in_the_key(stub, setting):
+    """A graph holds the kernels chosen when it was captured: after a change of TF32, cuBLAS's reduced-precision
+    reductions, deterministic algorithms or the CUDA tier, the same step warms up and is captured anew, and the
+    old graph is replayed again once the setting is back (not the tier's)."""
+    torch.manual_seed(7)
+    model = fastffnn.FastMLP([4, 6, 3])
+    opt = fastffnn.optim.Adam(model.parameters(), lr=0.01)
+    x, y = torch.randn(2, 4), torch.randint(0, 3, (2,))
+    matmul = torch.backends.cuda.matmul
+    old = {"allow_tf32": matmul.allow_tf32 if setting == "allow_tf32" else None,
+           "allow_fp16_reduced_precision_reduction": matmul.allow_fp16_reduced_precision_reduction,
+           "deterministic": torch.are_deterministic_algorithms_enabled(),
+           "cuda tier": fastffnn.cuda_tier()}[setting]
+
+    def change(back=False):
+        if setting == "deterministic":
+            torch.use_deterministic_algorithms(old if back else not old)
+        elif setting == "cuda tier":
+            fastffnn.set_cuda_tier(old if back else ("general" if old != "general" else "fused"))
+        else:
+            setattr(matmul, setting, old if back else not old)
+
+    for _ in range(_graphs.WARMUP + 1):
+        opt.train_step(model, x, y)
+    assert (len(stub.captured), stub.replays) == (1, 1)
+    change()
+    try:
+        for _ in range(_graphs.WARMUP):
+            opt.train_step(model, x, y)
+        assert (len(stub.captured), stub.replays) == (1, 1)
+        opt.train_step(model, x, y)
+        assert (len(stub.captured), stub.replays) == (2, 2)
+    finally:
+        change(back=True)
+    opt.train_step(model, x, y)
+    # (each set_cuda_tier advances the tier's generation, setting it back too: no old graph is replayed then)
+    assert (len(stub.captured), stub.replays) == ((2, 2) if setting == "cuda tier" else (2, 3))
+
+
 def test_graphs_keep_four_keys(stub):
     torch.manual_seed(2)
     model = fastffnn.FastMLP([4, 6, 3])
