@@ -37,6 +37,7 @@ from __future__ import annotations
 
 import math
 import numbers
+import threading
 import warnings
 
 import numpy as np
@@ -66,6 +67,50 @@ _DTYPES = {"float32": torch.float32, "float64": torch.float64}
 
 def _param_error(name: str, value, expected: str) -> ValueError:
     return ValueError(f"fastffnn.sklearn.MLPClassifier: {name}={value!r} is not supported; {expected}")
+
+
+
+class _Buffers:
+    """The memory of the converted copy of a large training X, kept from one fit to the next.
+
+    A fit converts X once into a contiguous array of the parameters' dtype (float32 from scikit-learn's float64,
+    by default). A new array is new memory, which the OS maps and zeroes page by page at its first touch; on the
+    project's VM, which hands freed memory back to its host, a new 90 MB copy (75,000 x 300) cost up to 0.25 s of
+    system time a fit, as much as the training (benchmarks/RESULTS.md). So a copy of at least MIN_BYTES is made
+    into a kept buffer, which repeated fits (a grid search, a benchmark) reuse: one buffer per dtype, the largest
+    so far, held by this module while no fit uses it (each fit takes its own: concurrent fits never share one).
+    """
+
+    MIN_BYTES = 16 << 20
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._free: dict[np.dtype, np.ndarray] = {}
+
+    def take(self, X: np.ndarray, dtype) -> tuple[np.ndarray, np.ndarray | None]:
+        """(X converted into a kept buffer, that buffer), or (X, None) where X needs no copy or is small."""
+        dtype = np.dtype(dtype)
+        if (X.dtype == dtype and X.flags.c_contiguous and X.flags.writeable) or X.size * dtype.itemsize < \
+                self.MIN_BYTES:
+            return X, None
+        with self._lock:
+            buffer = self._free.pop(dtype, None)
+        if buffer is None or buffer.size < X.size:
+            buffer = np.empty(X.size, dtype)
+        array = buffer[:X.size].reshape(X.shape)
+        np.copyto(array, X, casting="same_kind")
+        return array, buffer
+
+    def keep(self, buffer: np.ndarray | None) -> None:
+        if buffer is None:
+            return
+        with self._lock:
+            kept = self._free.get(buffer.dtype)
+            if kept is None or kept.size < buffer.size:
+                self._free[buffer.dtype] = buffer
+
+
+_BUFFERS = _Buffers()
 
 
 class MLPClassifier(ClassifierMixin, BaseEstimator):
@@ -309,6 +354,13 @@ class MLPClassifier(ClassifierMixin, BaseEstimator):
             array = array.copy()
         return torch.from_numpy(array).to(weight.device)
 
+    def _training_input(self, X):
+        """(X as a tensor of the parameters' dtype and device, the kept buffer it was converted into or None):
+        the buffer goes back to _BUFFERS when the fit ends."""
+        weight = self._layers()[0].weight
+        array, buffer = _BUFFERS.take(X, np.float32 if weight.dtype == torch.float32 else np.float64)
+        return (self._input(X) if buffer is None else torch.from_numpy(array).to(weight.device)), buffer
+
     def _fit_stochastic(self, X, target, rng, incremental):
         if self.early_stopping:
             # scikit-learn stratifies the split of a single-output target only: a binary problem
@@ -327,7 +379,7 @@ class MLPClassifier(ClassifierMixin, BaseEstimator):
                 warnings.warn("Got `batch_size` less than 1 or larger than sample size. It is going to be clipped",
                               stacklevel=3)
             batch_size = int(np.clip(self.batch_size, 1, n))
-        Xt = self._input(X)
+        Xt, buffer = self._training_input(X)
         yt = torch.as_tensor(target, dtype=torch.long).to(Xt.device)
         sizes = np.full(-(-n // batch_size), batch_size, dtype=np.float64)
         sizes[-1] = n - (len(sizes) - 1) * batch_size
@@ -382,6 +434,8 @@ class MLPClassifier(ClassifierMixin, BaseEstimator):
                                   "optimization hasn't converged yet.", ConvergenceWarning, stacklevel=3)
         except KeyboardInterrupt:
             warnings.warn("Training interrupted by user.", stacklevel=3)
+        finally:
+            _BUFFERS.keep(buffer)
         if self.early_stopping:
             with torch.no_grad():
                 for p, best in zip(self._model.parameters(), self._best):

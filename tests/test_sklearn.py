@@ -457,3 +457,43 @@ def test_global_module_hooks_take_the_python_steps_with_the_same_result():
     assert calls  # the hook saw the Python steps' forwards
     for a, b in zip(hooked.coefs_ + hooked.intercepts_, native.coefs_ + native.intercepts_, strict=True):
         np.testing.assert_allclose(a, b, rtol=0, atol=1e-10)
+
+
+def test_a_large_training_copy_goes_into_a_kept_buffer_that_later_fits_reuse(monkeypatch):
+    """The converted copy of a large X (float32 from float64) is made into a buffer kept from one fit to the next
+    (fresh memory cost up to 0.25 s of system time a fit on the project's VM): a second fit takes the first's
+    buffer, a smaller X a view of it, and every fit trains as one whose copy is fresh memory, bit for bit (no
+    value of an earlier X stays in use)."""
+    from fastffnn import sklearn as fsk
+
+    pool = fsk._Buffers()
+    monkeypatch.setattr(fsk, "_BUFFERS", pool)
+    X, y = digits(300)
+    X2, y2 = digits(200, seed=1)
+
+    def fit(X, y):
+        return MLPClassifier(hidden_layer_sizes=(16,), batch_size=20, max_iter=2, random_state=0).fit(X, y)
+
+    monkeypatch.setattr(pool, "MIN_BYTES", 1 << 40)  # no buffer: every copy fresh
+    fresh = [fit(X, y), fit(X2, y2)]
+    assert pool._free == {}
+    monkeypatch.setattr(pool, "MIN_BYTES", 1024)
+    kept = fit(X, y)
+    buffer = pool._free[np.dtype(np.float32)]
+    assert buffer.size == X.size
+    second = fit(X2, y2)  # a smaller X: the same buffer, its first X2.size elements
+    assert pool._free[np.dtype(np.float32)] is buffer
+    for a, b in ((fresh[0], kept), (fresh[1], second)):
+        for c, d in zip(a.coefs_ + a.intercepts_, b.coefs_ + b.intercepts_, strict=True):
+            assert np.array_equal(c, d)
+    # concurrent fits take a buffer each; the larger one is kept
+    first, taken = pool.take(X, np.float32)
+    other, other_taken = pool.take(X, np.float32)
+    assert taken is buffer and other_taken is not buffer and np.array_equal(first, other)
+    assert np.array_equal(first, X.astype(np.float32))
+    pool.keep(other_taken)
+    pool.keep(taken)
+    assert pool._free[np.dtype(np.float32)] is other_taken  # (as large: the first kept stays)
+    # no copy needed, or small: no buffer
+    assert pool.take(X.astype(np.float32), np.float32)[1] is None
+    assert pool.take(X[:2], np.float32)[1] is None
