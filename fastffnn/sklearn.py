@@ -58,7 +58,7 @@ from . import optim
 from ._runtime import ensure_loaded
 from .mlp import FastMLP
 
-__all__ = ["MLPClassifier"]
+__all__ = ["MLPClassifier", "release_buffers"]
 
 # scikit-learn's activation names, as FastMLP calls them
 _ACTIVATIONS = {"relu": "relu", "tanh": "tanh", "logistic": "sigmoid"}
@@ -75,13 +75,15 @@ class _Buffers:
 
     A fit converts X once into a contiguous array of the parameters' dtype (float32 from scikit-learn's float64,
     by default). A new array is new memory, which the OS maps and zeroes page by page at its first touch; on the
-    project's VM, which hands freed memory back to its host, a new 90 MB copy (75,000 x 300) cost up to 0.25 s of
-    system time a fit, as much as the training (benchmarks/RESULTS.md). So a copy of at least MIN_BYTES is made
-    into a kept buffer, which repeated fits (a grid search, a benchmark) reuse: one buffer per dtype, the largest
-    so far, held by this module while no fit uses it (each fit takes its own: concurrent fits never share one).
+    project's VM, which hands freed memory back to its host, a new 90 MB copy (75,000 x 300) cost up to 0.4 s of
+    system time a fit, as much as the training (benchmarks/RESULTS.md). So a copy of MIN_BYTES to MAX_BYTES (a
+    float64 X of 32 MB to 2 GB, converted to float32) is made into a kept buffer, which repeated fits (a
+    benchmark, a grid search's folds) reuse: one buffer per dtype, the largest so far, held by this module while
+    no fit uses it (each fit takes its own: concurrent fits never share one) until ``release_buffers()``.
     """
 
     MIN_BYTES = 16 << 20
+    MAX_BYTES = 1 << 30
 
     def __init__(self) -> None:
         self._lock = threading.Lock()
@@ -90,8 +92,8 @@ class _Buffers:
     def take(self, X: np.ndarray, dtype) -> tuple[np.ndarray, np.ndarray | None]:
         """(X converted into a kept buffer, that buffer), or (X, None) where X needs no copy or is small."""
         dtype = np.dtype(dtype)
-        if (X.dtype == dtype and X.flags.c_contiguous and X.flags.writeable) or X.size * dtype.itemsize < \
-                self.MIN_BYTES:
+        if (X.dtype == dtype and X.flags.c_contiguous and X.flags.writeable) or \
+                not self.MIN_BYTES <= X.size * dtype.itemsize <= self.MAX_BYTES:
             return X, None
         with self._lock:
             buffer = self._free.pop(dtype, None)
@@ -109,8 +111,18 @@ class _Buffers:
             if kept is None or kept.size < buffer.size:
                 self._free[buffer.dtype] = buffer
 
+    def release(self) -> None:
+        with self._lock:
+            self._free.clear()
+
 
 _BUFFERS = _Buffers()
+
+
+def release_buffers() -> None:
+    """Frees the buffers kept for the converted copies of large training inputs (1 GB at most per dtype: a fit
+    converts a float64 X of 32 MB to 2 GB into one and leaves it for the next fit; see the README)."""
+    _BUFFERS.release()
 
 
 class MLPClassifier(ClassifierMixin, BaseEstimator):
@@ -380,61 +392,62 @@ class MLPClassifier(ClassifierMixin, BaseEstimator):
                               stacklevel=3)
             batch_size = int(np.clip(self.batch_size, 1, n))
         Xt, buffer = self._training_input(X)
-        yt = torch.as_tensor(target, dtype=torch.long).to(Xt.device)
-        sizes = np.full(-(-n // batch_size), batch_size, dtype=np.float64)
-        sizes[-1] = n - (len(sizes) - 1) * batch_size
-        # the native epochs need the fused plan, which global module hooks turn off: then the Python steps
-        fused = self._model._fused_args() if optim._native_step_serves(Xt) else None
-        native = fused is not None
-        if native:
-            ensure_loaded()
-            *params, activations = fused
-        order = np.arange(n)
         try:
-            self.n_iter_ = 0
-            for _ in range(self.max_iter):
-                if self.shuffle:
-                    # sklearn.utils.shuffle's draws (an in-place shuffle of arange(n)), applied to the last
-                    # order as scikit-learn applies them, without its per-call parameter validation
-                    perm = np.arange(n)
-                    rng.shuffle(perm)
-                    order = order[perm]
-                rows = torch.from_numpy(np.ascontiguousarray(order, dtype=np.int64))
-                if native:
-                    with torch.no_grad():
-                        losses = self._optimizer._native_fit(Xt, yt, rows, batch_size, params, activations,
-                                                             alpha=float(self.alpha), sklearn=True)
-                else:
-                    losses = self._python_epoch(Xt, yt, rows, batch_size)
-                self.n_iter_ += 1
-                self.loss_ = float(losses.double().cpu().numpy() @ sizes) / n
-                self.t_ += n
-                self.loss_curve_.append(self.loss_)
-                if self.verbose:
-                    print(f"Iteration {self.n_iter_}, loss = {self.loss_:.8f}")
-                if self.early_stopping:
-                    self._update_validation(X_val, y_val)
-                elif self.loss_curve_[-1] > self.best_loss_ - self.tol:
-                    self._no_improvement_count += 1
-                else:
-                    self._no_improvement_count = 0
-                if not self.early_stopping and self.loss_curve_[-1] < self.best_loss_:
-                    self.best_loss_ = self.loss_curve_[-1]
-                if self._no_improvement_count > self.n_iter_no_change:
-                    # a constant learning rate (Adam's, and SGD's here) has nothing to lower: stop
+            yt = torch.as_tensor(target, dtype=torch.long).to(Xt.device)
+            sizes = np.full(-(-n // batch_size), batch_size, dtype=np.float64)
+            sizes[-1] = n - (len(sizes) - 1) * batch_size
+            # the native epochs need the fused plan, which global module hooks turn off: then the Python steps
+            fused = self._model._fused_args() if optim._native_step_serves(Xt) else None
+            native = fused is not None
+            if native:
+                ensure_loaded()
+                *params, activations = fused
+            order = np.arange(n)
+            try:
+                self.n_iter_ = 0
+                for _ in range(self.max_iter):
+                    if self.shuffle:
+                        # sklearn.utils.shuffle's draws (an in-place shuffle of arange(n)), applied to the last
+                        # order as scikit-learn applies them, without its per-call parameter validation
+                        perm = np.arange(n)
+                        rng.shuffle(perm)
+                        order = order[perm]
+                    rows = torch.from_numpy(np.ascontiguousarray(order, dtype=np.int64))
+                    if native:
+                        with torch.no_grad():
+                            losses = self._optimizer._native_fit(Xt, yt, rows, batch_size, params, activations,
+                                                                 alpha=float(self.alpha), sklearn=True)
+                    else:
+                        losses = self._python_epoch(Xt, yt, rows, batch_size)
+                    self.n_iter_ += 1
+                    self.loss_ = float(losses.double().cpu().numpy() @ sizes) / n
+                    self.t_ += n
+                    self.loss_curve_.append(self.loss_)
                     if self.verbose:
-                        what = "Validation score" if self.early_stopping else "Training loss"
-                        print(f"{what} did not improve more than tol={self.tol:f} for {self.n_iter_no_change} "
-                              "consecutive epochs. Stopping.")
-                    break
-                if incremental:
-                    break
-                if self.n_iter_ == self.max_iter:
-                    warnings.warn(f"Stochastic Optimizer: Maximum iterations ({self.max_iter}) reached and the "
-                                  "optimization hasn't converged yet.", ConvergenceWarning, stacklevel=3)
-        except KeyboardInterrupt:
-            warnings.warn("Training interrupted by user.", stacklevel=3)
-        finally:
+                        print(f"Iteration {self.n_iter_}, loss = {self.loss_:.8f}")
+                    if self.early_stopping:
+                        self._update_validation(X_val, y_val)
+                    elif self.loss_curve_[-1] > self.best_loss_ - self.tol:
+                        self._no_improvement_count += 1
+                    else:
+                        self._no_improvement_count = 0
+                    if not self.early_stopping and self.loss_curve_[-1] < self.best_loss_:
+                        self.best_loss_ = self.loss_curve_[-1]
+                    if self._no_improvement_count > self.n_iter_no_change:
+                        # a constant learning rate (Adam's, and SGD's here) has nothing to lower: stop
+                        if self.verbose:
+                            what = "Validation score" if self.early_stopping else "Training loss"
+                            print(f"{what} did not improve more than tol={self.tol:f} for "
+                                  f"{self.n_iter_no_change} consecutive epochs. Stopping.")
+                        break
+                    if incremental:
+                        break
+                    if self.n_iter_ == self.max_iter:
+                        warnings.warn(f"Stochastic Optimizer: Maximum iterations ({self.max_iter}) reached and "
+                                      "the optimization hasn't converged yet.", ConvergenceWarning, stacklevel=3)
+            except KeyboardInterrupt:
+                warnings.warn("Training interrupted by user.", stacklevel=3)
+        finally:  # the buffer is free again for the next fit, also after an error
             _BUFFERS.keep(buffer)
         if self.early_stopping:
             with torch.no_grad():

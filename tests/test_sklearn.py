@@ -24,6 +24,7 @@ from sklearn.preprocessing import StandardScaler  # noqa: E402
 from sklearn.utils import shuffle as sk_shuffle  # noqa: E402
 from sklearn.utils.estimator_checks import parametrize_with_checks  # noqa: E402
 
+import fastffnn  # noqa: E402
 from fastffnn.optim import _EMULATED  # noqa: E402
 from fastffnn.sklearn import MLPClassifier  # noqa: E402
 
@@ -494,6 +495,63 @@ def test_a_large_training_copy_goes_into_a_kept_buffer_that_later_fits_reuse(mon
     pool.keep(other_taken)
     pool.keep(taken)
     assert pool._free[np.dtype(np.float32)] is other_taken  # (as large: the first kept stays)
-    # no copy needed, or small: no buffer
+    # no copy needed, small or over the cap: no buffer
     assert pool.take(X.astype(np.float32), np.float32)[1] is None
     assert pool.take(X[:2], np.float32)[1] is None
+    monkeypatch.setattr(pool, "MAX_BYTES", X.size * 4 - 1)
+    assert pool.take(X, np.float32)[1] is None
+    monkeypatch.setattr(pool, "MAX_BYTES", 1 << 30)
+    fsk.release_buffers()
+    assert pool._free == {}
+
+
+@pytest.mark.parametrize("case", ["early stopping", "Fortran order", "float64 parameters from float32 X"])
+def test_fits_through_the_kept_buffer_train_as_fits_with_fresh_copies(monkeypatch, case):
+    from fastffnn import sklearn as fsk
+
+    pool = fsk._Buffers()
+    monkeypatch.setattr(fsk, "_BUFFERS", pool)
+    X, y = digits(300)
+    params = dict(hidden_layer_sizes=(16,), batch_size=20, max_iter=3, random_state=0)
+    if case == "early stopping":
+        params.update(early_stopping=True, validation_fraction=0.2, n_iter_no_change=1)
+    elif case == "Fortran order":
+        X = np.asfortranarray(X)
+    else:
+        X, params["dtype"] = X.astype(np.float32), torch.float64
+
+    def fit():
+        return MLPClassifier(**params).fit(X, y)
+
+    monkeypatch.setattr(pool, "MIN_BYTES", 1 << 40)
+    fresh = fit()
+    monkeypatch.setattr(pool, "MIN_BYTES", 1024)
+    for _ in range(2):  # the first makes the buffer, the second reuses it
+        kept = fit()
+        for c, d in zip(fresh.coefs_ + fresh.intercepts_, kept.coefs_ + kept.intercepts_, strict=True):
+            assert np.array_equal(c, d)
+    assert list(pool._free) == [np.dtype(np.float64 if "float64" in case else np.float32)]
+
+
+def test_a_failed_fit_gives_its_buffer_back(monkeypatch):
+    from fastffnn import sklearn as fsk
+
+    pool = fsk._Buffers()
+    monkeypatch.setattr(fsk, "_BUFFERS", pool)
+    monkeypatch.setattr(pool, "MIN_BYTES", 1024)
+    X, y = digits(300)
+
+    def fail(*args, **kwargs):
+        raise RuntimeError("an epoch failed")
+
+    for where in ("ensure_loaded", "epoch"):  # before the epochs (loading the extension), and in one
+        with monkeypatch.context() as m:
+            if where == "ensure_loaded":
+                m.setattr(fsk, "ensure_loaded", fail)
+            else:
+                m.setattr(MLPClassifier, "_python_epoch", fail)
+                m.setattr(fastffnn.optim.Adam, "_native_fit", fail)
+            with pytest.raises(RuntimeError, match="an epoch failed"):
+                MLPClassifier(hidden_layer_sizes=(16,), batch_size=20, max_iter=2).fit(X, y)
+        assert pool._free[np.dtype(np.float32)].size == X.size, where
+        pool.release()
