@@ -328,20 +328,20 @@ class Adam(_OneCall):
         hyper = self._hyper(self.param_groups[0])
         # (ffnn or mlp) x (float or Tensor lr): a str activation is FastFFNN's
         op = ops[(not isinstance(activations, str)) * 2 + isinstance(hyper[0], torch.Tensor)]
+        # CUDA: a repeated step is replayed from a CUDA graph (not with a Tensor lr, which is read on the host)
+        if not _graphs.serves(input) or isinstance(hyper[0], torch.Tensor):
+            return op(input, target, *args, activations, reduction, *hyper)
         plist, has_bias, exp_avgs, exp_avg_sqs, max_exp_avg_sqs, steps = args
 
         def run(x, t, counters):
             return op(x, t, plist, has_bias, exp_avgs, exp_avg_sqs, max_exp_avg_sqs, counters, activations, reduction,
                       *hyper)
 
-        # CUDA: a repeated step is replayed from a CUDA graph (not with a Tensor lr, which is read on the host)
-        if _graphs.serves(input) and not isinstance(hyper[0], torch.Tensor):
-            written = [*plist, *exp_avgs, *exp_avg_sqs, *max_exp_avg_sqs]
-            # args is cached while its tensors stay (_train_step_args): its identity stands for theirs
-            key = (id(args), tuple([t.data_ptr() for t in written]),
-                   activations if isinstance(activations, str) else tuple(activations), reduction, hyper)
-            return _graphs.step(self, run, input, target, key, written, steps, args)
-        return run(input, target, steps)
+        written = [*plist, *exp_avgs, *exp_avg_sqs, *max_exp_avg_sqs]
+        # args is cached while its tensors stay (_train_step_args): its identity stands for theirs
+        key = (id(args), tuple([t.data_ptr() for t in written]),
+               activations if isinstance(activations, str) else tuple(activations), reduction, hyper)
+        return _graphs.step(self, run, input, target, key, written, steps, args)
 
     def _native_fit(self, X, y, order, batch_size, params, activations, alpha=0.0, sklearn=False):
         """One native call of steps; alpha and sklearn: scikit-learn's L2 penalty and Adam (see fastffnn.sklearn)."""

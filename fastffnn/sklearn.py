@@ -369,9 +369,8 @@ class MLPClassifier(ClassifierMixin, BaseEstimator):
     def _training_input(self, X):
         """(X as a tensor of the parameters' dtype and device, the kept buffer it was converted into or None):
         the buffer goes back to _BUFFERS when the fit ends."""
-        weight = self._layers()[0].weight
-        array, buffer = _BUFFERS.take(X, np.float32 if weight.dtype == torch.float32 else np.float64)
-        return (self._input(X) if buffer is None else torch.from_numpy(array).to(weight.device)), buffer
+        array, buffer = _BUFFERS.take(X, np.float32 if self._layers()[0].weight.dtype == torch.float32 else np.float64)
+        return self._input(array), buffer  # (a converted array goes through _input as it is, without a copy)
 
     def _fit_stochastic(self, X, target, rng, incremental):
         if self.early_stopping:
